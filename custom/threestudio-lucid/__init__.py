@@ -1,0 +1,10 @@
+"""threestudio-lucid: text-to-3D with Gaussian splats and ISM / ESD / VSD / SDS score distillation.
+
+Importable as ``threestudio_lucid`` (installed by setup.py) and by threestudio's custom/ loader as
+``threestudio-lucid``; all imports inside are relative for that reason. Importing the package
+registers its components (names start with ``lucid-``) into threestudio or the bundled host, as
+``compat`` decides.
+"""
+__version__ = "0.1.0"
+
+from . import compat  # noqa: F401,E402

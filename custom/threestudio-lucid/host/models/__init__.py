@@ -1,0 +1,1 @@
+from . import background, exporters, geometry, materials, prompt_processors, renderers  # noqa: F401

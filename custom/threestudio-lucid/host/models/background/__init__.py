@@ -1,0 +1,1 @@
+from . import base, solid_color_background  # noqa: F401

@@ -1,0 +1,141 @@
+"""``stable-diffusion-prompt-processor``: prompts encoded by a Stable Diffusion checkpoint's CLIP text
+encoder (``tokenizer/`` and ``text_encoder/`` subfolders of a diffusers folder or hub id).
+
+As threestudio's, except:
+
+- the encoder runs on CUDA when available, else on the CPU, moved there with ``.to(device)``
+  (threestudio passes ``device_map="auto"``, which needs accelerate and a GPU to mean anything);
+- prompts are truncated to the tokenizer's ``model_max_length`` (threestudio does not truncate, so a
+  prompt over 77 tokens crashes the encoder; diffusers' pipelines truncate the same way);
+- each cache file holds a compact copy of its ``[77, D]`` row (``torch.save`` of a row view would
+  store the whole batch), written atomically;
+- a checkpoint that cannot be found is a one-line :class:`ConfigError` that names
+  ``pretrained_model_name_or_path`` and how to make a local one (``lucid-build-tiny-sd PATH``).
+"""
+import os
+
+import torch
+
+from ... import register
+from ...utils.config import ConfigError
+from ...utils.misc import cleanup
+from ...utils.typing import *
+from .base import PromptProcessor, hash_prompt
+
+TOKENIZER_SUBFOLDER = "tokenizer"
+TEXT_ENCODER_SUBFOLDER = "text_encoder"
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _model_not_found(name: str, reason: str) -> ConfigError:
+    return ConfigError(
+        f"Cannot load the CLIP text encoder of pretrained_model_name_or_path='{name}' ({reason}): "
+        "set system.prompt_processor.pretrained_model_name_or_path to a local diffusers folder with "
+        "tokenizer/ and text_encoder/ subfolders (e.g. one made with `lucid-build-tiny-sd PATH`), "
+        "or to a hub id that is in the local Hugging Face cache."
+    )
+
+
+def _looks_like_local_path(name: str) -> bool:
+    """A hub id is ``name`` or ``owner/name``; anything else that does not exist is a wrong path."""
+    return (
+        name.startswith((".", "/", "~"))
+        or name.count("/") > 1
+        or (os.sep != "/" and os.sep in name)
+        or os.path.isfile(name)
+    )
+
+
+def text_encoder_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def load_tokenizer_and_text_encoder(pretrained_model_name_or_path: str, device=None):
+    """``(tokenizer, text_encoder)`` of a Stable Diffusion checkpoint; the encoder is frozen, in eval
+    mode, on ``device`` (default: :func:`text_encoder_device`)."""
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    name = pretrained_model_name_or_path
+    if os.path.isdir(name):
+        missing = [s for s in (TOKENIZER_SUBFOLDER, TEXT_ENCODER_SUBFOLDER) if not os.path.isdir(os.path.join(name, s))]
+        if missing:
+            raise _model_not_found(name, f"the folder has no {' or '.join(s + '/' for s in missing)}")
+    elif _looks_like_local_path(name):
+        raise _model_not_found(name, "no such folder")
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, subfolder=TOKENIZER_SUBFOLDER)
+        text_encoder = CLIPTextModel.from_pretrained(name, subfolder=TEXT_ENCODER_SUBFOLDER)
+    except (OSError, ValueError) as e:  # hub id not cached / no network, unreadable folder
+        raise _model_not_found(name, _one_line(e)) from e
+    text_encoder = text_encoder.to(device or text_encoder_device()).eval()
+    text_encoder.requires_grad_(False)
+    return tokenizer, text_encoder
+
+
+@torch.no_grad()
+def encode_prompts(tokenizer, text_encoder, prompts: List[str]) -> Float[Tensor, "B 77 D"]:
+    """CLIP's last hidden state for ``prompts``, padded (and truncated) to ``model_max_length``."""
+    tokens = tokenizer(
+        prompts,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    )
+    return text_encoder(tokens.input_ids.to(text_encoder.device))[0]
+
+
+def _save_embedding(embedding: Tensor, path: str) -> None:
+    # write-then-rename, so an interrupted run never leaves a truncated cache entry behind
+    tmp_path = f"{path}.tmp{os.getpid()}"
+    torch.save(embedding.detach().to("cpu").clone(), tmp_path)
+    os.replace(tmp_path, path)
+
+
+@register("stable-diffusion-prompt-processor")
+class StableDiffusionPromptProcessor(PromptProcessor):
+    @dataclass
+    class Config(PromptProcessor.Config):
+        pass
+
+    cfg: Config
+
+    # ---- on-demand encoding (threestudio keeps these for debugging; the cache path does not use them)
+    def configure_text_encoder(self) -> None:
+        self.tokenizer, self.text_encoder = load_tokenizer_and_text_encoder(
+            self.cfg.pretrained_model_name_or_path, device=self.device
+        )
+
+    def destroy_text_encoder(self) -> None:
+        del self.tokenizer
+        del self.text_encoder
+        cleanup()
+
+    def get_text_embeddings(
+        self, prompt: Union[str, List[str]], negative_prompt: Union[str, List[str]]
+    ) -> Tuple[Float[Tensor, "B 77 D"], Float[Tensor, "B 77 D"]]:
+        """Encode ``(prompt, negative_prompt)`` now; needs :meth:`configure_text_encoder` first."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        negative_prompts = [negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt)
+        return (
+            encode_prompts(self.tokenizer, self.text_encoder, prompts),
+            encode_prompts(self.tokenizer, self.text_encoder, negative_prompts),
+        )
+
+    @staticmethod
+    def spawn_func(pretrained_model_name_or_path: str, prompts: List[str], cache_dir: str) -> None:
+        """Encode ``prompts`` and write each ``[77, D]`` embedding to
+        ``cache_dir/<hash_prompt(model, prompt)>.pt``."""
+        tokenizer, text_encoder = load_tokenizer_and_text_encoder(pretrained_model_name_or_path)
+        embeddings = encode_prompts(tokenizer, text_encoder, prompts)
+        os.makedirs(cache_dir, exist_ok=True)
+        for prompt, embedding in zip(prompts, embeddings):
+            path = os.path.join(cache_dir, f"{hash_prompt(pretrained_model_name_or_path, prompt)}.pt")
+            _save_embedding(embedding, path)
+        del tokenizer, text_encoder

@@ -1,0 +1,116 @@
+"""Component bases: ``Configurable``, ``Updateable``, ``BaseObject``, ``BaseModule`` (threestudio semantics)."""
+import torch
+import torch.nn as nn
+
+from .config import ConfigError, parse_structured
+from .misc import get_device, load_module_weights
+from .typing import Any, DictConfig, Optional, Union, dataclass
+
+
+class Configurable:
+    @dataclass
+    class Config:
+        pass
+
+    def __init__(self, cfg: Optional[dict] = None) -> None:
+        super().__init__()
+        self.cfg = parse_structured(self.Config, cfg)
+
+
+class Updateable:
+    """Objects that follow the training step.
+
+    ``do_update_step`` walks every public attribute (properties included), recurses into Updateable
+    ones, then calls ``update_step``. A component reachable along two paths (``system.geometry`` and
+    ``system.renderer.geometry``) is therefore updated twice per step: ``update_step`` must be
+    idempotent.
+    """
+
+    def _updateable_children(self):
+        for attr in self.__dir__():
+            if attr.startswith("_"):
+                continue
+            try:
+                module = getattr(self, attr)
+            except Exception:
+                continue  # properties that cannot be evaluated yet
+            if isinstance(module, Updateable):
+                yield module
+
+    def do_update_step(self, epoch: int, global_step: int, on_load_weights: bool = False):
+        for module in self._updateable_children():
+            module.do_update_step(epoch, global_step, on_load_weights=on_load_weights)
+        self.update_step(epoch, global_step, on_load_weights=on_load_weights)
+
+    def do_update_step_end(self, epoch: int, global_step: int):
+        for module in self._updateable_children():
+            module.do_update_step_end(epoch, global_step)
+        self.update_step_end(epoch, global_step)
+
+    def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False):
+        # With on_load_weights=True modules may not be on their device yet: no model evaluation here.
+        pass
+
+    def update_step_end(self, epoch: int, global_step: int):
+        pass
+
+
+def update_if_possible(module: Any, epoch: int, global_step: int) -> None:
+    if isinstance(module, Updateable):
+        module.do_update_step(epoch, global_step)
+
+
+def update_end_if_possible(module: Any, epoch: int, global_step: int) -> None:
+    if isinstance(module, Updateable):
+        module.do_update_step_end(epoch, global_step)
+
+
+class BaseObject(Updateable):
+    """A configured component that is not an nn.Module (guidance, prompt processors)."""
+
+    @dataclass
+    class Config:
+        pass
+
+    cfg: Config
+
+    def __init__(self, cfg: Optional[Union[dict, DictConfig]] = None, *args, **kwargs) -> None:
+        super().__init__()
+        self.cfg = parse_structured(self.Config, cfg)
+        self.device = get_device()
+        self.configure(*args, **kwargs)
+
+    def configure(self, *args, **kwargs) -> None:
+        pass
+
+
+class BaseModule(nn.Module, Updateable):
+    """A configured nn.Module. ``weights: "path.ckpt:module_name"`` loads that module's weights."""
+
+    @dataclass
+    class Config:
+        weights: Optional[str] = None
+
+    cfg: Config
+
+    def __init__(self, cfg: Optional[Union[dict, DictConfig]] = None, *args, **kwargs) -> None:
+        super().__init__()
+        self.cfg = parse_structured(self.Config, cfg)
+        self.device = get_device()
+        self.configure(*args, **kwargs)
+        if self.cfg.weights is not None:
+            if self.cfg.weights.count(":") != 1:
+                raise ConfigError(
+                    f"weights='{self.cfg.weights}' must have the form 'path/to/file.ckpt:module_name'"
+                )
+            weights_path, module_name = self.cfg.weights.split(":")
+            state_dict, epoch, global_step = load_module_weights(
+                weights_path, module_name=module_name, map_location="cpu"
+            )
+            self.load_state_dict(state_dict)
+            self.do_update_step(epoch, global_step, on_load_weights=True)
+        # marks the module's device/dtype (not saved in checkpoints)
+        self.register_buffer("_dummy", torch.zeros(0).float(), persistent=False)
+
+    def configure(self, *args, **kwargs) -> None:
+        pass

@@ -1,0 +1,254 @@
+"""Experiment configuration: threestudio's ``ExperimentConfig``, ``load_config`` and resolvers.
+
+Same fields, defaults, resolvers and strictness as threestudio. One addition: every config error is
+raised as a :class:`ConfigError` (a ``TypeError`` for unknown keys, as threestudio raises, and a
+``ValueError`` otherwise) whose one-line message names the full key, where it came from, and the fix.
+"""
+import os
+from dataclasses import dataclass, field, fields as dataclass_fields, is_dataclass
+from datetime import datetime, timedelta
+
+import omegaconf
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from packaging.version import Version
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
+from .typing import Any, List, Optional, Union
+
+
+from ...errors import ConfigError, UnknownConfigKeyError  # noqa: F401  (re-exported)
+
+
+_OMEGACONF_VERSION = Version(omegaconf.__version__)
+
+# Where the current experiment config came from, so errors found later (when a component parses its
+# own sub-config) can say which file or command-line argument to fix.
+_SOURCES = {"files": [], "cli_keys": set()}
+
+
+def _register_resolver(name, fn):
+    # threestudio registers these at import; a second registration (real threestudio present, or a
+    # reload) must not raise.
+    if OmegaConf.has_resolver(name):
+        return
+    # omegaconf >= 2.4 renamed register_new_resolver (deprecated there) to register_resolver, which
+    # in 2.3 (threestudio's pin) is the old string-only API.
+    if _OMEGACONF_VERSION >= Version("2.4.0.dev0"):
+        OmegaConf.register_resolver(name, fn, annotation_validation="off")
+    else:
+        OmegaConf.register_new_resolver(name, fn)
+
+
+def C_max(value: Any) -> float:
+    """Largest value a ``C()`` schedule reaches (plain numbers pass through)."""
+    if isinstance(value, (int, float)):
+        return value
+    value = config_to_primitive(value)
+    if not isinstance(value, list):
+        raise TypeError("Scalar specification only supports list, got", type(value))
+    if len(value) >= 6:
+        # piecewise [s0, v0, v1, s1, v2, s2, ...]: the values are at 1, 2, 4, 6, ...
+        return max([value[1]] + [value[i] for i in range(2, len(value), 2)])
+    if len(value) == 3:
+        value = [0] + value
+    if len(value) != 4:
+        raise ConfigError(f"A C() schedule needs 3, 4 or >= 6 entries, got {value}")
+    return max(value[1], value[2])
+
+
+_register_resolver("calc_exp_lr_decay_rate", lambda factor, n: factor ** (1.0 / n))
+_register_resolver("add", lambda a, b: a + b)
+_register_resolver("sub", lambda a, b: a - b)
+_register_resolver("mul", lambda a, b: a * b)
+_register_resolver("div", lambda a, b: a / b)
+_register_resolver("idiv", lambda a, b: a // b)
+_register_resolver("basename", lambda p: os.path.basename(p))
+_register_resolver("rmspace", lambda s, sub: s.replace(" ", sub))
+_register_resolver("tuple2", lambda s: [float(s), float(s)])
+_register_resolver("gt0", lambda s: s > 0)
+_register_resolver("cmaxgt0", lambda s: C_max(s) > 0)
+_register_resolver("not", lambda s: not s)
+_register_resolver("cmaxgt0orcmaxgt0", lambda a, b: C_max(a) > 0 or C_max(b) > 0)
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "default"
+    description: str = ""
+    tag: str = ""
+    seed: int = 0
+    use_timestamp: bool = True
+    timestamp: Optional[str] = None
+    exp_root_dir: str = "outputs"
+
+    # derived in __post_init__, not meant to be set by hand
+    exp_dir: str = "outputs/default"
+    trial_name: str = "exp"
+    trial_dir: str = "outputs/default/exp"
+    n_gpus: int = 1
+
+    resume: Optional[str] = None
+
+    data_type: str = ""
+    data: dict = field(default_factory=dict)
+
+    system_type: str = ""
+    system: dict = field(default_factory=dict)
+
+    # pytorch-lightning Trainer kwargs
+    trainer: dict = field(default_factory=dict)
+    # pytorch-lightning ModelCheckpoint kwargs
+    checkpoint: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.tag and not self.use_timestamp:
+            raise ConfigError("Either tag is specified or use_timestamp is True.")
+        self.trial_name = self.tag
+        # a relaunch from a saved parsed.yaml keeps its timestamp
+        if self.timestamp is None:
+            self.timestamp = ""
+            if self.use_timestamp:
+                if self.n_gpus > 1:
+                    from .. import warn
+
+                    warn(
+                        "Timestamp is disabled when using multiple GPUs, "
+                        "please make sure you have a unique tag."
+                    )
+                else:
+                    self.timestamp = self._free_timestamp()
+        self.trial_name += self.timestamp
+        self.exp_dir = os.path.join(self.exp_root_dir, self.name)
+        self.trial_dir = os.path.join(self.exp_dir, self.trial_name)
+        os.makedirs(self.trial_dir, exist_ok=True)
+
+
+    def _free_timestamp(self) -> str:
+        """A fresh ``@YYYYmmdd-HHMMSS``; two runs started in the same second would share (and
+        overwrite) one trial folder, so the later one moves to the next free second."""
+        now = datetime.now()
+        while True:
+            stamp = now.strftime("@%Y%m%d-%H%M%S")
+            if not os.path.exists(os.path.join(self.exp_root_dir, self.name, self.tag + stamp)):
+                return stamp
+            now += timedelta(seconds=1)
+
+
+def _cli_keys(cli_args: List[str]) -> set:
+    keys = set()
+    for arg in cli_args:
+        key = arg.split("=", 1)[0].lstrip("+~")
+        keys.add(key)
+    return keys
+
+
+def _where(full_key: str) -> str:
+    """Say where a key was set: on the command line, or in which config file(s)."""
+    if full_key and full_key in _SOURCES["cli_keys"]:
+        return "on the command line"
+    files = _SOURCES["files"]
+    if files:
+        return "in " + ", ".join(files)
+    return "in the config"
+
+
+def load_config(*yamls: str, cli_args: list = [], from_string=False, **kwargs) -> Any:
+    """Merge YAML files, command-line dotlist overrides and kwargs, resolve, and validate.
+
+    Order and semantics follow threestudio: merge -> eager ``OmegaConf.resolve`` ->
+    ``parse_structured(ExperimentConfig, ...)``.
+    """
+    yaml_confs = []
+    for y in yamls:
+        if from_string:
+            yaml_confs.append(OmegaConf.create(y))
+            continue
+        if not os.path.isfile(y):
+            raise ConfigError(f"Config file '{y}' does not exist: pass an existing YAML file to --config.")
+        try:
+            yaml_confs.append(OmegaConf.load(y))
+        except Exception as e:  # yaml syntax errors carry line numbers; keep them on one line
+            msg = " ".join(str(e).split())
+            raise ConfigError(f"Config file '{y}' is not valid YAML: {msg}") from None
+    _SOURCES["files"] = [] if from_string else list(yamls)
+    _SOURCES["cli_keys"] = _cli_keys(cli_args)
+    try:
+        cli_conf = OmegaConf.from_cli(cli_args)
+    except Exception as e:
+        raise ConfigError(
+            f"Cannot parse command-line overrides {cli_args}: {' '.join(str(e).split())}. "
+            "Overrides are dotlist items such as system.guidance.guidance_scale=7.5"
+        ) from None
+    cfg = OmegaConf.merge(*yaml_confs, cli_conf, kwargs)
+    try:
+        OmegaConf.resolve(cfg)
+    except MissingMandatoryValue as e:
+        key = e.full_key
+        raise ConfigError(
+            f"Missing mandatory value '{key}' (???) {_where(key)}: "
+            f"set it, e.g. on the command line as {key}=..."
+        ) from None
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        raise ConfigError(
+            f"Cannot resolve config key '{key}' {_where(key)}: {' '.join(str(e).split())}"
+        ) from None
+    assert isinstance(cfg, DictConfig)
+    # threestudio fails on an unfilled ??? only when a component reads it; say which key, up front
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        key = missing[0]
+        raise ConfigError(
+            f"Missing mandatory value '{key}' (???) {_where(key)}: set it, e.g. on the command line as {key}=..."
+        )
+    return parse_structured(ExperimentConfig, cfg)
+
+
+def config_to_primitive(config, resolve: bool = True) -> Any:
+    return OmegaConf.to_container(config, resolve=resolve)
+
+
+def dump_config(path: str, config) -> None:
+    with open(path, "w") as fp:
+        OmegaConf.save(config=config, f=fp)
+
+
+def _full_key(cfg, key: str) -> str:
+    if isinstance(cfg, DictConfig):
+        try:
+            return cfg._get_full_key(key)
+        except Exception:
+            pass
+    return key
+
+
+def parse_structured(fields: Any, cfg: Optional[Union[dict, DictConfig]] = None) -> Any:
+    """Validate ``cfg`` against the dataclass ``fields`` and return a struct-mode DictConfig.
+
+    As in threestudio, ``fields(**cfg)`` is built first (so a list given for a ``float`` field stays an
+    unvalidated ListConfig: that is how ``C()`` schedules live in float fields), unknown keys are an
+    error, and ``dict`` fields stay open.
+    """
+    if cfg is None:
+        cfg = {}
+    if is_dataclass(fields):
+        known = {f.name for f in dataclass_fields(fields) if f.init}
+        unknown = [k for k in cfg.keys() if k not in known]
+        if unknown:
+            key = _full_key(cfg, str(unknown[0]))
+            owner = getattr(fields, "__qualname__", str(fields))
+            raise UnknownConfigKeyError(
+                f"Unknown config key '{key}' {_where(key)}: {owner} has no field '{unknown[0]}'. "
+                f"Valid fields: {', '.join(sorted(known))}. Fix the spelling or remove the key."
+            )
+    try:
+        return OmegaConf.structured(fields(**cfg))
+    except ConfigError:
+        raise
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or ""
+        prefix = _full_key(cfg, "") if isinstance(cfg, DictConfig) else ""
+        if prefix and key and not key.startswith(prefix):
+            key = f"{prefix}.{key}" if not prefix.endswith(".") else prefix + key
+        msg = " ".join(str(e).split("\n")[0].split())
+        raise ConfigError(f"Invalid value for config key '{key}' {_where(key)}: {msg}") from None

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up (scripts/setup.sh) and run the default test suite: fast tests only, CPU, no downloads.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh -m slow` for the slow tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+VENV=${VENV:-.venv}
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+exec "$VENV/bin/python" -m pytest "$@"

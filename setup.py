@@ -1,0 +1,70 @@
+"""Installs the plugin folder ``custom/threestudio-lucid`` as the package ``threestudio_lucid``.
+
+The same folder is also importable by threestudio's own ``custom/`` loader (module name
+``threestudio-lucid``), which is why every import inside it is relative.
+"""
+import os
+
+from setuptools import setup
+
+PLUGIN_DIR = os.path.join("custom", "threestudio-lucid")
+
+
+def plugin_packages():
+    packages = {}
+    for root, dirs, files in os.walk(PLUGIN_DIR):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__" and not d.startswith("."))
+        if "__init__.py" not in files:
+            continue
+        rel = os.path.relpath(root, PLUGIN_DIR)
+        name = "threestudio_lucid" if rel == "." else "threestudio_lucid." + rel.replace(os.sep, ".")
+        packages[name] = root
+    return packages
+
+
+PACKAGES = plugin_packages()
+
+setup(
+    name="threestudio-lucid",
+    version="0.1.0",
+    description="threestudio extension: text-to-3D with Gaussian splats and ISM / ESD / VSD / SDS guidance",
+    long_description=open("README.md", encoding="utf-8").read() if os.path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=sorted(PACKAGES),
+    package_dir=PACKAGES,
+    package_data={"threestudio_lucid": ["configs/*.yaml"]},
+    include_package_data=True,
+    install_requires=[
+        # torch is pinned by scripts/setup.sh (a CPU wheel); here any 2.x satisfies the import
+        "torch>=2.1",
+        "numpy",
+        "scipy",
+        "pytorch-lightning>=2.0",
+        "omegaconf>=2.3",
+        "diffusers>=0.25",
+        "transformers>=4.36",
+        "peft>=0.10",
+        "safetensors",
+        "jaxtyping",
+        "beartype",
+        "packaging",
+        "plyfile",
+        "imageio>=2.28",
+        "imageio-ffmpeg",
+        "matplotlib",
+        "tqdm",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "pytest-timeout"],
+        # CUDA rasterizers; diff-gaussian-rasterization is installed from the user's own checkout
+        "gpu": ["gsplat"],
+        "cpu-kernel": ["ninja"],
+    },
+    entry_points={
+        "console_scripts": [
+            "lucid-launch=threestudio_lucid.host.launch:main",
+            "lucid-build-tiny-sd=threestudio_lucid.tiny_pipeline:main",
+        ]
+    },
+)
