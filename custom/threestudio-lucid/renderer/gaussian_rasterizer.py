@@ -1,0 +1,134 @@
+"""``lucid-gaussian-rasterizer``: renders the Gaussian geometry for a threestudio camera batch.
+
+One renderer, several rasterizer backends behind one function signature (that of
+``reference.rasterize_reference``); the backend is a config string. The renderer owns the
+threestudio side (batch loop, camera conversion, background compositing, densification outputs);
+a backend only rasterizes one view.
+"""
+import random
+from dataclasses import dataclass
+from typing import Any, Callable, Dict
+
+import torch
+from torch import Tensor
+
+from ..compat import Rasterizer, info, register
+from ..errors import ConfigError
+from .camera import camera_from_threestudio
+from .reference import rasterize_reference
+
+# name -> rasterize(means, quats, scales, opacities, camera, *, features, sh_degree, background,
+#                   screen_points, near_plane, tile_size) -> dict (see rasterize_reference)
+RASTERIZER_BACKENDS: Dict[str, Callable[..., Dict[str, Tensor]]] = {"reference": rasterize_reference}
+
+
+def register_backend(name: str, rasterize: Callable[..., Dict[str, Tensor]]) -> None:
+    """Make ``rasterize`` selectable as ``renderer.backend=<name>``."""
+    if name in RASTERIZER_BACKENDS:
+        raise ValueError(f"rasterizer backend '{name}' is already registered")
+    RASTERIZER_BACKENDS[name] = rasterize
+
+
+def get_backend(name: str) -> Callable[..., Dict[str, Tensor]]:
+    try:
+        return RASTERIZER_BACKENDS[name]
+    except KeyError:
+        known = ", ".join(sorted(RASTERIZER_BACKENDS))
+        raise ConfigError(f"renderer.backend='{name}' is unknown; known backends: {known}") from None
+
+
+@register("lucid-gaussian-rasterizer")
+class GaussianRasterizer(Rasterizer):
+    """Rasterize ``self.geometry`` (threestudio-3dgs property names: ``get_xyz`` [N,3],
+    ``get_features`` [N,K,3], ``get_scaling`` [N,3], ``get_rotation`` [N,4] normalised wxyz,
+    ``get_opacity`` [N,1], ``active_sh_degree``) for each camera of the batch and composite it over
+    ``self.background(dirs=rays_d)``: ``comp_rgb = rgb_premultiplied + (1 - alpha) bg``.
+
+    ``bg_inversion_prob``: in training, each view's background is replaced by ``1 - background``
+    with this probability (default 0: never); never in eval. threestudio-3dgs has a field
+    ``invert_bg_prob`` that counts the other way (it inverts when ``rand() > p``, and always in eval);
+    the different name keeps a copied config from silently meaning the opposite.
+    """
+
+    @dataclass
+    class Config(Rasterizer.Config):
+        backend: str = "reference"
+        near_plane: float = 0.2
+        tile_size: int = 16
+        bg_inversion_prob: float = 0.0
+
+    cfg: Config
+
+    def configure(self, geometry, material, background) -> None:
+        super().configure(geometry, material, background)
+        if self.cfg.tile_size < 1:
+            raise ConfigError(f"renderer.tile_size must be >= 1, got {self.cfg.tile_size}")
+        if not 0.0 <= self.cfg.bg_inversion_prob <= 1.0:
+            raise ConfigError(f"renderer.bg_inversion_prob must be in [0, 1], got {self.cfg.bg_inversion_prob}")
+        self.rasterize = get_backend(self.cfg.backend)
+        info(f"lucid-gaussian-rasterizer: using the '{self.cfg.backend}' rasterizer backend")
+
+    def forward(
+        self,
+        c2w: Tensor,
+        fovy: Tensor,
+        height: int,
+        width: int,
+        rays_d: Tensor,
+        **kwargs: Any,
+    ) -> Dict[str, Any]:
+        """``c2w`` [B,4,4] OpenGL camera-to-world, ``fovy`` [B] radians, ``rays_d`` [B,H,W,3] for the
+        background. Returns ``comp_rgb`` [B,H,W,3], ``comp_depth`` [B,H,W,1] (alpha-weighted view
+        z), ``comp_mask`` [B,H,W,1] (alpha) and per-view lists ``viewspace_points`` (leaves whose
+        ``.grad`` is d loss / d NDC-xy, [N,3]), ``visibility_filter`` (bool [N]), ``radii`` (int [N])."""
+        geometry = self.geometry
+        means = geometry.get_xyz
+        features = geometry.get_features
+        scales = geometry.get_scaling
+        quats = geometry.get_rotation
+        opacities = geometry.get_opacity.reshape(-1)
+        sh_degree = int(geometry.active_sh_degree)
+
+        bg = self.background(dirs=rays_d)
+        rgbs, depths, masks = [], [], []
+        viewspace_points, visibility_filter, radii = [], [], []
+        for i in range(c2w.shape[0]):
+            camera = camera_from_threestudio(c2w[i], fovy[i], height, width)
+            screen_points = torch.zeros(
+                means.shape[0], 3, dtype=means.dtype, device=means.device, requires_grad=True
+            )
+            out = self.rasterize(
+                means,
+                quats,
+                scales,
+                opacities,
+                camera,
+                features=features,
+                sh_degree=sh_degree,
+                background=None,
+                screen_points=screen_points,
+                near_plane=self.cfg.near_plane,
+                tile_size=self.cfg.tile_size,
+            )
+            bg_i = bg[i]
+            if self.training and self.cfg.bg_inversion_prob > 0 and random.random() < self.cfg.bg_inversion_prob:
+                bg_i = 1.0 - bg_i
+            rgbs.append(out["rgb"] + (1.0 - out["alpha"]) * bg_i)
+            depths.append(out["depth"])
+            masks.append(out["alpha"])
+            viewspace_points.append(screen_points)
+            visibility_filter.append(out["visibility"])
+            radii.append(out["radii"])
+
+        return {
+            "comp_rgb": torch.stack(rgbs, dim=0),
+            "comp_depth": torch.stack(depths, dim=0),
+            "comp_mask": torch.stack(masks, dim=0),
+            "viewspace_points": viewspace_points,
+            "visibility_filter": visibility_filter,
+            "radii": radii,
+        }
+
+    def batch_forward(self, batch: Dict[str, Any]) -> Dict[str, Any]:
+        """threestudio-3dgs systems call ``renderer.batch_forward(batch)``; same as ``forward(**batch)``."""
+        return self(**batch)
