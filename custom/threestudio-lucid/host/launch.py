@@ -98,16 +98,32 @@ def load_custom_modules(custom_dir: str = "custom") -> None:
         print()
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time (a handler bound to an old stream would
+    write to a closed file after an in-process relaunch, e.g. under pytest)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def _set_log_format(verbose: bool):
     logger = logging.getLogger("pytorch_lightning")
     if verbose:
         logger.setLevel(logging.DEBUG)
     elif logger.level == logging.NOTSET or logger.level > logging.INFO:
         logger.setLevel(logging.INFO)
-    if not any(isinstance(h, logging.StreamHandler) for h in logger.handlers):
-        logger.addHandler(logging.StreamHandler(sys.stderr))
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        # replace Lightning's own stderr handler (if any) by one that follows sys.stderr
+        for h in [h for h in logger.handlers if type(h) is logging.StreamHandler]:
+            logger.removeHandler(h)
+        logger.addHandler(_StderrHandler())
     for handler in logger.handlers:
-        if getattr(handler, "stream", None) is sys.stderr:
+        if isinstance(handler, _StderrHandler):
             handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
 
 

@@ -1,1 +1,1 @@
-from . import base  # noqa: F401
+from . import base, no_material  # noqa: F401

@@ -1,0 +1,1 @@
+from . import diffusion_base, sds_guidance  # noqa: F401

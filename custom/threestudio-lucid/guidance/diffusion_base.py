@@ -1,0 +1,301 @@
+"""The diffusion backbone every guidance shares: loading, VAE, timestep table, CFG, the loss trick.
+
+One source of truth: each guidance file (SDS, ISM, VSD/ESD) holds only what makes it different.
+
+- Loading: ``StableDiffusionPipeline.from_pretrained`` from a hub id or a local diffusers folder
+  (fp16 on CUDA with ``half_precision_weights``, fp32 on the CPU). A model that is neither a local
+  folder, nor in the Hugging Face cache, nor reachable, fails at once with one line naming
+  ``pretrained_model_name_or_path``.
+- The pretrained UNet and VAE are frozen and held outside the module tree (as threestudio does), so
+  they are neither in the system's parameters nor in its checkpoints; only what a guidance trains
+  (e.g. VSD's LoRA) is registered.
+- Timesteps: ``t ~ U[min_step, max_step]`` with ``min/max_step_percent`` as ``C()`` schedules.
+- CFG, in diffusers' convention: ``eps_u + s (eps_c - eps_u)``; with Perp-Neg the positive direction
+  gets the perpendicular components of the negative view prompts (threestudio's formulation).
+- The "gradient as loss" trick: ``0.5 * ||z - sg(z - g)||^2 / B`` has gradient ``g / B`` w.r.t. z.
+"""
+import os
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+import torch
+import torch.nn.functional as F
+
+from ..compat import BaseModule, C, info, warn
+from ..errors import ConfigError
+
+MODEL_KEY = "system.guidance.pretrained_model_name_or_path"
+
+
+def perpendicular_component(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Component of ``x`` perpendicular to ``y``, per batch item (Perp-Neg)."""
+    dims = tuple(range(1, x.ndim))
+    coeff = (x * y).sum(dim=dims, keepdim=True) / (y * y).sum(dim=dims, keepdim=True).clamp_min(1e-12)
+    return x - coeff * y
+
+
+def _model_available_locally(name_or_path: str) -> bool:
+    if os.path.isdir(name_or_path):
+        return True
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(name_or_path, "model_index.json")
+        return isinstance(hit, str)
+    except Exception:
+        return False
+
+
+def check_model_reachable(name_or_path: str, key: str = MODEL_KEY) -> None:
+    """Fail in seconds, with one line, when the model can be neither loaded locally nor downloaded."""
+    fix = (
+        f"point {key} at a local diffusers folder (e.g. {key}=/path/to/stable-diffusion-2-1-base, "
+        "or a tiny test model made with `lucid-build-tiny-sd load/tiny-sd`)"
+    )
+    if os.path.isdir(name_or_path):
+        if not os.path.isfile(os.path.join(name_or_path, "model_index.json")):
+            raise ConfigError(f"{key}='{name_or_path}' is a folder without model_index.json: {fix}.")
+        return
+    if _model_available_locally(name_or_path):
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or name_or_path.startswith((".", "/", "~")):
+        raise ConfigError(f"{key}='{name_or_path}' is not a local folder nor in the Hugging Face cache: {fix}.")
+    try:
+        from huggingface_hub import HfApi
+
+        HfApi().model_info(name_or_path, timeout=10)
+    except Exception as e:
+        reason = type(e).__name__
+        raise ConfigError(
+            f"{key}='{name_or_path}' could not be found locally or on the Hugging Face hub ({reason}): {fix}."
+        ) from None
+
+
+def load_stable_diffusion(name_or_path: str, torch_dtype: torch.dtype, key: str = MODEL_KEY):
+    """``StableDiffusionPipeline.from_pretrained`` without the safety checker, after a fast check."""
+    from diffusers import StableDiffusionPipeline
+
+    check_model_reachable(name_or_path, key)
+    try:
+        return StableDiffusionPipeline.from_pretrained(
+            name_or_path,
+            torch_dtype=torch_dtype,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"{key}='{name_or_path}' is not a loadable Stable Diffusion pipeline: {' '.join(str(e).split())[:300]}"
+        ) from None
+
+
+@dataclass
+class FrozenDiffusionModels:
+    """The pretrained pipeline parts, kept out of the nn.Module tree (not trained, not checkpointed)."""
+
+    pipe: Any
+    unet: Any
+    vae: Any
+
+
+class StableDiffusionGuidanceBase(BaseModule):
+    """Base of every lucid guidance. Subclasses implement ``forward`` (called as ``guidance(...)``)."""
+
+    @dataclass
+    class Config(BaseModule.Config):
+        pretrained_model_name_or_path: str = "stabilityai/stable-diffusion-2-1-base"
+        half_precision_weights: bool = True  # fp16 weights on CUDA; always fp32 on the CPU
+        enable_memory_efficient_attention: bool = False
+        enable_sequential_cpu_offload: bool = False
+        enable_attention_slicing: bool = False
+        enable_channels_last_format: bool = False
+
+        guidance_scale: float = 7.5
+        grad_clip: Optional[Any] = None  # number or C() schedule; clamps the latent gradient
+        min_step_percent: Any = 0.02  # number or C() schedule
+        max_step_percent: Any = 0.98  # number or C() schedule
+        weighting_strategy: str = "sds"  # sds: 1 - abar_t | uniform: 1 | fantasia3d: sqrt(abar_t)(1 - abar_t)
+        view_dependent_prompting: bool = True
+
+    cfg: Config
+
+    WEIGHTING_STRATEGIES = ("sds", "uniform", "fantasia3d")
+
+    def configure(self) -> None:
+        if self.cfg.weighting_strategy not in self.WEIGHTING_STRATEGIES:
+            raise ConfigError(
+                f"system.guidance.weighting_strategy='{self.cfg.weighting_strategy}' is not one of "
+                f"{', '.join(self.WEIGHTING_STRATEGIES)}."
+            )
+        use_fp16 = self.cfg.half_precision_weights and self.device.type == "cuda"
+        self.weights_dtype = torch.float16 if use_fp16 else torch.float32
+        info(f"Loading Stable Diffusion from {self.cfg.pretrained_model_name_or_path} ({self.weights_dtype}) ...")
+        pipe = load_stable_diffusion(self.cfg.pretrained_model_name_or_path, self.weights_dtype)
+        self._apply_memory_options(pipe)
+        for part in (pipe.unet, pipe.vae, pipe.text_encoder):
+            if part is not None:
+                part.eval()
+                part.requires_grad_(False)
+        # the text encoder is the prompt processor's job; free it here
+        pipe.text_encoder = None
+        self.models = FrozenDiffusionModels(pipe=pipe, unet=pipe.unet, vae=pipe.vae)
+        from diffusers import DDIMScheduler
+
+        # DDIM over the model's own noise schedule (same alphas as its DDPM scheduler; ISM needs DDIM)
+        self.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+        self.num_train_timesteps = self.scheduler.config.num_train_timesteps
+        self.prediction_type = self.scheduler.config.get("prediction_type", "epsilon")
+        self.register_buffer(
+            "alphas_cumprod", self.scheduler.alphas_cumprod.clone().float(), persistent=False
+        )
+        self.vae_scale_factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+        self.latent_size = int(pipe.unet.config.sample_size)
+        self.image_size = self.latent_size * self.vae_scale_factor
+        self.set_min_max_steps()
+        self.grad_clip_val: Optional[float] = None
+        info(f"Loaded Stable Diffusion ({self.image_size}x{self.image_size} images, {self.num_train_timesteps} timesteps).")
+
+    def _apply_memory_options(self, pipe) -> None:
+        if self.cfg.enable_memory_efficient_attention:
+            try:
+                pipe.enable_xformers_memory_efficient_attention()
+            except Exception:
+                info("xformers is not available: torch's scaled-dot-product attention is used (already memory-efficient).")
+        if self.cfg.enable_attention_slicing:
+            pipe.enable_attention_slicing(1)
+        if self.cfg.enable_sequential_cpu_offload:
+            if self.device.type != "cuda":
+                raise ConfigError("system.guidance.enable_sequential_cpu_offload=true needs a CUDA device.")
+            pipe.enable_sequential_cpu_offload()
+        else:
+            pipe.to(self.device)
+        if self.cfg.enable_channels_last_format:
+            pipe.unet.to(memory_format=torch.channels_last)
+
+    # ---- the frozen models (not registered: see module docstring) ----
+    @property
+    def unet(self):
+        return self.models.unet
+
+    @property
+    def vae(self):
+        return self.models.vae
+
+    # ---- timesteps ----
+    def set_min_max_steps(self, min_step_percent: float = 0.02, max_step_percent: float = 0.98) -> None:
+        self.min_step = int(self.num_train_timesteps * min_step_percent)
+        self.max_step = int(self.num_train_timesteps * max_step_percent)
+
+    def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
+        # idempotent: the system may reach this module along several attribute paths
+        self.set_min_max_steps(
+            min_step_percent=C(self.cfg.min_step_percent, epoch, global_step),
+            max_step_percent=C(self.cfg.max_step_percent, epoch, global_step),
+        )
+        if self.cfg.grad_clip is not None:
+            self.grad_clip_val = C(self.cfg.grad_clip, epoch, global_step)
+
+    def sample_timesteps(self, batch_size: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """``t ~ U[min_step, max_step]`` (both ends included), one per batch item, as threestudio."""
+        return torch.randint(
+            self.min_step, self.max_step + 1, [batch_size], dtype=torch.long, device=self.device, generator=generator
+        )
+
+    def weight(self, t: torch.Tensor) -> torch.Tensor:
+        """``w(t)`` of the chosen weighting strategy, shaped [B,1,1,1]."""
+        abar = self.alphas_cumprod.to(t.device)[t].view(-1, 1, 1, 1)
+        if self.cfg.weighting_strategy == "sds":
+            return 1 - abar
+        if self.cfg.weighting_strategy == "uniform":
+            return torch.ones_like(abar)
+        return abar**0.5 * (1 - abar)
+
+    # ---- VAE ----
+    def encode_images(self, imgs: torch.Tensor) -> torch.Tensor:
+        """[B,3,H,W] in [0,1] -> latents [B,4,h,w] (a posterior sample times the scaling factor)."""
+        imgs = F.interpolate(imgs, (self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        posterior = self.vae.encode((imgs * 2.0 - 1.0).to(self.weights_dtype)).latent_dist
+        return (posterior.sample() * self.vae.config.scaling_factor).to(imgs.dtype)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> [B,3,H,W] images in [0,1]."""
+        out = self.vae.decode((latents / self.vae.config.scaling_factor).to(self.weights_dtype)).sample
+        return ((out.float() + 1) / 2).clamp(0, 1)
+
+    def prepare_latents(self, rgb: torch.Tensor, rgb_as_latents: bool = False) -> torch.Tensor:
+        """Renders [B,H,W,C] -> latents (encoded, or resized when the render already is a latent)."""
+        rgb_bchw = rgb.permute(0, 3, 1, 2)
+        if rgb_as_latents:
+            return F.interpolate(rgb_bchw, (self.latent_size, self.latent_size), mode="bilinear", align_corners=False)
+        return self.encode_images(rgb_bchw)
+
+    # ---- UNet and CFG ----
+    def unet_eps(self, latents: torch.Tensor, t: torch.Tensor, encoder_hidden_states: torch.Tensor, unet=None, **kwargs):
+        """The UNet's noise prediction (v-prediction models are converted to epsilon)."""
+        unet = self.unet if unet is None else unet
+        out = unet(
+            latents.to(self.weights_dtype),
+            t.to(latents.device),
+            encoder_hidden_states=encoder_hidden_states.to(self.weights_dtype),
+            **kwargs,
+        ).sample.to(latents.dtype)
+        if self.prediction_type == "v_prediction":
+            abar = self.alphas_cumprod.to(t.device)[t].view(-1, 1, 1, 1).to(latents.dtype)
+            out = (1 - abar) ** 0.5 * latents + abar**0.5 * out
+        return out
+
+    @staticmethod
+    def classifier_free_guidance(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, scale: float) -> torch.Tensor:
+        """diffusers' CFG: ``eps_u + s (eps_c - eps_u)``."""
+        return eps_uncond + scale * (eps_cond - eps_uncond)
+
+    def predict_noise(
+        self,
+        latents_noisy: torch.Tensor,
+        t: torch.Tensor,
+        prompt_utils,
+        elevation: torch.Tensor,
+        azimuth: torch.Tensor,
+        camera_distances: torch.Tensor,
+        guidance_scale: float,
+    ) -> Dict[str, torch.Tensor]:
+        """Guided noise for the view-dependent prompts, batched in one UNet call.
+
+        Returns ``eps`` (guided), ``eps_cond``, ``eps_uncond``. With Perp-Neg
+        (``prompt_utils.use_perp_neg``) the guided direction is ``e_pos + sum_i w_i perp(e_neg_i, e_pos)``.
+        """
+        batch_size = latents_noisy.shape[0]
+        vdp = self.cfg.view_dependent_prompting
+        if prompt_utils.use_perp_neg:
+            text_embeddings, neg_weights = prompt_utils.get_text_embeddings_perp_neg(
+                elevation, azimuth, camera_distances, vdp
+            )
+            eps = self.unet_eps(torch.cat([latents_noisy] * 4), torch.cat([t] * 4), text_embeddings)
+            eps_cond, eps_uncond, eps_negs = eps[:batch_size], eps[batch_size : 2 * batch_size], eps[2 * batch_size :]
+            e_pos = eps_cond - eps_uncond
+            n_neg = neg_weights.shape[-1]
+            direction = e_pos
+            for i in range(n_neg):
+                e_neg = eps_negs[i::n_neg] - eps_uncond
+                direction = direction + neg_weights[:, i].view(-1, 1, 1, 1).to(e_pos) * perpendicular_component(e_neg, e_pos)
+            guided = eps_uncond + guidance_scale * direction
+        else:
+            text_embeddings = prompt_utils.get_text_embeddings(elevation, azimuth, camera_distances, vdp)
+            eps = self.unet_eps(torch.cat([latents_noisy] * 2), torch.cat([t] * 2), text_embeddings)
+            eps_cond, eps_uncond = eps.chunk(2)
+            guided = self.classifier_free_guidance(eps_cond, eps_uncond, guidance_scale)
+        return {"eps": guided, "eps_cond": eps_cond, "eps_uncond": eps_uncond}
+
+    # ---- gradient -> loss ----
+    def clean_gradient(self, grad: torch.Tensor) -> torch.Tensor:
+        grad = torch.nan_to_num(grad)
+        if self.grad_clip_val is not None:
+            grad = grad.clamp(-self.grad_clip_val, self.grad_clip_val)
+        return grad
+
+    @staticmethod
+    def gradient_as_loss(latents: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """A loss whose gradient w.r.t. ``latents`` is ``grad / B`` (the SDS reparametrisation)."""
+        target = (latents - grad).detach()
+        return 0.5 * F.mse_loss(latents, target, reduction="sum") / latents.shape[0]

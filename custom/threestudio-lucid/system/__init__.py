@@ -1,0 +1,1 @@
+from . import gaussian_system  # noqa: F401

@@ -1,0 +1,100 @@
+"""lucid-gaussian-system end to end on the tiny pipeline: outputs, loss weighting, densify + resume,
+and the missing-model error of the GPU config."""
+import os
+import time
+
+import pytest
+import torch
+
+from threestudio_lucid.host import launch
+
+CONFIGS = os.path.join(os.path.dirname(__file__), "..", "..", "custom", "threestudio-lucid", "configs")
+CPU_CONFIG = os.path.abspath(os.path.join(CONFIGS, "lucid-sds-cpu.yaml"))
+GPU_CONFIG = os.path.abspath(os.path.join(CONFIGS, "lucid-sds.yaml"))
+
+
+@pytest.fixture
+def run_dir(tmp_path, monkeypatch, tiny_sd_path):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def small_run_args(tiny_sd_path, steps, *extra):
+    return [
+        "--config", CPU_CONFIG, "--train",
+        "system.prompt_processor.prompt=a small cube",
+        f"system.prompt_processor.pretrained_model_name_or_path={tiny_sd_path}",
+        f"system.guidance.pretrained_model_name_or_path={tiny_sd_path}",
+        "data.width=16", "data.height=16", "data.eval_width=16", "data.eval_height=16",
+        "data.n_val_views=1", "data.n_test_views=4",
+        "system.geometry.init_num_pts=300",
+        f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}",
+        f"checkpoint.every_n_train_steps={steps}",
+        *extra,
+    ]
+
+
+def trial_dirs(root):
+    base = os.path.join(root, "outputs", "lucid-sds-cpu")
+    return sorted(os.path.join(base, d) for d in os.listdir(base))
+
+
+def test_cpu_demo_writes_ply_video_checkpoint_and_resumes_after_densification(run_dir, tiny_sd_path):
+    # densify at step 2 with a zero threshold: every visible point clones or splits
+    densify = [
+        "system.geometry.densify_from_iter=1", "system.geometry.densification_interval=2",
+        "system.geometry.densify_until_iter=3", "system.geometry.densify_grad_threshold=0.0",
+        "system.geometry.prune_from_iter=1000", "system.geometry.max_num=100000",
+        "system.loss.lambda_tv=0.1", "system.loss.lambda_scales=[0, 0.0, 1.0, 4]",
+    ]
+    assert launch.main(small_run_args(tiny_sd_path, 4, *densify)) == 0
+    (trial,) = trial_dirs(run_dir)
+    save = os.listdir(os.path.join(trial, "save"))
+    assert {"point_cloud.ply", "it4-test.mp4", "it4-0.png"} <= set(save)
+    ckpt_path = os.path.join(trial, "ckpts", "last.ckpt")
+    ckpt = torch.load(ckpt_path, weights_only=False)
+    n = ckpt["state_dict"]["geometry._xyz"].shape[0]
+    assert n > 300  # densification grew the cloud
+    assert ckpt["global_step"] == 4
+    metrics = open(os.path.join(trial, "csv_logs", "version_0", "metrics.csv")).read()
+    header = metrics.splitlines()[0].split(",")
+    for key in ("train/loss_sds", "train/grad_norm", "train/loss_tv", "train/loss_scales", "train_params/lambda_scales"):
+        assert key in header, key
+    rows = [dict(zip(header, line.split(","))) for line in metrics.splitlines()[1:]]
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))
+
+    from plyfile import PlyData
+
+    assert len(PlyData.read(os.path.join(trial, "save", "point_cloud.ply"))["vertex"]) == n
+
+    # resume: the geometry is rebuilt with the checkpoint's count and training continues
+    assert launch.main(small_run_args(tiny_sd_path, 6, *densify[:-2], f"resume={ckpt_path}",
+                                      "system.geometry.densify_until_iter=0")) == 0
+    resumed = [d for d in trial_dirs(run_dir) if d != trial][0]
+    ckpt2 = torch.load(os.path.join(resumed, "ckpts", "last.ckpt"), weights_only=False)
+    assert ckpt2["global_step"] == 6
+    assert ckpt2["state_dict"]["geometry._xyz"].shape[0] == n
+    assert not torch.equal(ckpt2["state_dict"]["geometry._xyz"], ckpt["state_dict"]["geometry._xyz"])
+
+
+def test_gpu_config_without_model_fails_fast_naming_the_key(run_dir, capsys):
+    start = time.time()
+    code = launch.main(["--config", GPU_CONFIG, "--train", "system.prompt_processor.prompt=a cat"])
+    elapsed = time.time() - start
+    stderr = capsys.readouterr().err
+    err = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(err) == 1 and "Traceback" not in stderr
+    assert "pretrained_model_name_or_path" in err[0] and "local diffusers folder" in err[0]
+    assert elapsed < 30
+
+
+def test_missing_loss_weight_is_named(run_dir, tiny_sd_path, capsys):
+    text = open(CPU_CONFIG).read()
+    assert "    lambda_sds: 0.1\n" in text
+    (run_dir / "no_lambda.yaml").write_text(text.replace("    lambda_sds: 0.1\n", ""))
+    args = small_run_args(tiny_sd_path, 1)
+    args[1] = str(run_dir / "no_lambda.yaml")
+    code = launch.main(args)
+    err = capsys.readouterr().err
+    assert code == 2 and "system.loss.lambda_sds" in err
