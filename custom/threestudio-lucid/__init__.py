@@ -8,4 +8,4 @@ registers its components (names start with ``lucid-``) into threestudio or the b
 __version__ = "0.1.0"
 
 from . import compat  # noqa: F401,E402
-from . import geometry, guidance, renderer, system  # noqa: F401,E402  (register the components)
+from . import data, geometry, guidance, renderer, system  # noqa: F401,E402  (register the components)

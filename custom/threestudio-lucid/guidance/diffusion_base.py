@@ -137,7 +137,9 @@ class StableDiffusionGuidanceBase(BaseModule):
             if part is not None:
                 part.eval()
                 part.requires_grad_(False)
-        # the text encoder is the prompt processor's job; free it here
+        # view-dependent prompts are the prompt processor's job; a guidance that needs other prompts
+        # (ISM's inversion prompt) names them in extra_prompts() and gets them encoded once here
+        self.extra_text_embeddings = self._encode_prompts(pipe, self.extra_prompts())
         pipe.text_encoder = None
         self.models = FrozenDiffusionModels(pipe=pipe, unet=pipe.unet, vae=pipe.vae)
         from diffusers import DDIMScheduler
@@ -155,6 +157,21 @@ class StableDiffusionGuidanceBase(BaseModule):
         self.set_min_max_steps()
         self.grad_clip_val: Optional[float] = None
         info(f"Loaded Stable Diffusion ({self.image_size}x{self.image_size} images, {self.num_train_timesteps} timesteps).")
+
+    def extra_prompts(self) -> Dict[str, str]:
+        """Prompts this guidance encodes itself (name -> text); ``self.extra_text_embeddings[name]``
+        is then a [1,77,D] tensor."""
+        return {}
+
+    @torch.no_grad()
+    def _encode_prompts(self, pipe, prompts: Dict[str, str]) -> Dict[str, torch.Tensor]:
+        out = {}
+        for name, text in prompts.items():
+            ids = pipe.tokenizer(
+                [text], padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+            ).input_ids.to(pipe.text_encoder.device)
+            out[name] = pipe.text_encoder(ids)[0].to(self.device)
+        return out
 
     def _apply_memory_options(self, pipe) -> None:
         if self.cfg.enable_memory_efficient_attention:
@@ -210,6 +227,49 @@ class StableDiffusionGuidanceBase(BaseModule):
         if self.cfg.weighting_strategy == "uniform":
             return torch.ones_like(abar)
         return abar**0.5 * (1 - abar)
+
+    # ---- DDIM ----
+    def ddim_timestep_table(self) -> torch.Tensor:
+        """Ascending DDIM timesteps at full resolution (``num_train_timesteps`` steps), as LucidDreamer
+        indexes them: ``steps_offset`` is respected, so with SD 2.1-base (offset 1) index i is t = i + 1."""
+        from diffusers import DDIMScheduler
+
+        table = DDIMScheduler.from_config(self.scheduler.config)
+        table.set_timesteps(self.num_train_timesteps)
+        return torch.flip(table.timesteps, dims=(0,)).to(self.device)
+
+    def _abar(self, t: int) -> torch.Tensor:
+        # DDIM's convention: alpha_bar of a negative timestep is the final alpha (1 with set_alpha_to_one)
+        return self.alphas_cumprod[t] if t >= 0 else self.scheduler.final_alpha_cumprod.to(self.alphas_cumprod)
+
+    def ddim_step(
+        self,
+        x: torch.Tensor,
+        eps: torch.Tensor,
+        t_from: int,
+        t_to: int,
+        eta: float = 0.0,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
+        """One deterministic (eta=0) DDIM move of ``x`` from timestep ``t_from`` to ``t_to`` (either
+        direction; ``t_to > t_from`` is an inversion step) with the noise prediction ``eps``:
+
+        ``x0 = (x - sqrt(1 - a_from) eps) / sqrt(a_from)``,
+        ``x' = sqrt(a_to) x0 + sqrt(1 - a_to - sigma^2) eps + sigma n``,
+        ``sigma^2 = min((1 - a_to) / 2, eta |var(t_from, t_to)|)`` (LucidDreamer's DDIM step; diffusers'
+        DDIM variance ``(1 - a_to)/(1 - a_from) (1 - a_from / a_to)``).
+        """
+        a_from, a_to = self._abar(int(t_from)), self._abar(int(t_to))
+        x0 = (x - (1 - a_from).sqrt() * eps) / a_from.sqrt()
+        sigma2 = torch.zeros_like(a_to)
+        if eta > 0:
+            var = ((1 - a_to) / (1 - a_from) * (1 - a_from / a_to)).abs()
+            sigma2 = torch.minimum((1 - a_to) / 2, eta * var)
+        out = a_to.sqrt() * x0 + (1 - a_to - sigma2).clamp_min(0).sqrt() * eps
+        if eta > 0:
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            out = out + sigma2.sqrt() * noise
+        return torch.nan_to_num(out)
 
     # ---- VAE ----
     def encode_images(self, imgs: torch.Tensor) -> torch.Tensor:
@@ -295,7 +355,9 @@ class StableDiffusionGuidanceBase(BaseModule):
         return grad
 
     @staticmethod
-    def gradient_as_loss(latents: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        """A loss whose gradient w.r.t. ``latents`` is ``grad / B`` (the SDS reparametrisation)."""
+    def gradient_as_loss(latents: torch.Tensor, grad: torch.Tensor, batch_mean: bool = True) -> torch.Tensor:
+        """A loss whose gradient w.r.t. ``latents`` is ``grad / B`` (threestudio's SDS reparametrisation),
+        or ``grad`` itself with ``batch_mean=False`` (LucidDreamer's SpecifyGradient)."""
         target = (latents - grad).detach()
-        return 0.5 * F.mse_loss(latents, target, reduction="sum") / latents.shape[0]
+        loss = 0.5 * F.mse_loss(latents, target, reduction="sum")
+        return loss / latents.shape[0] if batch_mean else loss

@@ -56,6 +56,10 @@ class GaussianRasterizer(Rasterizer):
         near_plane: float = 0.2
         tile_size: int = 16
         bg_inversion_prob: float = 0.0
+        # LucidDreamer's training augmentations (never in eval); 0 disables
+        scale_noise_prob: float = 0.0  # per view: scales += N(0, (scale_noise_std * scales)^2), clamped >= 0
+        scale_noise_std: float = 0.1118  # LucidDreamer: sqrt(0.2) / 4
+        sh_degree_zero_prob: float = 0.0  # per view: render with SH degree 0 (view-independent colour)
 
     cfg: Config
 
@@ -94,17 +98,18 @@ class GaussianRasterizer(Rasterizer):
         viewspace_points, visibility_filter, radii = [], [], []
         for i in range(c2w.shape[0]):
             camera = camera_from_threestudio(c2w[i], fovy[i], height, width)
+            view_scales, view_sh_degree = self._augment(scales, sh_degree)
             screen_points = torch.zeros(
                 means.shape[0], 3, dtype=means.dtype, device=means.device, requires_grad=True
             )
             out = self.rasterize(
                 means,
                 quats,
-                scales,
+                view_scales,
                 opacities,
                 camera,
                 features=features,
-                sh_degree=sh_degree,
+                sh_degree=view_sh_degree,
                 background=None,
                 screen_points=screen_points,
                 near_plane=self.cfg.near_plane,
@@ -128,6 +133,16 @@ class GaussianRasterizer(Rasterizer):
             "visibility_filter": visibility_filter,
             "radii": radii,
         }
+
+    def _augment(self, scales: Tensor, sh_degree: int):
+        """LucidDreamer's per-view scale noise and SH-degree-0 renders (training only)."""
+        if not self.training:
+            return scales, sh_degree
+        if self.cfg.scale_noise_prob > 0 and random.random() < self.cfg.scale_noise_prob:
+            scales = (scales + torch.randn_like(scales) * self.cfg.scale_noise_std * scales).clamp_min(0.0)
+        if self.cfg.sh_degree_zero_prob > 0 and random.random() < self.cfg.sh_degree_zero_prob:
+            sh_degree = 0
+        return scales, sh_degree
 
     def batch_forward(self, batch: Dict[str, Any]) -> Dict[str, Any]:
         """threestudio-3dgs systems call ``renderer.batch_forward(batch)``; same as ``forward(**batch)``."""

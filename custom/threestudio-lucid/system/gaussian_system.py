@@ -12,6 +12,7 @@ Validation writes ``it{step}-{index}.png`` grids (rgb | depth | alpha); test wri
 ``point_cloud.ply`` (INRIA layout) under ``save/``.
 """
 import os
+import random
 from dataclasses import dataclass, field
 from typing import Any, Dict
 
@@ -32,13 +33,26 @@ class GaussianSplattingSystem(BaseLift3DSystem):
         # log scalar guidance diagnostics (grad_norm, timestep bounds, ...) every step
         log_guidance_diagnostics: bool = True
         ply_name: str = "point_cloud.ply"
+        # LucidDreamer's recipe (0 / "depth" = threestudio behaviour)
+        guidance_flip_prob: float = 0.0  # LD 0.5: flip the batch horizontally before a camera-free guidance
+        depth_as_latent_prob: float = 0.0  # LD 0.2: guide the depth map (3 channels) instead of rgb
+        depth_map: str = "depth"  # "depth" (comp_depth) | "disparity" (normalised inverse depth, LD-style)
 
     cfg: Config
 
+    DEPTH_MAPS = ("depth", "disparity")
+
     def configure(self) -> None:
+        if self.cfg.depth_map not in self.DEPTH_MAPS:
+            raise ConfigError(f"system.depth_map='{self.cfg.depth_map}' must be one of {', '.join(self.DEPTH_MAPS)}.")
         super().configure()
         self.automatic_optimization = False
         self.guidance = find(self.cfg.guidance_type)(self.cfg.guidance)
+        if self.cfg.guidance_flip_prob > 0 and getattr(self.guidance, "conditions_on_camera", False):
+            raise ConfigError(
+                f"system.guidance_flip_prob={self.cfg.guidance_flip_prob} mirrors renders without mirroring the camera, "
+                f"but {self.cfg.guidance_type} is camera-conditioned: set system.guidance_flip_prob=0."
+            )
         self.prompt_processor = find(self.cfg.prompt_processor_type)(self.cfg.prompt_processor)
         self.prompt_utils = self.prompt_processor()
 
@@ -72,16 +86,45 @@ class GaussianSplattingSystem(BaseLift3DSystem):
         if "tv" in active:
             losses["loss_tv"] = tv_loss(out["comp_rgb"].permute(0, 3, 1, 2))
         if "depth_tv" in active:
-            losses["loss_depth_tv"] = tv_loss(out["comp_depth"].permute(0, 3, 1, 2))
+            losses["loss_depth_tv"] = tv_loss(self.depth_image(out).permute(0, 3, 1, 2))
         if "scales" in active:
             losses["loss_scales"] = self.geometry.get_scaling.mean()
         if "opacity" in active:
             losses["loss_opacity"] = self.geometry.get_opacity.mean()
         return losses
 
+    def depth_image(self, out: Dict[str, Any]) -> torch.Tensor:
+        """The depth map used by the depth regulariser and depth-as-latent steps, [B,H,W,1].
+
+        ``disparity``: inverse expected depth, normalised per view to [0, 1] over the object
+        (alpha > 0.1; background 0). LucidDreamer normalises a disparity too, but its formula is tied
+        to its rasterizer fork's depth output; this is the same idea on our depth definition."""
+        if self.cfg.depth_map == "depth":
+            return out["comp_depth"]
+        alpha = out["comp_mask"]
+        expected = out["comp_depth"] / alpha.clamp_min(1e-6)
+        mask = alpha > 0.1
+        disp = torch.where(mask, 1.0 / expected.clamp_min(1e-6), torch.zeros_like(expected))
+        flat_disp, flat_mask = disp.flatten(1), mask.flatten(1)
+        hi = flat_disp.amax(dim=1)
+        lo = torch.where(flat_mask, flat_disp, torch.full_like(flat_disp, float("inf"))).amin(dim=1)
+        lo = torch.where(torch.isfinite(lo), lo, torch.zeros_like(lo))
+        scale = (hi - lo).clamp_min(1e-6)
+        normed = (disp - lo.view(-1, 1, 1, 1)) / scale.view(-1, 1, 1, 1)
+        return torch.where(mask, normed.clamp(0, 1), torch.zeros_like(normed))
+
+    def guidance_input(self, out: Dict[str, Any]) -> torch.Tensor:
+        """What the guidance sees: rgb, or (depth-as-latent) the depth map; optionally mirrored."""
+        image = out["comp_rgb"]
+        if self.cfg.depth_as_latent_prob > 0 and random.random() < self.cfg.depth_as_latent_prob:
+            image = self.depth_image(out).repeat(1, 1, 1, 3)
+        if self.cfg.guidance_flip_prob > 0 and random.random() < self.cfg.guidance_flip_prob:
+            image = image.flip(2)
+        return image
+
     def training_step(self, batch, batch_idx):
         out = self.renderer(**batch)
-        guidance_out = self.guidance(out["comp_rgb"], self.prompt_utils, **batch)
+        guidance_out = self.guidance(self.guidance_input(out), self.prompt_utils, **batch)
 
         loss = 0.0
         for name, value in guidance_out.items():
@@ -102,8 +145,12 @@ class GaussianSplattingSystem(BaseLift3DSystem):
         self.geometry.update_states(
             self.true_global_step, out["visibility_filter"], out["radii"], out["viewspace_points"]
         )
+        # Lightning counts every LightningOptimizer.step() as a global step: step the geometry's
+        # through Lightning (one global step per iteration) and the others through the strategy.
+        optimizers[0].step()
+        for opt in optimizers[1:]:
+            self.trainer.strategy.optimizer_step(opt.optimizer, lambda: None)
         for opt in optimizers:
-            opt.step()
             opt.zero_grad(set_to_none=True)
         return {"loss": loss.detach()}
 

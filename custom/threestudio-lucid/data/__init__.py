@@ -1,0 +1,1 @@
+from . import progressive_camera  # noqa: F401
