@@ -1,1 +1,1 @@
-from . import diffusion_base, ism_guidance, sds_guidance  # noqa: F401
+from . import diffusion_base, esd_guidance, ism_guidance, sds_guidance, vsd_guidance  # noqa: F401
