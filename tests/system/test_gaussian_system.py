@@ -98,3 +98,16 @@ def test_missing_loss_weight_is_named(run_dir, tiny_sd_path, capsys):
     code = launch.main(args)
     err = capsys.readouterr().err
     assert code == 2 and "system.loss.lambda_sds" in err
+
+
+def test_typecheck_flag_runs_the_pipeline_under_jaxtyping_and_beartype(run_dir, tiny_sd_path):
+    import shutil
+    import subprocess
+    import sys
+
+    exe = shutil.which("lucid-launch") or os.path.join(os.path.dirname(sys.executable), "lucid-launch")
+    args = small_run_args(tiny_sd_path, 1)
+    proc = subprocess.run([exe, "--typecheck", *args], cwd=run_dir, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (trial,) = trial_dirs(run_dir)
+    assert os.path.exists(os.path.join(trial, "save", "point_cloud.ply"))

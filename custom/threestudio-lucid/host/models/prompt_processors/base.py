@@ -127,8 +127,8 @@ class PromptProcessorOutput:
     """What guidance receives: the embeddings of the prompt, the negative prompt, their four
     view-dependent versions, and the settings needed to pick among them per camera."""
 
-    text_embeddings: Float[Tensor, "N Nf"]
-    uncond_text_embeddings: Float[Tensor, "N Nf"]
+    text_embeddings: Float[Tensor, "1 N Nf"]
+    uncond_text_embeddings: Float[Tensor, "1 N Nf"]
     text_embeddings_vd: Float[Tensor, "Nv N Nf"]
     uncond_text_embeddings_vd: Float[Tensor, "Nv N Nf"]
     directions: List[DirectionConfig]
