@@ -47,15 +47,15 @@ def _import_plugin(typecheck: bool):
     --typecheck the plugin (and the bundled host with its registry) is imported afresh.
     """
     if typecheck:
-        import importlib.util
+        from importlib import util as importlib_util
 
         from jaxtyping import install_import_hook
 
         # the checker module is loaded on its own (top-level name), not as part of the package the
         # hook is about to re-import
         path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "typecheck.py")
-        spec = importlib.util.spec_from_file_location("_lucid_typecheck", path)
-        checker = importlib.util.module_from_spec(spec)
+        spec = importlib_util.spec_from_file_location("_lucid_typecheck", path)
+        checker = importlib_util.module_from_spec(spec)
         spec.loader.exec_module(checker)
         sys.modules["_lucid_typecheck"] = checker
         install_import_hook(["threestudio_lucid"], "_lucid_typecheck.typechecker")
