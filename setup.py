@@ -65,6 +65,7 @@ setup(
         "console_scripts": [
             "lucid-launch=threestudio_lucid.host.launch:main",
             "lucid-build-tiny-sd=threestudio_lucid.tiny_pipeline:main",
+            "lucid-build-toy-world=threestudio_lucid.toy_world.pipeline:main",
         ]
     },
 )

@@ -50,7 +50,8 @@ def check_model_reachable(name_or_path: str, key: str = MODEL_KEY) -> None:
     """Fail in seconds, with one line, when the model can be neither loaded locally nor downloaded."""
     fix = (
         f"point {key} at a local diffusers folder (e.g. {key}=/path/to/stable-diffusion-2-1-base, "
-        "or a tiny test model made with `lucid-build-tiny-sd load/tiny-sd`)"
+        "a tiny test model made with `lucid-build-tiny-sd load/tiny-sd`, or a toy world made with "
+        "`lucid-build-toy-world load/toy-world`)"
     )
     if os.path.isdir(name_or_path):
         if not os.path.isfile(os.path.join(name_or_path, "model_index.json")):
@@ -76,6 +77,10 @@ def load_stable_diffusion(name_or_path: str, torch_dtype: torch.dtype, key: str 
     from diffusers import StableDiffusionPipeline
 
     check_model_reachable(name_or_path, key)
+    from ..toy_world.pipeline import is_toy_world, load_toy_world_pipeline
+
+    if is_toy_world(name_or_path):  # an exact toy prior with SD's interfaces (issue 7)
+        return load_toy_world_pipeline(name_or_path, torch_dtype)
     try:
         return StableDiffusionPipeline.from_pretrained(
             name_or_path,

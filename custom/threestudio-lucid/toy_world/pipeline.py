@@ -1,0 +1,291 @@
+"""Toy-world model folders: ``build_toy_world`` writes one, ``load_toy_world_pipeline`` loads it.
+
+A toy-world folder looks like a diffusers Stable Diffusion folder to everything that reads text:
+
+- ``tokenizer/`` and ``text_encoder/``: a real tiny CLIP (``tiny_pipeline``'s), so the prompt
+  processors (the bundled one and threestudio's) load the folder unchanged;
+- ``scheduler/``: a ``DDIMScheduler`` with SD 2.1-base's configuration (scaled-linear betas,
+  ``steps_offset`` 1);
+- ``model_index.json`` with ``"_class_name": "LucidToyWorldPipeline"`` (the guidance's
+  ``load_stable_diffusion`` recognises it and calls :func:`load_toy_world_pipeline`);
+- ``toy_world.json``: the :class:`~.dataset.ToyWorldSettings` (objects, bandwidth, image and
+  latent sizes, camera grid, thresholds, seed) and, for reference, the caption list.
+
+The renders are not in the folder: :func:`load_toy_world_pipeline` regenerates them from the
+settings (or reads them from the render cache, ``.threestudio_cache/toy_world/`` under the working
+directory, or ``$LUCID_TOY_WORLD_CACHE``), encodes them with the ``ToyAutoencoder`` and the captions
+with the folder's text encoder, and builds the ``ToyDenoiser``.
+
+Prompts must be the world's captions (``"a penguin"``; the prompt processor adds the view suffixes);
+other text is treated as the empty prompt (see ``prior``). The prompt processor caches embeddings by
+the folder's path: after rebuilding a world at the same path with another ``--seed`` (another text
+encoder), delete ``.threestudio_cache/text_embeddings``, or every prompt reads as unknown text.
+
+Console entry: ``lucid-build-toy-world PATH [--objects cube penguin] [--bandwidth 0.1] ...``.
+"""
+import argparse
+import json
+import os
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+from .dataset import DEFAULT_CACHE_DIR, ToyWorldSettings, caption_table, load_render_sets
+from .objects import OBJECTS
+from .prior import ToyAutoencoder, ToyDenoiser
+
+TOY_WORLD_CLASS_NAME = "LucidToyWorldPipeline"
+SETTINGS_FILE = "toy_world.json"
+CACHE_ENV = "LUCID_TOY_WORLD_CACHE"
+
+
+def is_toy_world(path: str) -> bool:
+    """Whether ``path`` is a folder whose ``model_index.json`` names ``LucidToyWorldPipeline``."""
+    index = os.path.join(str(path), "model_index.json")
+    if not os.path.isfile(index):
+        return False
+    try:
+        with open(index, "r", encoding="utf-8") as f:
+            return json.load(f).get("_class_name") == TOY_WORLD_CLASS_NAME
+    except (OSError, ValueError):
+        return False
+
+
+def render_cache_dir(cache_dir: Optional[str] = None) -> str:
+    return cache_dir or os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR
+
+
+class LucidToyWorldPipeline:
+    """The pipeline-like object the guidance gets: ``unet`` (:class:`ToyDenoiser`), ``vae``
+    (:class:`ToyAutoencoder`), ``text_encoder``, ``tokenizer``, ``scheduler``; plus ``settings``,
+    ``train_set`` / ``eval_set`` (the renders) and ``captions``."""
+
+    def __init__(self, unet, vae, text_encoder, tokenizer, scheduler, settings, train_set, eval_set, captions):
+        self.unet, self.vae, self.text_encoder = unet, vae, text_encoder
+        self.tokenizer, self.scheduler = tokenizer, scheduler
+        self.settings: ToyWorldSettings = settings
+        self.train_set, self.eval_set = train_set, eval_set
+        self.captions: List[str] = captions
+
+    @property
+    def components(self) -> Dict[str, Any]:
+        return dict(unet=self.unet, vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, scheduler=self.scheduler)
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    def to(self, device=None, dtype=None):
+        for model in (self.unet, self.vae, self.text_encoder):
+            if model is not None:
+                model.to(device=device, dtype=dtype)
+        return self
+
+    # memory options: nothing to do for a closed-form denoiser without attention
+    def enable_attention_slicing(self, *args, **kwargs) -> None:
+        pass
+
+    def disable_attention_slicing(self) -> None:
+        pass
+
+    def enable_xformers_memory_efficient_attention(self, *args, **kwargs) -> None:
+        pass
+
+    def enable_sequential_cpu_offload(self, *args, **kwargs) -> None:
+        """The toy world is small: it is simply kept on the GPU."""
+        self.to(torch.device("cuda"))
+
+
+def _scheduler_config() -> Dict[str, Any]:
+    from ..tiny_pipeline import SD21_BASE_SCHEDULER_CONFIG
+
+    return dict(SD21_BASE_SCHEDULER_CONFIG)
+
+
+def build_toy_world(
+    path: str,
+    objects: Optional[Sequence[str]] = None,
+    bandwidth: float = 0.1,
+    image_size: int = 64,
+    downsample: int = 2,
+    n_azimuths: int = 24,
+    seed: int = 0,
+    render: bool = True,
+    cache_dir: Optional[str] = None,
+    **settings: Any,
+) -> str:
+    """Write a toy-world model folder at ``path`` and return ``path``.
+
+    ``objects``: keys or captions from :data:`~.objects.OBJECTS` (default: all). Other keyword
+    arguments are :class:`~.dataset.ToyWorldSettings` fields (``elevations_deg``,
+    ``camera_distances``, ``fovy_deg``, ``n_eval_views``, ...). With ``render`` the renders are made
+    now (and cached) so the first load does not pay for them.
+    """
+    from diffusers import DDIMScheduler
+
+    from ..tiny_pipeline import build_tiny_components, write_vocabulary_files
+
+    world = ToyWorldSettings(
+        objects=list(objects) if objects else list(OBJECTS),
+        bandwidth=bandwidth,
+        image_size=image_size,
+        downsample=downsample,
+        n_azimuths=n_azimuths,
+        seed=seed,
+        **settings,
+    )
+    path = str(path)
+    os.makedirs(path, exist_ok=True)
+    parts = build_tiny_components(seed=seed)
+    tokenizer, text_encoder = parts["tokenizer"], parts["text_encoder"]
+    tokenizer.save_pretrained(os.path.join(path, "tokenizer"))
+    # transformers 5 writes only tokenizer.json; SD folders also carry vocab.json + merges.txt
+    if not os.path.exists(os.path.join(path, "tokenizer", "vocab.json")):
+        write_vocabulary_files(os.path.join(path, "tokenizer"))
+    text_encoder.save_pretrained(os.path.join(path, "text_encoder"), safe_serialization=True)
+    DDIMScheduler(**_scheduler_config()).save_pretrained(os.path.join(path, "scheduler"))
+
+    import diffusers
+    import transformers
+
+    with open(os.path.join(path, "model_index.json"), "w", encoding="utf-8") as f:
+        json.dump(
+            {
+                "_class_name": TOY_WORLD_CLASS_NAME,
+                "_diffusers_version": diffusers.__version__,
+                "scheduler": ["diffusers", "DDIMScheduler"],
+                "text_encoder": ["transformers", "CLIPTextModel"],
+                "tokenizer": ["transformers", "CLIPTokenizer"],
+                "toy_world": SETTINGS_FILE,
+                "_transformers_version": transformers.__version__,
+            },
+            f,
+            indent=2,
+        )
+    described = {
+        "settings": world.to_dict(),
+        "latent_size": world.latent_size,
+        "objects": {k: {"caption": OBJECTS[k].name, "shape": OBJECTS[k].description} for k in world.objects},
+        "render_cache_key": world.render_key(),
+    }
+    if render:
+        train, _ = load_render_sets(world, render_cache_dir(cache_dir))
+        captions, members = caption_table(train)
+        described["num_renders"] = len(train)
+        described["captions"] = {c: int(m.sum()) for c, m in zip(captions, members)}
+    with open(os.path.join(path, SETTINGS_FILE), "w", encoding="utf-8") as f:
+        json.dump(described, f, indent=2)
+    return path
+
+
+def read_toy_world_settings(path: str) -> ToyWorldSettings:
+    with open(os.path.join(str(path), SETTINGS_FILE), "r", encoding="utf-8") as f:
+        return ToyWorldSettings.from_dict(json.load(f)["settings"])
+
+
+@torch.no_grad()
+def encode_captions(tokenizer, text_encoder, captions: Sequence[str]) -> torch.Tensor:
+    """[K,77,D] embeddings, encoded exactly as the prompt processor does (padding to
+    ``model_max_length``, truncation, the last hidden state)."""
+    tokens = tokenizer(
+        list(captions), padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    )
+    return text_encoder(tokens.input_ids.to(text_encoder.device))[0]
+
+
+def load_toy_world_pipeline(
+    path: str,
+    torch_dtype: torch.dtype = torch.float32,
+    cache_dir: Optional[str] = None,
+    text_tolerance: float = 0.02,
+) -> LucidToyWorldPipeline:
+    """Load a folder written by :func:`build_toy_world` (renders from the cache or made now)."""
+    from diffusers import DDIMScheduler
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    path = str(path)
+    if not is_toy_world(path):
+        raise FileNotFoundError(
+            f"'{path}' is not a toy-world folder (no model_index.json naming {TOY_WORLD_CLASS_NAME}): "
+            f"make one with `lucid-build-toy-world {path}`."
+        )
+    world = read_toy_world_settings(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, subfolder="tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder").eval()
+    text_encoder.requires_grad_(False)
+    scheduler = DDIMScheduler.from_pretrained(path, subfolder="scheduler")
+
+    train, held_out = load_render_sets(world, render_cache_dir(cache_dir))
+    captions, members = caption_table(train)
+    caption_embeddings = encode_captions(tokenizer, text_encoder, captions).float()
+
+    vae = ToyAutoencoder(downsample=world.downsample, image_size=world.image_size, dtype=torch_dtype)
+    images = train.rgb_float().permute(0, 3, 1, 2) * 2 - 1
+    means = vae.encode(images).latent_dist.mode() * vae.config.scaling_factor
+    unet = ToyDenoiser(
+        means,
+        caption_embeddings,
+        members,
+        captions,
+        scheduler.alphas_cumprod,
+        bandwidth=world.bandwidth,
+        text_tolerance=text_tolerance,
+        dtype=torch_dtype,
+    )
+    text_encoder.to(dtype=torch_dtype)
+    return LucidToyWorldPipeline(unet, vae, text_encoder, tokenizer, scheduler, world, train, held_out, captions)
+
+
+def main(argv=None) -> int:
+    defaults = ToyWorldSettings()
+    parser = argparse.ArgumentParser(
+        prog="lucid-build-toy-world",
+        description=(
+            "Write a toy-world model folder to PATH: tiny CLIP text encoder, DDIM scheduler and the "
+            "settings of an exact diffusion prior over analytic renders of procedural objects. Point "
+            "pretrained_model_name_or_path (prompt processor and guidance) at it; prompt with an object's "
+            "caption, e.g. system.prompt_processor.prompt='a penguin'."
+        ),
+    )
+    parser.add_argument("path", help="output folder (created if missing)")
+    parser.add_argument(
+        "--objects",
+        nargs="+",
+        default=list(OBJECTS),
+        help="objects by key: " + ", ".join(f"{k} ('{o.name}')" for k, o in OBJECTS.items()) + " (default: all)",
+    )
+    parser.add_argument("--bandwidth", type=float, default=defaults.bandwidth, help="std of each mixture component, [-1,1] image units")
+    parser.add_argument("--image-size", type=int, default=defaults.image_size, help="render / guidance image size")
+    parser.add_argument("--downsample", type=int, default=defaults.downsample, choices=(1, 2, 4, 8), help="latent downsampling factor")
+    parser.add_argument("--n-azimuths", type=int, default=defaults.n_azimuths, help="training azimuths per elevation")
+    parser.add_argument("--elevations", type=float, nargs="+", default=defaults.elevations_deg, help="training elevations (deg)")
+    parser.add_argument("--distances", type=float, nargs="+", default=defaults.camera_distances, help="camera distances")
+    parser.add_argument("--fovy", type=float, default=defaults.fovy_deg, help="vertical field of view (deg)")
+    parser.add_argument("--n-eval-views", type=int, default=defaults.n_eval_views, help="held-out azimuths")
+    parser.add_argument("--eval-elevation", type=float, default=defaults.eval_elevation_deg, help="held-out elevation (deg)")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the tiny text encoder")
+    parser.add_argument("--no-render", action="store_true", help="do not render (and cache) the views now")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    path = build_toy_world(
+        args.path,
+        objects=args.objects,
+        bandwidth=args.bandwidth,
+        image_size=args.image_size,
+        downsample=args.downsample,
+        n_azimuths=args.n_azimuths,
+        seed=args.seed,
+        render=not args.no_render,
+        elevations_deg=args.elevations,
+        camera_distances=args.distances,
+        fovy_deg=args.fovy,
+        n_eval_views=args.n_eval_views,
+        eval_elevation_deg=args.eval_elevation,
+    )
+    print(f"Toy world written to {path} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
