@@ -80,6 +80,11 @@ class VSDGuidance(StableDiffusionGuidanceBase):
         lora_rank: int = 4
         lora_alpha: Optional[float] = None  # None: lora_rank (scale 1, as threestudio's LoRA layers)
         lora_target_modules: List[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+        # the estimator's UNet inside the LoRA model folder; with train_full_estimator every weight of
+        # that (small) UNet is trained instead of a LoRA on it: the toy world's estimator_unet/, a
+        # small randomly initialised diffusers UNet standing in for the LoRA of an exact prior
+        lora_unet_subfolder: str = "unet"
+        train_full_estimator: bool = False
 
     # the LoRA score is conditioned on the camera: renders must not be mirrored without it
     conditions_on_camera = True
@@ -124,18 +129,30 @@ class VSDGuidance(StableDiffusionGuidanceBase):
         self.register_buffer(
             "alphas_cumprod_lora", self.lora_models.scheduler.alphas_cumprod.clone().float(), persistent=False
         )
-        self._add_lora(self.lora_models.unet)
+        if self.cfg.train_full_estimator:
+            if self.single_model:
+                raise ConfigError(
+                    "system.guidance.train_full_estimator=true would train the pretrained UNet itself: point "
+                    f"{LORA_MODEL_KEY} (or lora_unet_subfolder) at a separate small UNet."
+                )
+            unet = self.lora_models.unet
+            unet.to(dtype=torch.float32).train().requires_grad_(True)
+            self.lora_layers = nn.ModuleDict({"estimator_unet": unet})
+        else:
+            self._add_lora(self.lora_models.unet)
         self._add_camera_embedding(self.lora_models.unet)
 
     def _lora_base_model(self) -> LoRADiffusionModel:
         name = self.cfg.pretrained_model_name_or_path_lora
-        if name == self.cfg.pretrained_model_name_or_path:
+        if name == self.cfg.pretrained_model_name_or_path and self.cfg.lora_unet_subfolder == "unet":
             return LoRADiffusionModel(unet=self.unet, scheduler=self.scheduler, single_model=True)
         from diffusers import DDIMScheduler, UNet2DConditionModel
 
         check_model_reachable(name, LORA_MODEL_KEY)
         try:
-            unet = UNet2DConditionModel.from_pretrained(name, subfolder="unet", torch_dtype=self.weights_dtype)
+            unet = UNet2DConditionModel.from_pretrained(
+                name, subfolder=self.cfg.lora_unet_subfolder, torch_dtype=self.weights_dtype
+            )
             scheduler = DDIMScheduler.from_pretrained(name, subfolder="scheduler")
         except (OSError, ValueError) as e:
             raise ConfigError(
@@ -245,10 +262,12 @@ class VSDGuidance(StableDiffusionGuidanceBase):
         self, latents: torch.Tensor, t: torch.Tensor, text_embeddings: torch.Tensor, camera: torch.Tensor
     ) -> torch.Tensor:
         """The LoRA UNet's raw output (noise or velocity, per its scheduler) under ``camera`` [B,16]."""
+        # a fully trained estimator is kept in fp32; a LoRA runs in the base UNet's dtype
+        dtype = torch.float32 if self.cfg.train_full_estimator else self.weights_dtype
         return self.unet_lora(
-            latents.to(self.weights_dtype),
+            latents.to(dtype),
             t.to(latents.device),
-            encoder_hidden_states=text_embeddings.to(self.weights_dtype),
+            encoder_hidden_states=text_embeddings.to(dtype),
             class_labels=camera.to(self.camera_embedding.linear_1.weight.dtype),
         ).sample.to(latents.dtype)
 

@@ -37,6 +37,9 @@ class GaussianSplattingSystem(BaseLift3DSystem):
         guidance_flip_prob: float = 0.0  # LD 0.5: flip the batch horizontally before a camera-free guidance
         depth_as_latent_prob: float = 0.0  # LD 0.2: guide the depth map (3 channels) instead of rgb
         depth_map: str = "depth"  # "depth" (comp_depth) | "disparity" (normalised inverse depth, LD-style)
+        # toy world (issue 7): at test, score the asset against the world's held-out ground truth
+        # (PSNR, mask IoU, Janus score); the world is the guidance's pretrained_model_name_or_path
+        toy_world_eval: bool = False
 
     cfg: Config
 
@@ -196,6 +199,27 @@ class GaussianSplattingSystem(BaseLift3DSystem):
         path = self.get_save_path(self.cfg.ply_name)
         self.geometry.save_ply(path)
         info(f"Saved {self.geometry.num_points} Gaussians to {path}")
+        if self.cfg.toy_world_eval:
+            self.evaluate_toy_world()
+
+    def evaluate_toy_world(self) -> Dict[str, Any]:
+        """Score against the toy world (held-out views); writes ``toy_world_scores.json`` and a grid
+        ``toy_world_eval.png`` (renders above, ground truth below) and prints the scores."""
+        from ..toy_world.evaluate import evaluate_renderer, scores_only, write_scores
+
+        world = self.cfg.guidance.pretrained_model_name_or_path
+        result = evaluate_renderer(self.renderer, world, self.cfg.prompt_processor.prompt)
+        write_scores(result, self.get_save_path("toy_world_scores.json"))
+        row = lambda imgs: [{"type": "rgb", "img": img, "kwargs": {"data_format": "HWC"}} for img in imgs]
+        self.save_image_grid("toy_world_eval.png", [row(result["renders"]), row(result["ground_truth"])])
+        scores = scores_only(result)
+        line = (
+            f"toy-world scores for {scores['object']} on {scores['n_views']} held-out views: "
+            f"PSNR {scores['psnr']:.2f} dB, mask IoU {scores['iou']:.3f}, Janus {scores['janus']:.3f}"
+        )
+        info(line)
+        print(line, flush=True)
+        return scores
 
     def on_predict_epoch_end(self) -> None:
         super().on_predict_epoch_end()

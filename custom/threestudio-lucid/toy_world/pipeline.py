@@ -9,7 +9,10 @@ A toy-world folder looks like a diffusers Stable Diffusion folder to everything 
 - ``model_index.json`` with ``"_class_name": "LucidToyWorldPipeline"`` (the guidance's
   ``load_stable_diffusion`` recognises it and calls :func:`load_toy_world_pipeline`);
 - ``toy_world.json``: the :class:`~.dataset.ToyWorldSettings` (objects, bandwidth, image and
-  latent sizes, camera grid, thresholds, seed) and, for reference, the caption list.
+  latent sizes, camera grid, thresholds, seed) and, for reference, the caption list;
+- ``estimator_unet/``: a small, randomly initialised diffusers UNet that VSD/ESD train in full as
+  their estimator of the particles' score (``lora_unet_subfolder: estimator_unet``,
+  ``train_full_estimator: true``), since a LoRA needs a pretrained UNet to adapt.
 
 The renders are not in the folder: :func:`load_toy_world_pipeline` regenerates them from the
 settings (or reads them from the render cache, ``.threestudio_cache/toy_world/`` under the working
@@ -38,6 +41,32 @@ from .prior import ToyAutoencoder, ToyDenoiser
 TOY_WORLD_CLASS_NAME = "LucidToyWorldPipeline"
 SETTINGS_FILE = "toy_world.json"
 CACHE_ENV = "LUCID_TOY_WORLD_CACHE"
+
+
+ESTIMATOR_SUBFOLDER = "estimator_unet"
+
+
+def build_estimator_unet(latent_size: int, text_dim: int, seed: int = 0):
+    """A small diffusers UNet (32/64 channels) with cross-attention only at the lower resolution:
+    self-attention over a 32x32 latent would dominate a CPU step, and the camera condition enters
+    through the class embedding anyway."""
+    from diffusers import UNet2DConditionModel
+
+    from ..tiny_pipeline import _seeded
+
+    with _seeded(seed + 3):
+        return UNet2DConditionModel(
+            sample_size=latent_size,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            norm_num_groups=32,
+            cross_attention_dim=text_dim,
+            attention_head_dim=8,
+        )
 
 
 def is_toy_world(path: str) -> bool:
@@ -145,6 +174,11 @@ def build_toy_world(
         write_vocabulary_files(os.path.join(path, "tokenizer"))
     text_encoder.save_pretrained(os.path.join(path, "text_encoder"), safe_serialization=True)
     DDIMScheduler(**_scheduler_config()).save_pretrained(os.path.join(path, "scheduler"))
+    # VSD/ESD need a trainable estimator of the particles' score: a small diffusers UNet (random init,
+    # trained in full during the run: train_full_estimator) in place of a LoRA on the exact prior
+    build_estimator_unet(world.latent_size, parts["text_encoder"].config.hidden_size, seed).save_pretrained(
+        os.path.join(path, ESTIMATOR_SUBFOLDER)
+    )
 
     import diffusers
     import transformers
