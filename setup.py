@@ -33,7 +33,7 @@ setup(
     python_requires=">=3.9",
     packages=sorted(PACKAGES),
     package_dir=PACKAGES,
-    package_data={"threestudio_lucid": ["configs/*.yaml"]},
+    package_data={"threestudio_lucid": ["configs/*.yaml", "renderer/cpu_kernel/*.cpp"]},
     include_package_data=True,
     install_requires=[
         # torch is pinned by scripts/setup.sh (a CPU wheel); here any 2.x satisfies the import

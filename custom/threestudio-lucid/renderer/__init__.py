@@ -2,3 +2,4 @@
 specification every backend is tested against) and the registered ``lucid-gaussian-rasterizer``."""
 from . import camera, reference  # noqa: F401
 from . import gaussian_rasterizer  # noqa: F401  (registers lucid-gaussian-rasterizer)
+from . import cpu_backend  # noqa: F401  (registers the rasterizer backends "cpu" and "auto")

@@ -52,7 +52,7 @@ class GaussianRasterizer(Rasterizer):
 
     @dataclass
     class Config(Rasterizer.Config):
-        backend: str = "reference"
+        backend: str = "auto"  # auto: the fastest available (cpu kernel on CPU); reference: the torch specification
         near_plane: float = 0.2
         tile_size: int = 16
         bg_inversion_prob: float = 0.0

@@ -1,0 +1,938 @@
+// The C++ part of the ``cpu`` rasterizer backend (renderer/cpu_backend.py): tile binning, tile
+// compositing forward and backward, and the backward of the projection and SH colours.
+//
+// It implements the stages of the reference rasterizer (renderer/reference.py, the specification)
+// with the original 3DGS rasterizer's per-pixel algorithm. The forward projection, colours, tile
+// rectangles and depth order stay in torch (the reference's own code, so culling, radii, means2d and
+// conics are the same tensors); this file sees 2D splats, plus the 3D inputs for the backward.
+//
+// Compositing, for each pixel of each tile (``tile_size`` square), over the tile's depth-sorted list:
+//   power = -0.5 (a dx^2 + c dy^2) - b dx dy,  dx = mean.x - px    (skipped unless power <= 0)
+//   alpha = min(alpha_max, o exp(power))                            (skipped if alpha < alpha_min)
+//   stop before the Gaussian with T (1 - alpha) < t_min; otherwise  C += alpha T f,  T *= 1 - alpha
+// with pixel centres at integer coordinates (the reference makes the same stop test on a float64
+// sum of log(1 - alpha); T is a float64 product here: they agree to double rounding). The forward
+// saves the final T per pixel and every contribution (which Gaussian, which pixel, exp(power)); the
+// backward replays them back to front from the final T, as inria's backward.cu does from n_contrib
+// (see BackwardTile), with the gradient straight through the alpha_max clamp.
+//
+// Speed without changing a single decision: a (Gaussian, pixel) pair is only rejected early where
+// the exact tests above would reject it (see Bound): ``cut`` bounds the power below which alpha <
+// alpha_min, and a widened ellipse bounds the rows and, per row, the columns where power >= cut can
+// hold. A tile row is processed Gaussian by Gaussian over those columns, each pixel keeping its own
+// state, so every pixel still sees its Gaussians front to back with the per-pixel loop's operations.
+//
+// Threads (torch's intra-op count) take whole tiles from a shared counter. Gradients are summed per
+// (tile, Gaussian) pair -- a pair belongs to one tile, hence one thread, so no atomics -- and then per
+// Gaussian in list order: results do not depend on the thread count or the schedule. T and the sums
+// are float64; positions, conics, alphas and features keep the input precision, as in the reference.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace {
+
+// Per-pair gradient slots before the features: mean x, mean y, conic a, b, c, opacity.
+constexpr int64_t kGeomGrads = 6;
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+struct Settings {
+  int64_t width, height, tile_size, n_tiles_x, n_tiles;
+  double alpha_max, alpha_min, t_min;
+};
+
+// Integer floor / ceil of a finite double of magnitude < 2^62 (std::floor is a library call on
+// baseline x86-64).
+inline int64_t floor_i64(double v) {
+  const int64_t t = static_cast<int64_t>(v);
+  return static_cast<double>(t) > v ? t - 1 : t;
+}
+inline int64_t ceil_i64(double v) {
+  const int64_t t = static_cast<int64_t>(v);
+  return static_cast<double>(t) < v ? t + 1 : t;
+}
+
+// One tile's depth-sorted list, gathered contiguously, with each entry's early-reject bounds:
+//
+// cut: for power < cut, o exp(power) < alpha_min even with exp and the product rounded (the 1e-4
+// margin in the exponent is ~1000x float rounding), so no exp is needed.
+// ellipse: a pair can pass power >= cut only where the exact quadratic form q = d^T conic d is at
+// most r2 = -2 cut (1 + rel)^2: the float q differs from the exact one by at most ~1e-7 (a + c)
+// |d|^2 <= 1e-7 q (a + c) / lambda_min(conic), and rel is 100x that plus 1e-4. An entry's rows are
+// those its widened ellipse reaches (|dy| <= sqrt(r2 Sigma_yy), Sigma = conic^-1, + 1e-3 px); on a
+// row, its columns are where q(dx) = a dx^2 + 2 b dy dx + c dy^2 <= r2, i.e. dx between
+// (-b dy -+ sqrt(a r2 - det dy^2)) / a, + 1e-3 px (in float64). Pixel centres are integers, so both
+// are kept as integer ranges. An ill-conditioned or non-positive-definite conic (rel >= 0.1) gets
+// the whole tile; an entry that can reach no pixel (o < alpha_min, NaN, inf) gets nothing.
+struct Bound {
+  double cut;    // power below which alpha < alpha_min
+  double r2;     // widened -2 cut of the ellipse bound; < 0: no ellipse bound
+  double inv_a;  // 1 / conic a
+  double det;    // conic a c - b^2
+  double hy;     // half height of the rows reached: kInf = every row, < 0 = none
+};
+
+// The bound of one Gaussian (computed once per Gaussian, not per tile).
+inline Bound make_bound(double x, double y, double ca, double cb, double cc, double o, double alpha_min) {
+  Bound bd;
+  bd.cut = o > 0.0 ? std::log(alpha_min / o) - 1e-4 : kInf;
+  bd.r2 = -1.0;
+  bd.inv_a = bd.det = 0.0;
+  bd.hy = kInf;
+  // o < alpha_min (or not > 0, or NaN), or a position whose power is NaN: no pixel passes
+  if (!(bd.cut < 0.0) || !std::isfinite(x) || !std::isfinite(y)) {
+    bd.hy = -1.0;
+    return bd;
+  }
+  const double dt = ca * cc - cb * cb;
+  if (!(ca > 0.0 && cc > 0.0 && dt > 0.0)) return bd;
+  const double mid = 0.5 * (ca + cc);
+  const double lambda_min = mid - std::sqrt(std::max(mid * mid - dt, 0.0));
+  const double rel = lambda_min > 0.0 ? 1e-4 + 1e-5 * (ca + cc) / lambda_min : kInf;
+  if (!(rel < 0.1)) return bd;
+  bd.r2 = -2.0 * bd.cut * (1.0 + rel) * (1.0 + rel);
+  bd.inv_a = 1.0 / ca;
+  bd.det = dt;
+  bd.hy = std::sqrt(bd.r2 * ca / dt) + 1e-3;
+  return bd;
+}
+
+template <typename scalar_t>
+struct TileList {
+  std::vector<scalar_t> x, y, a, b, c, o, cut, f;
+  std::vector<double> r2, inv_a, det;  // r2 < 0: no ellipse bound, every column of its rows
+  std::vector<int32_t> row_offsets, row_entries;  // per tile row, the entries reaching it (CSR)
+  int64_t n = 0;
+
+  // The tile's entries; with bounds (the forward), also their bounds and the rows they reach.
+  void gather(const scalar_t* means2d, const scalar_t* conics, const scalar_t* opacities,
+              const scalar_t* features, const int64_t* ids, int64_t count, int64_t dim,
+              const Bound* bounds, int64_t y0, int64_t y1) {
+    n = count;
+    for (auto* v : {&x, &y, &a, &b, &c, &o}) v->resize(n);
+    f.resize(n * dim);
+    for (int64_t k = 0; k < n; ++k) {
+      const int64_t g = ids[k];
+      x[k] = means2d[2 * g];
+      y[k] = means2d[2 * g + 1];
+      a[k] = conics[3 * g];
+      b[k] = conics[3 * g + 1];
+      c[k] = conics[3 * g + 2];
+      o[k] = opacities[g];
+      for (int64_t d = 0; d < dim; ++d) f[k * dim + d] = features[g * dim + d];
+    }
+    if (bounds == nullptr) return;
+    for (auto* v : {&r2, &inv_a, &det}) v->resize(n);
+    cut.resize(n);
+    row_span_.resize(2 * n);  // [2k], [2k+1]: first and last row, clamped to the tile
+    row_offsets.assign(y1 - y0 + 1, 0);
+    for (int64_t k = 0; k < n; ++k) {
+      const Bound& bd = bounds[ids[k]];
+      cut[k] = static_cast<scalar_t>(bd.cut);
+      r2[k] = bd.r2;
+      inv_a[k] = bd.inv_a;
+      det[k] = bd.det;
+      const double yk = static_cast<double>(y[k]);
+      int64_t lo = y0, hi = y1 - 1;
+      if (!(bd.hy >= 0.0)) {
+        hi = lo - 1;  // reaches no pixel
+      } else if (bd.hy < kInf) {
+        lo = std::max(lo, ceil_i64(std::max(yk - bd.hy, -1e15)));
+        hi = std::min(hi, floor_i64(std::min(yk + bd.hy, 1e15)));
+      }
+      row_span_[2 * k] = lo;
+      row_span_[2 * k + 1] = hi;
+      for (int64_t r = lo; r <= hi; ++r) ++row_offsets[r - y0 + 1];
+    }
+    for (int64_t r = 0; r < y1 - y0; ++r) row_offsets[r + 1] += row_offsets[r];
+    row_entries.resize(row_offsets[y1 - y0]);
+    cursor_.assign(row_offsets.begin(), row_offsets.end() - 1);
+    for (int64_t k = 0; k < n; ++k) {
+      for (int64_t r = row_span_[2 * k]; r <= row_span_[2 * k + 1]; ++r) {
+        row_entries[cursor_[r - y0]++] = static_cast<int32_t>(k);
+      }
+    }
+  }
+
+ private:
+  std::vector<int64_t> row_span_, cursor_;
+};
+
+// The entries of a tile list that reach one pixel row, in list order (front to back), with the
+// columns [lo, hi] each can reach on it and what the row fixes precomputed: dy = y - py and
+// (c dy) dy, the same float operations as the per-pixel formula
+// power = -0.5 ((a dx) dx + (c dy) dy) - (b dx) dy (the reference's association). With an
+// ellipse bound, the columns are where q(dx) = a dx^2 + 2 b dy dx + c dy^2 <= r2 on this row: dx
+// between (-b dy -+ sqrt(a r2 - det dy^2)) / a (float64, widened by 1e-3 px).
+template <typename scalar_t>
+struct RowEntry {
+  scalar_t x, a, b, dy, cdy2, o, cut;
+  int32_t k, lo, hi;
+};
+
+// The row entry of list entry k on pixel row py, or false when it reaches no column of the tile.
+template <typename scalar_t>
+inline bool row_entry(const TileList<scalar_t>& L, int32_t k, int64_t py, int64_t x0, int64_t x1,
+                      RowEntry<scalar_t>* e) {
+  int64_t lo = x0, hi = x1 - 1;
+  if (L.r2[k] >= 0.0) {
+    const double dyd = static_cast<double>(L.y[k]) - static_cast<double>(py);
+    const double disc = static_cast<double>(L.a[k]) * L.r2[k] - L.det[k] * dyd * dyd;
+    if (disc < 0.0) return false;
+    const double centre = static_cast<double>(L.x[k]) + static_cast<double>(L.b[k]) * dyd * L.inv_a[k];
+    const double half = std::sqrt(disc) * L.inv_a[k] + 1e-3;
+    lo = std::max(lo, ceil_i64(std::max(centre - half, -1e15)));
+    hi = std::min(hi, floor_i64(std::min(centre + half, 1e15)));
+    if (lo > hi) return false;
+  }
+  const scalar_t dy = L.y[k] - static_cast<scalar_t>(py);
+  e->x = L.x[k];
+  e->a = L.a[k];
+  e->b = L.b[k];
+  e->dy = dy;
+  e->cdy2 = L.c[k] * dy * dy;
+  e->o = L.o[k];
+  e->cut = L.cut[k];
+  e->k = k;
+  e->lo = static_cast<int32_t>(lo);
+  e->hi = static_cast<int32_t>(hi);
+  return true;
+}
+
+// alpha of a row entry at column px (the reference's formula and skips), or false when skipped:
+// power not <= 0 (NaN included), power below cut (then alpha < alpha_min), alpha < alpha_min or NaN
+template <typename scalar_t>
+inline bool alpha_at(const RowEntry<scalar_t>& e, int32_t px, scalar_t alpha_max, scalar_t alpha_min,
+                     scalar_t* alpha, scalar_t* G, scalar_t* dx_out) {
+  const scalar_t dx = e.x - static_cast<scalar_t>(px);
+  const scalar_t power = scalar_t(-0.5) * (e.a * dx * dx + e.cdy2) - e.b * dx * e.dy;
+  if (!(power <= scalar_t(0)) || power < e.cut) return false;
+  const scalar_t g = std::exp(power);
+  scalar_t al = e.o * g;
+  if (al > alpha_max) al = alpha_max;
+  if (!(al >= alpha_min)) return false;
+  *alpha = al;
+  *G = g;
+  *dx_out = dx;
+  return true;
+}
+
+// Runs body(tile, scratch...) over all tiles: each thread pulls the next tile from a shared counter.
+template <typename Body>
+void for_each_tile(int64_t n_tiles, const Body& body) {
+  std::atomic<int64_t> next(0);
+  int n_threads = std::max<int>(1, at::get_num_threads());
+  n_threads = static_cast<int>(std::min<int64_t>(n_threads, std::max<int64_t>(n_tiles, 1)));
+#ifdef _OPENMP
+#pragma omp parallel num_threads(n_threads)
+#endif
+  {
+    typename Body::Scratch scratch;  // reused across this thread's tiles
+    for (int64_t t = next.fetch_add(1); t < n_tiles; t = next.fetch_add(1)) body(t, scratch);
+  }
+}
+
+// One Gaussian added to a pixel: its tile-list position k and the pixel's column in the tile (lane),
+// packed as k << 8 | lane, and G = exp(power) (alpha = min(alpha_max, o G) is recomputed bit for
+// bit). The forward stores a row's contributions in the order it makes them -- front to back within
+// each pixel -- and the backward replays them in reverse instead of searching the tile list and
+// evaluating exp again (which took half the backward's time): 8 bytes per contribution in float32.
+constexpr int kLaneBits = 8;
+constexpr int64_t kMaxTileSize = int64_t(1) << kLaneBits;
+constexpr int64_t kMaxTileList = int64_t(1) << (31 - kLaneBits);
+inline int32_t pack_contribution(int32_t k, int64_t lane) { return (k << kLaneBits) | static_cast<int32_t>(lane); }
+
+template <typename scalar_t>
+struct Contribution {
+  int32_t k_lane;
+  scalar_t G;
+};
+
+// The forward processes a row entry by entry (front to back), each entry visiting only its
+// columns; every pixel ("lane") of the row keeps its own state, so each pixel still sees its
+// Gaussians in list order with the operations of the per-pixel loop.
+template <typename scalar_t, int kDim>
+struct ForwardTile {
+  using scalar_type = scalar_t;
+  struct Scratch {
+    TileList<scalar_t> list;
+    std::vector<double> lanes;
+    std::vector<Contribution<scalar_t>> added;  // this tile's, then copied out at its size
+  };
+  const Settings& s;
+  const scalar_t *means2d, *conics, *opacities, *features;
+  const int64_t *gauss_ids, *offsets;
+  int64_t dim_;
+  scalar_t* image;
+  double* final_t;
+  int64_t* row_start;  // per tile row (tile * tile_size + row): tile-local here, made global by the caller
+  std::vector<std::vector<Contribution<scalar_t>>>* tile_contributions;
+  const Bound* bounds;
+
+  void operator()(int64_t tile, Scratch& scratch) const {
+    const int64_t dim = kDim > 0 ? kDim : dim_;
+    const int64_t r0 = offsets[tile], r1 = offsets[tile + 1];
+    if (r1 == r0) return;  // the outputs are initialised to an empty pixel
+    const int64_t x0 = (tile % s.n_tiles_x) * s.tile_size, y0 = (tile / s.n_tiles_x) * s.tile_size;
+    const int64_t x1 = std::min(x0 + s.tile_size, s.width), y1 = std::min(y0 + s.tile_size, s.height);
+    const int64_t width = x1 - x0;
+    const scalar_t alpha_max = static_cast<scalar_t>(s.alpha_max);
+    const scalar_t alpha_min = static_cast<scalar_t>(s.alpha_min);
+    const double t_min = s.t_min;
+    TileList<scalar_t>& L = scratch.list;
+    L.gather(means2d, conics, opacities, features, gauss_ids + r0, r1 - r0, dim, bounds, y0, y1);
+    const scalar_t* f = L.f.data();
+    scratch.lanes.resize(width * (dim + 1));
+    double* __restrict T = scratch.lanes.data();  // [width]; 0 marks a finished pixel
+    double* __restrict acc = T + width;           // [width, dim]
+    std::vector<Contribution<scalar_t>>& out = scratch.added;
+    out.clear();
+    for (int64_t py = y0; py < y1; ++py) {
+      std::fill(T, T + width, 1.0);
+      std::fill(acc, acc + width * dim, 0.0);
+      row_start[tile * s.tile_size + (py - y0)] = static_cast<int64_t>(out.size());
+      int64_t open = width;
+      const int32_t* ks = L.row_entries.data() + L.row_offsets[py - y0];
+      const int32_t* ks_end = L.row_entries.data() + L.row_offsets[py - y0 + 1];
+      for (; ks != ks_end && open > 0; ++ks) {
+        RowEntry<scalar_t> e;
+        if (!row_entry(L, *ks, py, x0, x1, &e)) continue;
+        const scalar_t* fk = f + e.k * dim;
+        for (int32_t px = e.lo; px <= e.hi; ++px) {
+          const int64_t lane = px - x0;
+          if (T[lane] == 0.0) continue;
+          scalar_t alpha, G, dx;
+          if (!alpha_at(e, px, alpha_max, alpha_min, &alpha, &G, &dx)) continue;
+          const double next_t = T[lane] * (1.0 - static_cast<double>(alpha));
+          if (next_t < t_min) {  // this Gaussian is not added, nor any later one
+            final_t[py * s.width + px] = T[lane];
+            T[lane] = 0.0;
+            --open;
+            continue;
+          }
+          const double w = static_cast<double>(alpha) * T[lane];
+          double* a = acc + lane * dim;
+          for (int64_t d = 0; d < dim; ++d) a[d] += w * static_cast<double>(fk[d]);
+          T[lane] = next_t;
+          out.push_back({pack_contribution(e.k, lane), G});
+        }
+      }
+      for (int64_t lane = 0; lane < width; ++lane) {
+        const int64_t pix = py * s.width + x0 + lane;
+        for (int64_t d = 0; d < dim; ++d) image[pix * dim + d] = static_cast<scalar_t>(acc[lane * dim + d]);
+        if (T[lane] != 0.0) final_t[pix] = T[lane];
+      }
+    }
+    (*tile_contributions)[tile].assign(out.begin(), out.end());
+  }
+};
+
+// The backward replays each row's stored contributions in reverse -- back to front for every pixel
+// -- from the saved final T, recovering T_i = T_{i+1} / (1 - alpha_i) (inria's backward.cu scheme):
+//   dL/df_i     = alpha_i T_i dL/dC
+//   dL/dalpha_i = T_i (f_i - A_i) . dL/dC,   A_i = alpha_{i+1} f_{i+1} + (1 - alpha_{i+1}) A_{i+1}
+// with the gradient straight through the alpha_max clamp (dalpha/do = G, dalpha/dG = o).
+template <typename scalar_t, int kDim>
+struct BackwardTile {
+  using scalar_type = scalar_t;
+  struct Scratch {
+    TileList<scalar_t> list;
+    std::vector<double> grads, lanes;
+  };
+  const Settings& s;
+  const scalar_t *means2d, *conics, *opacities, *features;
+  const int64_t *gauss_ids, *offsets;
+  int64_t dim_;
+  const double* final_t;
+  const int64_t* row_start;
+  const int32_t* contrib_k_lane;
+  const scalar_t* contrib_g;
+  const scalar_t* grad_image;
+  scalar_t* pair_grads;
+
+  void operator()(int64_t tile, Scratch& scratch) const {
+    const int64_t dim = kDim > 0 ? kDim : dim_;
+    const int64_t r0 = offsets[tile], r1 = offsets[tile + 1];
+    if (r1 == r0) return;
+    const int64_t x0 = (tile % s.n_tiles_x) * s.tile_size, y0 = (tile / s.n_tiles_x) * s.tile_size;
+    const int64_t x1 = std::min(x0 + s.tile_size, s.width), y1 = std::min(y0 + s.tile_size, s.height);
+    const int64_t width = x1 - x0;
+    const scalar_t alpha_max = static_cast<scalar_t>(s.alpha_max);
+    const int64_t stride = kGeomGrads + dim;
+    TileList<scalar_t>& L = scratch.list;
+    L.gather(means2d, conics, opacities, features, gauss_ids + r0, r1 - r0, dim, nullptr, y0, y1);
+    const scalar_t* f = L.f.data();
+    std::vector<double>& grads = scratch.grads;
+    grads.assign(L.n * stride, 0.0);
+    // per lane: T, the alpha of the Gaussian added after the current one, dL/dC, A and the features
+    // of the Gaussian added after the current one
+    scratch.lanes.resize(width * (2 + 3 * dim));
+    double* __restrict T = scratch.lanes.data();
+    double* __restrict next_alpha = T + width;
+    double* __restrict g = next_alpha + width;
+    double* __restrict behind = g + width * dim;
+    double* __restrict next_f = behind + width * dim;
+    for (int64_t py = y0; py < y1; ++py) {
+      const int64_t segment = tile * s.tile_size + (py - y0);
+      const int64_t c0 = row_start[segment], c1 = row_start[segment + 1];
+      if (c1 == c0) continue;
+      for (int64_t lane = 0; lane < width; ++lane) {
+        const int64_t pix = py * s.width + x0 + lane;
+        T[lane] = final_t[pix];
+        next_alpha[lane] = 0.0;
+        for (int64_t d = 0; d < dim; ++d) {
+          g[lane * dim + d] = static_cast<double>(grad_image[pix * dim + d]);
+          behind[lane * dim + d] = 0.0;
+          next_f[lane * dim + d] = 0.0;
+        }
+      }
+      const scalar_t py_s = static_cast<scalar_t>(py);
+      for (int64_t j = c1 - 1; j >= c0; --j) {
+        const int32_t k = contrib_k_lane[j] >> kLaneBits;
+        const int64_t lane = contrib_k_lane[j] & (kMaxTileSize - 1);
+        const scalar_t G = contrib_g[j];
+        const scalar_t dx = L.x[k] - static_cast<scalar_t>(x0 + lane);
+        const scalar_t dy = L.y[k] - py_s;
+        scalar_t alpha_s = L.o[k] * G;
+        if (alpha_s > alpha_max) alpha_s = alpha_max;
+        const double alpha = static_cast<double>(alpha_s);
+        T[lane] /= (1.0 - alpha);
+        const double w = alpha * T[lane];
+        const scalar_t* fk = f + k * dim;
+        const double* gl = g + lane * dim;
+        double* bl = behind + lane * dim;
+        double* nl = next_f + lane * dim;
+        const double na = next_alpha[lane];
+        double* gk = &grads[k * stride];
+        double dl_dalpha = 0.0;
+        for (int64_t d = 0; d < dim; ++d) {
+          gk[kGeomGrads + d] += w * gl[d];
+          // A_k from A_{k+1}: what lies behind Gaussian k, per unit of T_{k+1}
+          bl[d] = na * nl[d] + (1.0 - na) * bl[d];
+          const double fd = static_cast<double>(fk[d]);
+          dl_dalpha += (fd - bl[d]) * gl[d];
+          nl[d] = fd;
+        }
+        dl_dalpha *= T[lane];
+        next_alpha[lane] = alpha;
+        // straight through the clamp: alpha = o G, G = exp(power)
+        const double Gd = static_cast<double>(G);
+        const double dl_dpower = dl_dalpha * static_cast<double>(L.o[k]) * Gd;
+        const double ddx = static_cast<double>(dx), ddy = static_cast<double>(dy);
+        const double ca = static_cast<double>(L.a[k]), cb = static_cast<double>(L.b[k]),
+                     cc = static_cast<double>(L.c[k]);
+        gk[0] += dl_dpower * (-ca * ddx - cb * ddy);
+        gk[1] += dl_dpower * (-cc * ddy - cb * ddx);
+        gk[2] += dl_dpower * (-0.5 * ddx * ddx);
+        gk[3] += dl_dpower * (-ddx * ddy);
+        gk[4] += dl_dpower * (-0.5 * ddy * ddy);
+        gk[5] += dl_dalpha * Gd;
+      }
+    }
+    scalar_t* out = pair_grads + r0 * stride;
+    for (int64_t j = 0; j < L.n * stride; ++j) out[j] = static_cast<scalar_t>(grads[j]);
+  }
+};
+
+Settings make_settings(int64_t width, int64_t height, int64_t tile_size, double alpha_max,
+                       double alpha_min, double t_min) {
+  TORCH_CHECK(width > 0 && height > 0 && tile_size > 0, "width, height and tile_size must be positive");
+  Settings s;
+  s.width = width;
+  s.height = height;
+  s.tile_size = tile_size;
+  s.n_tiles_x = (width + tile_size - 1) / tile_size;
+  s.n_tiles = s.n_tiles_x * ((height + tile_size - 1) / tile_size);
+  s.alpha_max = alpha_max;
+  s.alpha_min = alpha_min;
+  s.t_min = t_min;
+  return s;
+}
+
+void check_inputs(const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& opacities,
+                  const at::Tensor& features, const at::Tensor& gauss_ids, const at::Tensor& offsets,
+                  const Settings& s) {
+  const int64_t n = means2d.size(0);
+  for (const auto* t : {&means2d, &conics, &opacities, &features, &gauss_ids, &offsets}) {
+    TORCH_CHECK(t->device().is_cpu(), "the CPU rasterizer takes CPU tensors");
+    TORCH_CHECK(t->is_contiguous(), "the CPU rasterizer takes contiguous tensors");
+  }
+  TORCH_CHECK(means2d.dim() == 2 && means2d.size(1) == 2, "means2d must be [N, 2]");
+  TORCH_CHECK(conics.dim() == 2 && conics.size(0) == n && conics.size(1) == 3, "conics must be [N, 3]");
+  TORCH_CHECK(opacities.dim() == 1 && opacities.size(0) == n, "opacities must be [N]");
+  TORCH_CHECK(features.dim() == 2 && features.size(0) == n, "features must be [N, D]");
+  for (const auto* t : {&conics, &opacities, &features}) {
+    TORCH_CHECK(t->scalar_type() == means2d.scalar_type(), "all float inputs must share one dtype");
+  }
+  TORCH_CHECK(gauss_ids.scalar_type() == at::kLong && offsets.scalar_type() == at::kLong,
+              "gauss_ids and offsets must be int64");
+  TORCH_CHECK(offsets.dim() == 1 && offsets.size(0) == s.n_tiles + 1, "offsets must be [n_tiles + 1]");
+  TORCH_CHECK(gauss_ids.dim() == 1 && gauss_ids.size(0) < (int64_t(1) << 31),
+              "gauss_ids must be [M] with M < 2^31");
+  const int64_t* off = offsets.data_ptr<int64_t>();
+  TORCH_CHECK(off[0] == 0 && off[s.n_tiles] == gauss_ids.size(0), "offsets must run from 0 to len(gauss_ids)");
+  for (int64_t t = 0; t < s.n_tiles; ++t) TORCH_CHECK(off[t] <= off[t + 1], "offsets must not decrease");
+  if (gauss_ids.numel() > 0) {
+    TORCH_CHECK(gauss_ids.min().item<int64_t>() >= 0 && gauss_ids.max().item<int64_t>() < n,
+                "gauss_ids must index the N Gaussians");
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward of the projection and of the SH colours (reference.project_gaussians,
+// cpu_backend.colors_from_sh_basis), per Gaussian, in float64. Forward values are recomputed from
+// the inputs; the rules are the reference's (autograd of its torch code, with its deliberate
+// exceptions): culled Gaussians (z <= near) use z = 1, a clamped t.x/t.z (t.y/t.z) makes t.x (t.y)
+// a constant in the EWA Jacobian, det == 0 uses det = 1, the colour clamp at 0 passes the gradient
+// where SH + 0.5 >= 0 (torch.clamp_min), and a zero direction is not normalised.
+// ---------------------------------------------------------------------------------------------
+constexpr double kShC0 = 0.28209479177387814;
+constexpr double kShC1 = 0.4886025119029199;
+constexpr double kShC2[5] = {1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792,
+                             0.5462742152960396};
+constexpr double kShC3[7] = {-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154,
+                             -0.4570457994644658, 1.445305721320277, -0.5900435899266435};
+
+// The real SH basis (inria's constants and signs) at unit direction (x, y, z) and its gradient
+// with respect to the direction's components; returns the number of basis functions.
+int sh_basis(int degree, double x, double y, double z, double* Y, double (*dY)[3]) {
+  auto put = [&](int k, double v, double dx, double dy, double dz) {
+    Y[k] = v;
+    dY[k][0] = dx;
+    dY[k][1] = dy;
+    dY[k][2] = dz;
+  };
+  put(0, kShC0, 0.0, 0.0, 0.0);
+  if (degree < 1) return 1;
+  put(1, -kShC1 * y, 0.0, -kShC1, 0.0);
+  put(2, kShC1 * z, 0.0, 0.0, kShC1);
+  put(3, -kShC1 * x, -kShC1, 0.0, 0.0);
+  if (degree < 2) return 4;
+  const double xx = x * x, yy = y * y, zz = z * z;
+  put(4, kShC2[0] * x * y, kShC2[0] * y, kShC2[0] * x, 0.0);
+  put(5, kShC2[1] * y * z, 0.0, kShC2[1] * z, kShC2[1] * y);
+  put(6, kShC2[2] * (2.0 * zz - xx - yy), -2.0 * kShC2[2] * x, -2.0 * kShC2[2] * y, 4.0 * kShC2[2] * z);
+  put(7, kShC2[3] * x * z, kShC2[3] * z, 0.0, kShC2[3] * x);
+  put(8, kShC2[4] * (xx - yy), 2.0 * kShC2[4] * x, -2.0 * kShC2[4] * y, 0.0);
+  if (degree < 3) return 9;
+  put(9, kShC3[0] * y * (3.0 * xx - yy), kShC3[0] * 6.0 * x * y, kShC3[0] * (3.0 * xx - 3.0 * yy), 0.0);
+  put(10, kShC3[1] * x * y * z, kShC3[1] * y * z, kShC3[1] * x * z, kShC3[1] * x * y);
+  put(11, kShC3[2] * y * (4.0 * zz - xx - yy), kShC3[2] * -2.0 * x * y, kShC3[2] * (4.0 * zz - xx - 3.0 * yy),
+      kShC3[2] * 8.0 * y * z);
+  put(12, kShC3[3] * z * (2.0 * zz - 3.0 * xx - 3.0 * yy), kShC3[3] * -6.0 * x * z, kShC3[3] * -6.0 * y * z,
+      kShC3[3] * (6.0 * zz - 3.0 * xx - 3.0 * yy));
+  put(13, kShC3[4] * x * (4.0 * zz - xx - yy), kShC3[4] * (4.0 * zz - 3.0 * xx - yy), kShC3[4] * -2.0 * x * y,
+      kShC3[4] * 8.0 * x * z);
+  put(14, kShC3[5] * z * (xx - yy), kShC3[5] * 2.0 * x * z, kShC3[5] * -2.0 * y * z, kShC3[5] * (xx - yy));
+  put(15, kShC3[6] * x * (xx - 3.0 * yy), kShC3[6] * (3.0 * xx - 3.0 * yy), kShC3[6] * -6.0 * x * y, 0.0);
+  return 16;
+}
+
+struct CameraParams {
+  double R[9], t[3], campos[3];
+  double fx, fy, lim_x, lim_y, near, half_w, half_h, low_pass;
+};
+
+template <typename scalar_t>
+void preprocess_backward_one(const CameraParams& cam, int sh_degree, int64_t n_coeffs, const scalar_t* m_in,
+                             const scalar_t* q_in, const scalar_t* s_in, const scalar_t* sh_in,
+                             const scalar_t* g_uv, const scalar_t* g_conic, double g_depth,
+                             const scalar_t* g_color, scalar_t* gm_out, scalar_t* gq_out, scalar_t* gs_out,
+                             scalar_t* gsh_out, scalar_t* gsp_out) {
+  const double* R = cam.R;
+  const double m[3] = {double(m_in[0]), double(m_in[1]), double(m_in[2])};
+  double gm[3] = {0.0, 0.0, 0.0};
+
+  // SH colours: colour_c = max(sum_k Y_k(dir) sh_kc + 0.5, 0), dir = normalize(mean - campos)
+  if (sh_in != nullptr) {
+    const double d[3] = {m[0] - cam.campos[0], m[1] - cam.campos[1], m[2] - cam.campos[2]};
+    const double norm = std::sqrt(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]);
+    const double inv = norm > 0.0 ? 1.0 / norm : 1.0;
+    const double dir[3] = {d[0] * inv, d[1] * inv, d[2] * inv};
+    double Y[16], dY[16][3];
+    const int k_used = sh_basis(sh_degree, dir[0], dir[1], dir[2], Y, dY);
+    double g_val[3];
+    for (int c = 0; c < 3; ++c) {
+      double val = 0.5;
+      for (int k = 0; k < k_used; ++k) val += Y[k] * double(sh_in[k * 3 + c]);
+      g_val[c] = val >= 0.0 ? double(g_color[c]) : 0.0;
+    }
+    double g_dir[3] = {0.0, 0.0, 0.0};
+    for (int k = 0; k < n_coeffs; ++k) {
+      for (int c = 0; c < 3; ++c) gsh_out[k * 3 + c] = k < k_used ? scalar_t(Y[k] * g_val[c]) : scalar_t(0);
+    }
+    for (int k = 1; k < k_used; ++k) {
+      const double gy = double(sh_in[k * 3]) * g_val[0] + double(sh_in[k * 3 + 1]) * g_val[1] +
+                        double(sh_in[k * 3 + 2]) * g_val[2];
+      for (int j = 0; j < 3; ++j) g_dir[j] += gy * dY[k][j];
+    }
+    if (norm > 0.0) {  // d/dd (d / |d|) = (I - dir dir^T) / |d|
+      const double proj = g_dir[0] * dir[0] + g_dir[1] * dir[1] + g_dir[2] * dir[2];
+      for (int j = 0; j < 3; ++j) gm[j] += (g_dir[j] - proj * dir[j]) * inv;
+    } else {
+      for (int j = 0; j < 3; ++j) gm[j] += g_dir[j];
+    }
+  }
+
+  // view space, screen position and depth
+  double t[3];
+  for (int i = 0; i < 3; ++i) t[i] = R[3 * i] * m[0] + R[3 * i + 1] * m[1] + R[3 * i + 2] * m[2] + cam.t[i];
+  const bool in_front = t[2] > cam.near;
+  const double z = in_front ? t[2] : 1.0;
+  const double gu = double(g_uv[0]), gv = double(g_uv[1]);
+  gsp_out[0] = scalar_t(gu * cam.half_w);
+  gsp_out[1] = scalar_t(gv * cam.half_h);
+  double gt[3] = {gu * cam.fx / z, gv * cam.fy / z, 0.0};
+  double gz = -gu * cam.fx * t[0] / (z * z) - gv * cam.fy * t[1] / (z * z);
+  double g_tz = g_depth;
+
+  // EWA Jacobian with the clamped direction a constant
+  const double txtz = t[0] / z, tytz = t[1] / z;
+  const bool clamp_x = txtz < -cam.lim_x || txtz > cam.lim_x;
+  const bool clamp_y = tytz < -cam.lim_y || tytz > cam.lim_y;
+  const double jx = clamp_x ? std::min(std::max(txtz, -cam.lim_x), cam.lim_x) * z : t[0];
+  const double jy = clamp_y ? std::min(std::max(tytz, -cam.lim_y), cam.lim_y) * z : t[1];
+  const double J[2][3] = {{cam.fx / z, 0.0, -cam.fx * jx / (z * z)}, {0.0, cam.fy / z, -cam.fy * jy / (z * z)}};
+  double M[2][3];  // J W
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 3; ++j) M[i][j] = J[i][0] * R[j] + J[i][1] * R[3 + j] + J[i][2] * R[6 + j];
+
+  // 3D covariance A A^T, A = R(q) diag(s), with the unnormalised quaternion formula
+  const double qr = q_in[0], qx = q_in[1], qy = q_in[2], qz = q_in[3];
+  const double Rq[3][3] = {
+      {1.0 - 2.0 * (qy * qy + qz * qz), 2.0 * (qx * qy - qr * qz), 2.0 * (qx * qz + qr * qy)},
+      {2.0 * (qx * qy + qr * qz), 1.0 - 2.0 * (qx * qx + qz * qz), 2.0 * (qy * qz - qr * qx)},
+      {2.0 * (qx * qz - qr * qy), 2.0 * (qy * qz + qr * qx), 1.0 - 2.0 * (qx * qx + qy * qy)}};
+  const double sc[3] = {double(s_in[0]), double(s_in[1]), double(s_in[2])};
+  double A[3][3], S3[3][3];
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) A[i][j] = Rq[i][j] * sc[j];
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) S3[i][j] = A[i][0] * A[j][0] + A[i][1] * A[j][1] + A[i][2] * A[j][2];
+  double MS[2][3];  // M S3
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 3; ++j) MS[i][j] = M[i][0] * S3[0][j] + M[i][1] * S3[1][j] + M[i][2] * S3[2][j];
+  const double a = MS[0][0] * M[0][0] + MS[0][1] * M[0][1] + MS[0][2] * M[0][2] + cam.low_pass;
+  const double b = MS[0][0] * M[1][0] + MS[0][1] * M[1][1] + MS[0][2] * M[1][2];
+  const double c = MS[1][0] * M[1][0] + MS[1][1] * M[1][1] + MS[1][2] * M[1][2] + cam.low_pass;
+
+  // conic = (c, -b, a) / det  ->  (a, b, c) of the covariance
+  const double gA = double(g_conic[0]), gB = double(g_conic[1]), gC = double(g_conic[2]);
+  const double det = a * c - b * b;
+  double ga, gb, gc;
+  if (det != 0.0) {
+    const double i2 = 1.0 / (det * det);
+    ga = (-c * c * gA + b * c * gB - b * b * gC) * i2;
+    gb = (2.0 * b * c * gA - (det + 2.0 * b * b) * gB + 2.0 * a * b * gC) * i2;
+    gc = (-b * b * gA + a * b * gB - a * a * gC) * i2;
+  } else {
+    ga = gC;
+    gb = -gB;
+    gc = gA;
+  }
+  // cov = M S3 M^T, read as a = cov00, b = cov01, c = cov11: with Gs = G + G^T = [[2ga, gb], [gb, 2gc]],
+  // dL/dM = Gs M S3 and dL/dS3 = M^T G M (only its symmetric part matters for S3 = A A^T)
+  const double Gs[2][2] = {{2.0 * ga, gb}, {gb, 2.0 * gc}};
+  double gM[2][3];
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 3; ++j) gM[i][j] = Gs[i][0] * MS[0][j] + Gs[i][1] * MS[1][j];
+  double P[3][3];  // M^T Gs M = dL/dS3 + dL/dS3^T
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j)
+      P[i][j] = M[0][i] * (Gs[0][0] * M[0][j] + Gs[0][1] * M[1][j]) + M[1][i] * (Gs[1][0] * M[0][j] + Gs[1][1] * M[1][j]);
+  double gA3[3][3];  // dL/dA = P A
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) gA3[i][j] = P[i][0] * A[0][j] + P[i][1] * A[1][j] + P[i][2] * A[2][j];
+  double gR[3][3];
+  for (int j = 0; j < 3; ++j) {
+    double gsj = 0.0;
+    for (int i = 0; i < 3; ++i) {
+      gR[i][j] = gA3[i][j] * sc[j];
+      gsj += gA3[i][j] * Rq[i][j];
+    }
+    gs_out[j] = scalar_t(gsj);
+  }
+  gq_out[0] = scalar_t(2.0 * (-qz * gR[0][1] + qy * gR[0][2] + qz * gR[1][0] - qx * gR[1][2] - qy * gR[2][0] +
+                              qx * gR[2][1]));
+  gq_out[1] = scalar_t(2.0 * (qy * gR[0][1] + qz * gR[0][2] + qy * gR[1][0] - 2.0 * qx * gR[1][1] -
+                              qr * gR[1][2] + qz * gR[2][0] + qr * gR[2][1] - 2.0 * qx * gR[2][2]));
+  gq_out[2] = scalar_t(2.0 * (-2.0 * qy * gR[0][0] + qx * gR[0][1] + qr * gR[0][2] + qx * gR[1][0] +
+                              qz * gR[1][2] - qr * gR[2][0] + qz * gR[2][1] - 2.0 * qy * gR[2][2]));
+  gq_out[3] = scalar_t(2.0 * (-2.0 * qz * gR[0][0] - qr * gR[0][1] + qx * gR[0][2] + qr * gR[1][0] -
+                              2.0 * qz * gR[1][1] + qy * gR[1][2] + qx * gR[2][0] + qy * gR[2][1]));
+
+  // M = J W -> J -> view-space mean
+  double gJ[2][3];
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 3; ++j) gJ[i][j] = gM[i][0] * R[3 * j] + gM[i][1] * R[3 * j + 1] + gM[i][2] * R[3 * j + 2];
+  const double z2 = z * z, z3 = z2 * z;
+  gz += -gJ[0][0] * cam.fx / z2 + gJ[0][2] * 2.0 * cam.fx * jx / z3 - gJ[1][1] * cam.fy / z2 +
+        gJ[1][2] * 2.0 * cam.fy * jy / z3;
+  if (!clamp_x) gt[0] += -gJ[0][2] * cam.fx / z2;
+  if (!clamp_y) gt[1] += -gJ[1][2] * cam.fy / z2;
+  gt[2] = (in_front ? gz : 0.0) + g_tz;
+  for (int j = 0; j < 3; ++j) gm[j] += R[j] * gt[0] + R[3 + j] * gt[1] + R[6 + j] * gt[2];
+  for (int j = 0; j < 3; ++j) gm_out[j] = scalar_t(gm[j]);
+}
+
+// -> (grad means [N,3], grad quats [N,4], grad scales [N,3], grad sh [N,K,3] (empty without SH),
+//     grad screen xy [N,2]); camera = float64 [R (9), t (3), campos (3), fx, fy, lim_x, lim_y, near,
+//     W/2, H/2, low_pass]
+std::vector<at::Tensor> preprocess_backward(at::Tensor means, at::Tensor quats, at::Tensor scales,
+                                            at::Tensor sh, int64_t sh_degree, at::Tensor camera,
+                                            at::Tensor grad_means2d, at::Tensor grad_conics,
+                                            at::Tensor grad_depths, at::Tensor grad_colors) {
+  const int64_t n = means.size(0);
+  const bool with_sh = sh.numel() > 0;
+  for (const auto* t : {&means, &quats, &scales, &grad_means2d, &grad_conics, &grad_depths, &grad_colors}) {
+    TORCH_CHECK(t->device().is_cpu() && t->is_contiguous() && t->scalar_type() == means.scalar_type(),
+                "preprocess_backward takes contiguous CPU tensors of one float dtype");
+    TORCH_CHECK(t->size(0) == n, "every input must have N rows");
+  }
+  TORCH_CHECK(means.dim() == 2 && means.size(1) == 3 && quats.size(1) == 4 && scales.size(1) == 3,
+              "means [N,3], quats [N,4], scales [N,3]");
+  TORCH_CHECK(grad_means2d.numel() == 2 * n && grad_conics.numel() == 3 * n && grad_depths.numel() == n &&
+                  grad_colors.numel() == 3 * n,
+              "gradients must be [N,2], [N,3], [N], [N,3]");
+  TORCH_CHECK(sh_degree >= 0 && sh_degree <= 3, "SH degree must be in 0..3");
+  int64_t n_coeffs = 0;
+  if (with_sh) {
+    TORCH_CHECK(sh.is_contiguous() && sh.scalar_type() == means.scalar_type() && sh.dim() == 3 &&
+                    sh.size(0) == n && sh.size(2) == 3,
+                "sh must be contiguous [N, K, 3] of the means' dtype");
+    n_coeffs = sh.size(1);
+    TORCH_CHECK(n_coeffs >= (sh_degree + 1) * (sh_degree + 1), "too few SH coefficients for the degree");
+  }
+  TORCH_CHECK(camera.scalar_type() == at::kDouble && camera.numel() == 23 && camera.is_contiguous(),
+              "camera must be 23 float64 values");
+  CameraParams cam;
+  const double* cp = camera.data_ptr<double>();
+  std::copy(cp, cp + 9, cam.R);
+  std::copy(cp + 9, cp + 12, cam.t);
+  std::copy(cp + 12, cp + 15, cam.campos);
+  cam.fx = cp[15]; cam.fy = cp[16]; cam.lim_x = cp[17]; cam.lim_y = cp[18]; cam.near = cp[19];
+  cam.half_w = cp[20]; cam.half_h = cp[21]; cam.low_pass = cp[22];
+
+  auto gm = at::zeros_like(means), gq = at::zeros_like(quats), gs = at::zeros_like(scales);
+  auto gsh = with_sh ? at::zeros_like(sh) : at::empty({0}, means.options());
+  auto gsp = at::zeros({n, 2}, means.options());
+  AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "lucid_preprocess_backward", [&] {
+    const scalar_t *m = means.data_ptr<scalar_t>(), *q = quats.data_ptr<scalar_t>(), *s = scales.data_ptr<scalar_t>();
+    const scalar_t* shp = with_sh ? sh.data_ptr<scalar_t>() : nullptr;
+    const scalar_t *guv = grad_means2d.data_ptr<scalar_t>(), *gco = grad_conics.data_ptr<scalar_t>(),
+                   *gde = grad_depths.data_ptr<scalar_t>(), *gcl = grad_colors.data_ptr<scalar_t>();
+    scalar_t *om = gm.data_ptr<scalar_t>(), *oq = gq.data_ptr<scalar_t>(), *os = gs.data_ptr<scalar_t>(),
+             *osh = with_sh ? gsh.data_ptr<scalar_t>() : nullptr, *osp = gsp.data_ptr<scalar_t>();
+    at::parallel_for(0, n, 2048, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        bool any = gde[i] != scalar_t(0);
+        for (int j = 0; j < 2; ++j) any |= guv[2 * i + j] != scalar_t(0);
+        for (int j = 0; j < 3; ++j) any |= gco[3 * i + j] != scalar_t(0) || gcl[3 * i + j] != scalar_t(0);
+        if (!any) continue;  // culled or unseen: all zero, as autograd gives (no 0 * inf)
+        preprocess_backward_one<scalar_t>(cam, static_cast<int>(sh_degree), n_coeffs, m + 3 * i, q + 4 * i,
+                                          s + 3 * i, with_sh ? shp + i * n_coeffs * 3 : nullptr, guv + 2 * i,
+                                          gco + 3 * i, double(gde[i]), gcl + 3 * i, om + 3 * i, oq + 4 * i,
+                                          os + 3 * i, with_sh ? osh + i * n_coeffs * 3 : nullptr, osp + 2 * i);
+      }
+    });
+  });
+  return {gm, gq, gs, gsh, gsp};
+}
+
+// Tile lists from the tile rectangles [x0, x1) x [y0, y1) of the Gaussians in ``order`` (visible
+// ones, front to back): a counting sort by tile that keeps the order within each tile, i.e. the
+// stable sort by (tile, depth) of reference.bin_tiles. -> (gauss_ids [M], tile_ids [M], offsets)
+std::vector<at::Tensor> bin_tiles(at::Tensor order, at::Tensor x0, at::Tensor y0, at::Tensor x1,
+                                  at::Tensor y1, int64_t n_tiles_x, int64_t n_tiles_y) {
+  for (const auto* t : {&order, &x0, &y0, &x1, &y1}) {
+    TORCH_CHECK(t->device().is_cpu() && t->is_contiguous() && t->scalar_type() == at::kLong && t->dim() == 1,
+                "bin_tiles takes contiguous 1D int64 CPU tensors");
+  }
+  const int64_t n = x0.size(0), n_order = order.size(0), n_tiles = n_tiles_x * n_tiles_y;
+  for (const auto* t : {&y0, &x1, &y1}) TORCH_CHECK(t->size(0) == n, "tile rectangles must be [N]");
+  const int64_t *ord = order.data_ptr<int64_t>(), *rx0 = x0.data_ptr<int64_t>(), *ry0 = y0.data_ptr<int64_t>(),
+                *rx1 = x1.data_ptr<int64_t>(), *ry1 = y1.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n_order; ++i) {
+    const int64_t g = ord[i];
+    TORCH_CHECK(g >= 0 && g < n, "order must index the N Gaussians");
+    TORCH_CHECK(0 <= rx0[g] && rx1[g] <= n_tiles_x && 0 <= ry0[g] && ry1[g] <= n_tiles_y,
+                "tile rectangles must lie in the tile grid");
+  }
+  auto offsets = at::zeros({n_tiles + 1}, order.options());
+  int64_t* off = offsets.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n_order; ++i) {
+    const int64_t g = ord[i];
+    for (int64_t ty = ry0[g]; ty < ry1[g]; ++ty)
+      for (int64_t tx = rx0[g]; tx < rx1[g]; ++tx) ++off[ty * n_tiles_x + tx + 1];
+  }
+  for (int64_t t = 0; t < n_tiles; ++t) off[t + 1] += off[t];
+  const int64_t m = off[n_tiles];
+  auto gauss_ids = at::empty({m}, order.options());
+  auto tile_ids = at::empty({m}, order.options());
+  int64_t *gid = gauss_ids.data_ptr<int64_t>(), *tid = tile_ids.data_ptr<int64_t>();
+  std::vector<int64_t> cursor(off, off + n_tiles);
+  for (int64_t i = 0; i < n_order; ++i) {
+    const int64_t g = ord[i];
+    for (int64_t ty = ry0[g]; ty < ry1[g]; ++ty) {
+      for (int64_t tx = rx0[g]; tx < rx1[g]; ++tx) {
+        const int64_t t = ty * n_tiles_x + tx;
+        const int64_t k = cursor[t]++;
+        gid[k] = g;
+        tid[k] = t;
+      }
+    }
+  }
+  return {gauss_ids, tile_ids, offsets};
+}
+
+// -> (image [H, W, D], final_t [H, W] float64, row_start [n_tiles * tile_size + 1] int64,
+//     contrib_k_lane [C] int32, contrib_g [C]): the C (Gaussian, pixel) contributions, tile row by
+//     tile row (row_start), in the order they were made
+std::vector<at::Tensor> composite_forward(at::Tensor means2d, at::Tensor conics, at::Tensor opacities,
+                                          at::Tensor features, at::Tensor gauss_ids, at::Tensor offsets,
+                                          int64_t width, int64_t height, int64_t tile_size,
+                                          double alpha_max, double alpha_min, double t_min) {
+  const Settings s = make_settings(width, height, tile_size, alpha_max, alpha_min, t_min);
+  check_inputs(means2d, conics, opacities, features, gauss_ids, offsets, s);
+  const int64_t dim = features.size(1);
+  const int64_t n_segments = s.n_tiles * tile_size;
+  auto image = at::zeros({height, width, dim}, features.options());
+  auto final_t = at::ones({height, width}, features.options().dtype(at::kDouble));
+  auto row_start = at::zeros({n_segments + 1}, features.options().dtype(at::kLong));
+  TORCH_CHECK(tile_size <= kMaxTileSize, "tile_size must be at most ", kMaxTileSize);
+  {
+    const int64_t* off = offsets.data_ptr<int64_t>();
+    for (int64_t t = 0; t < s.n_tiles; ++t) {
+      TORCH_CHECK(off[t + 1] - off[t] < kMaxTileList, "a tile lists more than ", kMaxTileList, " Gaussians");
+    }
+  }
+  at::Tensor contrib_k_lane, contrib_g;
+  AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "lucid_composite_forward", [&] {
+    const scalar_t *m2 = means2d.data_ptr<scalar_t>(), *co = conics.data_ptr<scalar_t>(),
+                   *op = opacities.data_ptr<scalar_t>(), *fe = features.data_ptr<scalar_t>();
+    const int64_t *ids = gauss_ids.data_ptr<int64_t>(), *off = offsets.data_ptr<int64_t>();
+    scalar_t* im = image.data_ptr<scalar_t>();
+    double* ft = final_t.data_ptr<double>();
+    int64_t* rs = row_start.data_ptr<int64_t>();
+    const int64_t n = means2d.size(0);
+    std::vector<Bound> bounds(n);
+    at::parallel_for(0, n, 4096, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        bounds[i] = make_bound(m2[2 * i], m2[2 * i + 1], co[3 * i], co[3 * i + 1], co[3 * i + 2], op[i], s.alpha_min);
+      }
+    });
+    std::vector<std::vector<Contribution<scalar_t>>> per_tile(s.n_tiles);
+    const Bound* bd = bounds.data();
+    if (dim == 5) {
+      for_each_tile(s.n_tiles, ForwardTile<scalar_t, 5>{s, m2, co, op, fe, ids, off, dim, im, ft, rs, &per_tile, bd});
+    } else {
+      for_each_tile(s.n_tiles, ForwardTile<scalar_t, 0>{s, m2, co, op, fe, ids, off, dim, im, ft, rs, &per_tile, bd});
+    }
+    // concatenate the tiles' contributions; row starts become global (rows a tile never reached, and
+    // those of empty tiles, start where the next row starts)
+    std::vector<int64_t> base(s.n_tiles + 1, 0);
+    for (int64_t t = 0; t < s.n_tiles; ++t) base[t + 1] = base[t] + static_cast<int64_t>(per_tile[t].size());
+    contrib_k_lane = at::empty({base[s.n_tiles]}, features.options().dtype(at::kInt));
+    contrib_g = at::empty({base[s.n_tiles]}, features.options());
+    int32_t* ckl = contrib_k_lane.data_ptr<int32_t>();
+    scalar_t* cg = contrib_g.data_ptr<scalar_t>();
+    at::parallel_for(0, s.n_tiles, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const auto& v = per_tile[t];
+        for (size_t i = 0; i < v.size(); ++i) {
+          ckl[base[t] + i] = v[i].k_lane;
+          cg[base[t] + i] = v[i].G;
+        }
+        std::vector<Contribution<scalar_t>>().swap(per_tile[t]);  // release as we go: a lower peak
+        const bool filled = offsets.data_ptr<int64_t>()[t + 1] > offsets.data_ptr<int64_t>()[t];
+        const int64_t rows = std::min(s.tile_size, s.height - (t / s.n_tiles_x) * s.tile_size);
+        for (int64_t r = 0; r < s.tile_size; ++r) {
+          int64_t& start = rs[t * s.tile_size + r];
+          start = (filled && r < rows) ? start + base[t] : base[t + 1];
+        }
+      }
+    });
+    rs[n_segments] = base[s.n_tiles];
+  });
+  return {image, final_t, row_start, contrib_k_lane, contrib_g};
+}
+
+// -> (grad means2d [N, 2], grad conics [N, 3], grad opacities [N], grad features [N, D])
+std::vector<at::Tensor> composite_backward(at::Tensor means2d, at::Tensor conics, at::Tensor opacities,
+                                           at::Tensor features, at::Tensor gauss_ids, at::Tensor offsets,
+                                           at::Tensor final_t, at::Tensor row_start, at::Tensor contrib_k_lane,
+                                           at::Tensor contrib_g, at::Tensor grad_image,
+                                           int64_t width, int64_t height, int64_t tile_size,
+                                           double alpha_max, double alpha_min, double t_min) {
+  const Settings s = make_settings(width, height, tile_size, alpha_max, alpha_min, t_min);
+  check_inputs(means2d, conics, opacities, features, gauss_ids, offsets, s);
+  const int64_t n = means2d.size(0), dim = features.size(1), m = gauss_ids.size(0);
+  const int64_t stride = kGeomGrads + dim;
+  TORCH_CHECK(final_t.scalar_type() == at::kDouble && final_t.numel() == height * width, "final_t must be float64 [H, W]");
+  TORCH_CHECK(row_start.scalar_type() == at::kLong && row_start.numel() == s.n_tiles * tile_size + 1,
+              "row_start must be int64 [n_tiles * tile_size + 1]");
+  TORCH_CHECK(contrib_k_lane.scalar_type() == at::kInt && contrib_g.scalar_type() == features.scalar_type() &&
+                  contrib_k_lane.numel() == contrib_g.numel(),
+              "contrib_k_lane / contrib_g must be int32 / the features' dtype, of one length");
+  TORCH_CHECK(row_start.data_ptr<int64_t>()[s.n_tiles * tile_size] == contrib_g.numel(),
+              "row_start must end at the number of contributions");
+  TORCH_CHECK(grad_image.numel() == height * width * dim, "grad_image must be [H, W, D]");
+  grad_image = grad_image.to(features.scalar_type()).contiguous();
+  final_t = final_t.contiguous();
+  row_start = row_start.contiguous();
+  contrib_k_lane = contrib_k_lane.contiguous();
+  contrib_g = contrib_g.contiguous();
+
+  auto pair_grads = at::empty({m, stride}, features.options());
+  auto grads = at::zeros({n, stride}, features.options().dtype(at::kDouble));
+  AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "lucid_composite_backward", [&] {
+    const scalar_t *m2 = means2d.data_ptr<scalar_t>(), *co = conics.data_ptr<scalar_t>(),
+                   *op = opacities.data_ptr<scalar_t>(), *fe = features.data_ptr<scalar_t>();
+    const int64_t *ids0 = gauss_ids.data_ptr<int64_t>(), *off = offsets.data_ptr<int64_t>();
+    const double* ft = final_t.data_ptr<double>();
+    const int64_t* rs = row_start.data_ptr<int64_t>();
+    const int32_t* ckl = contrib_k_lane.data_ptr<int32_t>();
+    const scalar_t* cg = contrib_g.data_ptr<scalar_t>();
+    const scalar_t* gi = grad_image.data_ptr<scalar_t>();
+    scalar_t* pgr = pair_grads.data_ptr<scalar_t>();
+    if (dim == 5) {
+      for_each_tile(s.n_tiles, BackwardTile<scalar_t, 5>{s, m2, co, op, fe, ids0, off, dim, ft, rs, ckl, cg, gi, pgr});
+    } else {
+      for_each_tile(s.n_tiles, BackwardTile<scalar_t, 0>{s, m2, co, op, fe, ids0, off, dim, ft, rs, ckl, cg, gi, pgr});
+    }
+    // every pair row belongs to a non-empty tile, so all were written; sum them per Gaussian in
+    // list order (deterministic whatever the threads did)
+    const scalar_t* pg = pair_grads.data_ptr<scalar_t>();
+    const int64_t* ids = gauss_ids.data_ptr<int64_t>();
+    double* out = grads.data_ptr<double>();
+    for (int64_t k = 0; k < m; ++k) {
+      double* dst = out + ids[k] * stride;
+      const scalar_t* src = pg + k * stride;
+      for (int64_t j = 0; j < stride; ++j) dst[j] += static_cast<double>(src[j]);
+    }
+  });
+  auto grads_t = grads.to(features.scalar_type());
+  return {grads_t.narrow(1, 0, 2).contiguous(), grads_t.narrow(1, 2, 3).contiguous(),
+          grads_t.select(1, 5).contiguous(), grads_t.narrow(1, kGeomGrads, dim).contiguous()};
+}
+
+}  // namespace
+
+// Loaded with torch.ops.load_library; no pybind11, which keeps the build at ~15 s instead of ~50 s.
+TORCH_LIBRARY(lucid_rasterizer_cpu, m) {
+  m.def("bin_tiles", &bin_tiles);
+  m.def("composite_forward", &composite_forward);
+  m.def("composite_backward", &composite_backward);
+  m.def("preprocess_backward", &preprocess_backward);
+}

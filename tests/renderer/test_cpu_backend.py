@@ -1,0 +1,437 @@
+"""The ``cpu`` backend (C++ binning, compositing and backward) against the reference rasterizer,
+values and gradients, and its build fallback and the ``auto`` choice.
+
+Parity is measured per output / parameter tensor:
+- images: ``max |cpu - ref| <= 1e-4`` (float32) for rgb, depth and alpha;
+- gradients: ``||g_cpu - g_ref|| / max(||g_ref||, 1e-12) <= 1e-3`` and, elementwise,
+  ``|g_cpu - g_ref| <= 1e-3 |g_ref| + 1e-4 max|g_ref|`` (an atol relative to the tensor's scale, as
+  components near zero carry the absolute rounding of the large ones).
+Culling, radii and means2d come from the reference's own code, so they must be equal, not close; so
+must the tile lists, which are built in C++. Float32 differences come from summation order and from exp/log rounding: a pair
+within rounding of the 1/255 threshold could flip (~1e-7 per pair); none does in these scenes.
+
+The kernel is compiled once per machine (~15 s, then cached by torch); ``cpu_kernel`` loads it once per
+session and skips the parity tests where no compiler is available (``LUCID_CPU_KERNEL=require`` makes
+that an error instead).
+"""
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from threestudio_lucid.compat import find
+from threestudio_lucid.errors import ConfigError
+from threestudio_lucid.renderer import cpu_backend
+from threestudio_lucid.renderer.camera import GaussianCamera
+from threestudio_lucid.renderer.gaussian_rasterizer import RASTERIZER_BACKENDS
+from threestudio_lucid.renderer.reference import (
+    bin_tiles,
+    colors_from_sh,
+    composite_tiles,
+    eval_sh,
+    project_gaussians,
+    rasterize_reference,
+)
+
+F32, F64 = torch.float32, torch.float64
+
+
+@pytest.fixture(scope="session")
+def cpu_kernel():
+    ops = cpu_backend.load_kernel()
+    if ops is None:
+        pytest.skip(f"the CPU rasterizer kernel is unavailable: {cpu_backend._STATE.error}")
+    return ops
+
+
+# ---------------------------------------------------------------------------------------------
+# scenes
+# ---------------------------------------------------------------------------------------------
+def rotation(axis, angle, dtype):
+    k = torch.tensor(axis, dtype=F64)
+    k = k / k.norm()
+    kx = torch.tensor([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]], dtype=F64)
+    return (torch.eye(3, dtype=F64) + math.sin(angle) * kx + (1 - math.cos(angle)) * kx @ kx).to(dtype)
+
+
+def camera(width, height, focal, dtype=F32, angle=0.12):
+    """A slightly rotated pinhole camera 3 units in front of the scene's centre."""
+    world_view = torch.eye(4, dtype=dtype)
+    world_view[:3, :3] = rotation([0.3, 1.0, 0.1], angle, dtype)
+    world_view[:3, 3] = torch.tensor([0.05, -0.1, 3.0], dtype=dtype)
+    campos = -world_view[:3, :3].T @ world_view[:3, 3]
+    return GaussianCamera(world_view=world_view, fx=focal, fy=focal * 1.1, cx=(width - 1) / 2, cy=(height - 1) / 2,
+                          width=width, height=height, campos=campos)
+
+
+def scene(n, seed, dtype=F32, sh_coeffs=16, extent=(1.6, 1.2, 1.0), opaque=0, near=False):
+    """Gaussians around the origin: anisotropic scales 0.01-0.2, unnormalised quaternions, opacities
+    0.05-0.95; ``opaque`` of them large and at 0.99-1.0 opacity (alpha clamp, early termination);
+    ``near``: depths spread through the camera so that some are culled at or behind z = 0.2 and some
+    sit far off-axis (the EWA clamp)."""
+    g = torch.Generator().manual_seed(seed)
+    means = (torch.rand(n, 3, generator=g, dtype=F64) - 0.5) * torch.tensor(extent, dtype=F64)
+    if near:
+        means[:, 2] = -3.6 + 4.0 * torch.rand(n, generator=g, dtype=F64)  # view z in about [-0.6, 3.4]
+        means[: n // 10, 0] *= 6.0
+    quats = torch.randn(n, 4, generator=g, dtype=F64) * (0.5 + torch.rand(n, 1, generator=g, dtype=F64))
+    scales = 0.005 + 0.1 * torch.rand(n, 3, generator=g, dtype=F64) ** 2
+    opacities = 0.05 + 0.9 * torch.rand(n, generator=g, dtype=F64)
+    features = 0.3 * torch.randn(n, sh_coeffs, 3, generator=g, dtype=F64)
+    if opaque:
+        scales[:opaque] *= 2.5
+        opacities[:opaque] = 0.99 + 0.01 * torch.rand(opaque, generator=g, dtype=F64)
+    return [t.to(dtype) for t in (means, quats, scales, opacities, features)]
+
+
+def render_and_grad(rasterize, params, cam, *, sh_degree, background=None, tile_size=16, use_colors=False,
+                    screen_cols=3):
+    """Rasterize with every input a leaf, backpropagate a fixed random weighting of rgb, depth and
+    alpha; returns (outputs, {name: grad})."""
+    means, quats, scales, opacities, features = [t.clone().requires_grad_() for t in params]
+    screen = torch.zeros(means.shape[0], screen_cols, dtype=means.dtype, requires_grad=True)
+    kwargs = dict(sh_degree=sh_degree, background=background, screen_points=screen, tile_size=tile_size)
+    if use_colors:
+        kwargs["colors"] = torch.sigmoid(features[:, 0])
+    else:
+        kwargs["features"] = features
+    out = rasterize(means, quats, scales, opacities, cam, **kwargs)
+    g = torch.Generator().manual_seed(123)
+    h, w = cam.height, cam.width
+    loss = (
+        (out["rgb"] * torch.rand(h, w, 3, generator=g, dtype=means.dtype)).sum()
+        + (out["depth"] * torch.rand(h, w, 1, generator=g, dtype=means.dtype)).sum()
+        + (out["alpha"] * torch.rand(h, w, 1, generator=g, dtype=means.dtype)).sum()
+    )
+    loss.backward()
+    grads = dict(means=means.grad, quats=quats.grad, scales=scales.grad, opacities=opacities.grad,
+                 features=features.grad, screen_points=screen.grad)
+    return out, grads
+
+
+def assert_images_match(out, ref, atol):
+    for key in ("rgb", "depth", "alpha"):
+        assert out[key].shape == ref[key].shape and out[key].dtype == ref[key].dtype, key
+        err = (out[key] - ref[key]).abs().max().item()
+        assert err <= atol, (key, err)
+    for key in ("radii", "visibility", "means2d", "depths", "conics"):
+        assert torch.equal(out[key], ref[key]), key
+
+
+def assert_grads_match(grads, ref_grads, rtol):
+    for name, ref in ref_grads.items():
+        got = grads[name]
+        assert got is not None and got.shape == ref.shape, name
+        scale = ref.abs().max().item()
+        rel = ((got - ref).norm() / max(ref.norm().item(), 1e-12)).item()
+        assert rel <= rtol, (name, rel)
+        assert torch.allclose(got, ref, rtol=rtol, atol=1e-4 * scale + 1e-12), (name, (got - ref).abs().max())
+
+
+SCENES = {
+    # name: (n, width, height, sh_degree, background, tile_size, scene kwargs)
+    "few-sh0-background-odd-size": (80, 53, 37, 0, (0.2, 0.7, 0.4), 16, {}),
+    "busy-sh1": (250, 64, 64, 1, None, 16, {}),
+    "opaque-sh3-early-termination": (500, 80, 64, 3, (1.0, 1.0, 1.0), 16, dict(opaque=60, extent=(1.0, 0.8, 1.0))),
+    "near-plane-and-ewa-clamp-sh2": (300, 72, 40, 2, (0.1, 0.2, 0.3), 16, dict(near=True)),
+    "tile-8-sh1": (120, 45, 29, 1, (0.3, 0.3, 0.9), 8, {}),
+}
+
+
+@pytest.mark.parametrize("name", list(SCENES))
+def test_cpu_matches_reference_values_and_gradients(cpu_kernel, name):
+    n, width, height, sh_degree, bg, tile_size, kw = SCENES[name]
+    params = scene(n, seed=len(name), **kw)
+    cam = camera(width, height, focal=0.9 * width)
+    background = None if bg is None else torch.tensor(bg)
+    args = dict(sh_degree=sh_degree, background=background, tile_size=tile_size)
+    out, grads = render_and_grad(cpu_backend.rasterize_cpu, params, cam, **args)
+    ref, ref_grads = render_and_grad(rasterize_reference, params, cam, **args)
+
+    assert ref["visibility"].sum() > n // 3 and ref["alpha"].max() > 0.5  # a real scene
+    if kw.get("near"):
+        depths = ref["depths"]
+        assert ((depths <= 0.2) & ~ref["visibility"]).sum() > 20 and (depths > 0.2).sum() > 100
+    if kw.get("opaque"):
+        assert (ref["alpha"] > 0.999).sum() > 100  # T < 1e-3 under 0.99-alpha splats: the 1e-4 stop cuts lists
+    assert_images_match(out, ref, atol=1e-4)
+    assert_grads_match(grads, ref_grads, rtol=1e-3)
+    assert grads["opacities"].abs().max() > 0 and torch.all(grads["screen_points"][:, 2] == 0)
+
+
+def test_colors_instead_of_sh_and_two_column_screen_points(cpu_kernel):
+    params = scene(250, seed=4)
+    cam = camera(40, 48, focal=40.0)
+    args = dict(sh_degree=0, use_colors=True, screen_cols=2, background=torch.tensor([0.5, 0.5, 0.5]))
+    out, grads = render_and_grad(cpu_backend.rasterize_cpu, params, cam, **args)
+    ref, ref_grads = render_and_grad(rasterize_reference, params, cam, **args)
+    assert_images_match(out, ref, atol=1e-4)
+    assert_grads_match(grads, ref_grads, rtol=1e-3)
+
+
+def test_float64_agrees_to_rounding(cpu_kernel):
+    params = scene(200, seed=9, dtype=F64, opaque=30)
+    cam = camera(40, 33, focal=36.0, dtype=F64)
+    out, grads = render_and_grad(cpu_backend.rasterize_cpu, params, cam, sh_degree=2)
+    ref, ref_grads = render_and_grad(rasterize_reference, params, cam, sh_degree=2)
+    assert out["rgb"].dtype == F64
+    assert_images_match(out, ref, atol=1e-10)
+    assert_grads_match(grads, ref_grads, rtol=1e-8)
+
+
+def test_per_gaussian_outputs_carry_gradients_too(cpu_kernel):
+    # means2d, depths and conics are differentiable outputs, as in the reference
+    params = scene(60, seed=13, dtype=F64)
+    cam = camera(30, 26, focal=30.0, dtype=F64)
+    grads = []
+    for rasterize in (cpu_backend.rasterize_cpu, rasterize_reference):
+        leaves = [t.clone().requires_grad_() for t in params]
+        out = rasterize(*leaves[:4], cam, features=leaves[4], sh_degree=1)
+        visible = out["visibility"]
+        loss = (out["means2d"][visible] ** 2).sum() * 1e-3 + out["depths"][visible].sum() + out["conics"][visible].sum()
+        loss.backward()
+        grads.append([t.grad for t in leaves[:3]])
+    for got, ref in zip(*grads):
+        assert torch.allclose(got, ref, rtol=1e-9, atol=1e-12 * ref.abs().max())
+
+
+def test_needle_like_gaussians_are_never_skipped_by_the_pixel_boxes(cpu_kernel):
+    # axis ratios up to ~10^5: ill-conditioned conics, where the kernel's early-reject boxes are
+    # tightest relative to float rounding. Float32 images must still match; gradients are compared
+    # in float64 (in float32 this conditioning amplifies rounding in both backends alike).
+    g = torch.Generator().manual_seed(5)
+    params = scene(300, seed=5, dtype=F64)
+    params[2][:, 0] *= torch.exp(2.5 * torch.randn(300, generator=g, dtype=F64))
+    params[2][:, 1] *= 1e-3 ** torch.rand(300, generator=g, dtype=F64)
+    for dtype in (F32, F64):
+        cam = camera(57, 43, focal=46.0, dtype=dtype)
+        cast = [t.to(dtype) for t in params]
+        out, grads = render_and_grad(cpu_backend.rasterize_cpu, cast, cam, sh_degree=1)
+        ref, ref_grads = render_and_grad(rasterize_reference, cast, cam, sh_degree=1)
+        assert_images_match(out, ref, atol=1e-4 if dtype == F32 else 1e-10)
+        if dtype == F64:
+            assert_grads_match(grads, ref_grads, rtol=1e-6)
+
+
+def test_gradient_passes_straight_through_the_0_99_clamp(cpu_kernel):
+    cam = camera(1, 1, focal=10.0)
+    cam.world_view = torch.eye(4)
+    cam.campos = torch.zeros(3)
+    opac = torch.tensor([1.0], requires_grad=True)
+    out = cpu_backend.rasterize_cpu(torch.tensor([[0.0, 0.0, 2.0]]), torch.tensor([[1.0, 0.0, 0.0, 0.0]]),
+                                    torch.full((1, 3), 0.1), opac, cam, colors=torch.full((1, 3), 0.5))
+    assert torch.allclose(out["alpha"], torch.tensor(0.99))
+    out["alpha"].sum().backward()
+    assert torch.allclose(opac.grad, torch.tensor([1.0]))
+
+
+def test_nothing_visible_and_no_gaussians(cpu_kernel):
+    cam = camera(20, 16, focal=20.0)
+    means = torch.tensor([[0.0, 0.0, -9.0]], requires_grad=True)
+    sp = torch.zeros(1, 3, requires_grad=True)
+    out = cpu_backend.rasterize_cpu(means, torch.tensor([[1.0, 0.0, 0.0, 0.0]]), torch.full((1, 3), 0.1),
+                                    torch.tensor([0.5]), cam, colors=torch.full((1, 3), 0.5),
+                                    background=torch.ones(3), screen_points=sp)
+    assert torch.all(out["rgb"] == 1) and torch.all(out["alpha"] == 0) and out["radii"].tolist() == [0]
+    out["rgb"].sum().backward()
+    assert torch.all(means.grad == 0) and torch.all(sp.grad == 0)
+
+    empty = torch.zeros(0, 3)
+    out = cpu_backend.rasterize_cpu(empty, torch.zeros(0, 4), empty, torch.zeros(0), cam, colors=empty)
+    assert out["rgb"].shape == (16, 20, 3) and torch.all(out["alpha"] == 0)
+
+
+def test_compositing_op_matches_reference_for_any_channel_count(cpu_kernel):
+    params = scene(150, seed=2, dtype=F64)
+    cam = camera(37, 50, focal=40.0, dtype=F64)
+    proj = project_gaussians(*params[:3], cam)
+    bins = bin_tiles(proj.means2d, proj.radii, proj.depths, cam.width, cam.height)
+    feats = torch.randn(150, 7, dtype=F64, generator=torch.Generator().manual_seed(0))
+    inputs = [proj.means2d.detach(), proj.conics.detach(), params[3], feats]
+    weights = torch.randn(cam.height, cam.width, 7, dtype=F64)
+    results = []
+    for composite in (cpu_backend.composite_tiles_cpu, composite_tiles):
+        leaves = [t.clone().requires_grad_() for t in inputs]
+        image = composite(*leaves, bins, cam.width, cam.height)
+        (image * weights).sum().backward()
+        results.append((image, [t.grad for t in leaves]))
+    (image, grads), (ref_image, ref_grads) = results
+    assert torch.allclose(image, ref_image, atol=1e-12)
+    for got, ref in zip(grads, ref_grads):
+        assert torch.allclose(got, ref, rtol=1e-9, atol=1e-10 * ref.abs().max())
+
+
+def test_results_do_not_depend_on_the_thread_count(cpu_kernel):
+    params = scene(500, seed=6, opaque=50)
+    cam = camera(64, 48, focal=55.0)
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for n_threads in (1, 3):
+            torch.set_num_threads(n_threads)
+            runs.append(render_and_grad(cpu_backend.rasterize_cpu, params, cam, sh_degree=1))
+    finally:
+        torch.set_num_threads(threads)
+    (out1, grads1), (out3, grads3) = runs
+    for key in ("rgb", "depth", "alpha"):
+        assert torch.equal(out1[key], out3[key])
+    for name in grads1:
+        assert torch.equal(grads1[name], grads3[name]), name
+
+
+def test_sh_basis_equals_eval_sh_of_the_identity():
+    dirs = torch.nn.functional.normalize(torch.randn(30, 3, dtype=F64), dim=-1)
+    for degree in range(4):
+        k = (degree + 1) ** 2
+        expected = eval_sh(degree, torch.eye(k, dtype=F64).expand(30, k, k), dirs)
+        assert torch.allclose(cpu_backend.sh_basis(degree, dirs), expected, atol=1e-14)
+    means, _, _, _, feats = scene(40, seed=1, dtype=F64)
+    campos = torch.tensor([0.3, -2.0, 1.0], dtype=F64)
+    assert torch.allclose(cpu_backend.colors_from_sh_basis(means, feats, 3, campos),
+                          colors_from_sh(means, feats, 3, campos), atol=1e-14)
+
+
+def test_kernel_rejects_inconsistent_inputs(cpu_kernel):
+    means2d, conics, opac, feats = torch.zeros(2, 2), torch.zeros(2, 3), torch.zeros(2), torch.zeros(2, 5)
+    offsets = torch.tensor([0, 1], dtype=torch.long)  # one 16x16 tile
+    with pytest.raises(RuntimeError, match="offsets must run from 0"):
+        cpu_kernel.composite_forward(means2d, conics, opac, feats, torch.tensor([0, 1]), offsets,
+                                     16, 16, 16, 0.99, 1 / 255, 1e-4)
+    with pytest.raises(RuntimeError, match="index the N Gaussians"):
+        cpu_kernel.composite_forward(means2d, conics, opac, feats, torch.tensor([5]), offsets,
+                                     16, 16, 16, 0.99, 1 / 255, 1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# build fallback and the auto backend
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def fresh_kernel_state(monkeypatch):
+    """A process that has not tried to load the kernel yet; warnings and info lines recorded."""
+    monkeypatch.setattr(cpu_backend, "_STATE", cpu_backend._KernelState())
+    messages = {"warn": [], "info": []}
+    monkeypatch.setattr(cpu_backend, "warn", lambda msg, *a, **k: messages["warn"].append(msg))
+    monkeypatch.setattr(cpu_backend, "info", lambda msg, *a, **k: messages["info"].append(msg))
+    return messages
+
+
+@pytest.fixture
+def failing_build(monkeypatch, fresh_kernel_state):
+    calls = []
+
+    def fail():
+        calls.append(1)
+        raise RuntimeError("Ninja is required to load C++ extensions")
+
+    monkeypatch.setattr(cpu_backend, "_build_and_load", fail)
+    fresh_kernel_state["build_calls"] = calls
+    return fresh_kernel_state
+
+
+def test_failed_build_falls_back_to_the_reference_with_one_warning(failing_build, monkeypatch):
+    monkeypatch.delenv(cpu_backend.KERNEL_SWITCH, raising=False)
+    params = scene(50, seed=3)
+    cam = camera(24, 20, focal=22.0)
+    for _ in range(3):
+        out = RASTERIZER_BACKENDS["cpu"](*params[:4], cam, features=params[4], sh_degree=3)
+    ref = rasterize_reference(*params[:4], cam, features=params[4], sh_degree=3)
+    assert torch.equal(out["rgb"], ref["rgb"])
+    assert len(failing_build["warn"]) == 1 and "Ninja is required" in failing_build["warn"][0]
+    assert "'reference'" in failing_build["warn"][0]
+    assert len(failing_build["build_calls"]) == 1  # tried once per process
+
+    RASTERIZER_BACKENDS["auto"](*params[:4], cam, features=params[4], sh_degree=3)
+    assert cpu_backend.auto_backend_name(torch.device("cpu")) == "reference"
+    assert [m for m in failing_build["info"] if "'auto'" in m and "'reference'" in m]
+
+
+def test_require_switch_turns_a_failed_build_into_an_error(failing_build, monkeypatch):
+    monkeypatch.setenv(cpu_backend.KERNEL_SWITCH, "require")
+    params = scene(5, seed=3)
+    for _ in range(2):  # every call, not only the one that tried the build
+        with pytest.raises(ConfigError, match="LUCID_CPU_KERNEL=require.*Ninja is required"):
+            cpu_backend.rasterize_cpu(*params[:4], camera(8, 8, 8.0), features=params[4])
+    assert failing_build["warn"] == []
+
+
+def test_off_switch_never_builds(failing_build, monkeypatch):
+    monkeypatch.setenv(cpu_backend.KERNEL_SWITCH, "0")
+    assert not cpu_backend.kernel_available()
+    assert failing_build["build_calls"] == [] and "disabled" in cpu_backend._STATE.error
+
+
+def test_auto_picks_the_cpu_kernel_and_logs_once(cpu_kernel, fresh_kernel_state):
+    params = scene(60, seed=8)
+    cam = camera(30, 22, focal=28.0)
+    for _ in range(2):
+        out = RASTERIZER_BACKENDS["auto"](*params[:4], cam, features=params[4], sh_degree=1)
+    assert cpu_backend.auto_backend_name(torch.device("cpu")) == "cpu"
+    assert len([m for m in fresh_kernel_state["info"] if "'auto'" in m]) == 1
+    ref = rasterize_reference(*params[:4], cam, features=params[4], sh_degree=1)
+    assert (out["rgb"] - ref["rgb"]).abs().max() <= 1e-4
+
+
+class TinyGaussians(nn.Module):
+    """The geometry properties the renderer reads (threestudio-3dgs names), as parameters."""
+
+    def __init__(self, n=40, seed=0):
+        super().__init__()
+        means, quats, scales, opacities, features = scene(n, seed, extent=(0.8, 0.8, 0.8), sh_coeffs=4)
+        self._xyz = nn.Parameter(means)
+        self._features = nn.Parameter(features)
+        self._scaling = nn.Parameter(scales.log())
+        self._rotation = nn.Parameter(quats)
+        self._opacity = nn.Parameter(torch.logit(opacities)[:, None])
+        self.active_sh_degree = 1
+
+    get_xyz = property(lambda self: self._xyz)
+    get_features = property(lambda self: self._features)
+    get_scaling = property(lambda self: torch.exp(self._scaling))
+    get_rotation = property(lambda self: torch.nn.functional.normalize(self._rotation, dim=-1))
+    get_opacity = property(lambda self: torch.sigmoid(self._opacity))
+
+
+def look_at_origin(azimuth_deg, distance=2.0):
+    """threestudio's OpenGL camera-to-world (z up) for a camera looking at the origin."""
+    a = math.radians(azimuth_deg)
+    position = torch.tensor([distance * math.cos(a), distance * math.sin(a), 0.3])
+    lookat = -position / position.norm()
+    right = torch.nn.functional.normalize(torch.linalg.cross(lookat, torch.tensor([0.0, 0.0, 1.0])), dim=0)
+    up = torch.linalg.cross(right, lookat)
+    c2w = torch.eye(4)
+    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, up, -lookat, position
+    return c2w
+
+
+@pytest.mark.parametrize("backend", ["cpu", "auto"])
+def test_renderer_component_with_the_fast_backend(cpu_kernel, backend):
+    outputs, grads = [], []
+    for name in (backend, "reference"):
+        geometry = TinyGaussians()
+        bg = find("solid-color-background")({"color": [0.2, 0.4, 0.6]})
+        renderer = find("lucid-gaussian-rasterizer")({"backend": name}, geometry=geometry, material=None,
+                                                     background=bg)
+        c2w = torch.stack([look_at_origin(0.0), look_at_origin(70.0)])
+        out = renderer(c2w=c2w, fovy=torch.full((2,), math.radians(45)), height=20, width=28,
+                       rays_d=torch.zeros(2, 20, 28, 3))
+        (out["comp_rgb"].sum() + out["comp_depth"].sum()).backward()
+        outputs.append(out)
+        grads.append([p.grad for p in geometry.parameters()] + [p.grad for p in out["viewspace_points"]])
+    fast, ref = outputs
+    for key in ("comp_rgb", "comp_depth", "comp_mask"):
+        assert (fast[key] - ref[key]).abs().max() <= 1e-4, key
+    for got, expected in zip(*grads):
+        assert ((got - expected).norm() / expected.norm().clamp_min(1e-12)) <= 1e-3
+
+
+@pytest.mark.parametrize("tile_size", [16, 8])
+def test_binning_equals_the_reference_binning(cpu_kernel, tile_size):
+    params = scene(400, seed=12, near=True)
+    cam = camera(70, 45, focal=60.0)
+    proj = project_gaussians(*params[:3], cam, tile_size=tile_size)
+    expected = bin_tiles(proj.means2d, proj.radii, proj.depths, 70, 45, tile_size)
+    got = cpu_backend.bin_tiles_cpu(proj.means2d, proj.radii, proj.depths, 70, 45, tile_size)
+    assert expected.gauss_ids.numel() > 400
+    for a, b in zip(got, expected):
+        assert a == b if isinstance(a, int) else torch.equal(a, b)
