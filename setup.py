@@ -54,12 +54,12 @@ setup(
         "imageio-ffmpeg",
         "matplotlib",
         "tqdm",
+        "ninja",  # builds the fast CPU rasterizer kernel on first use
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-timeout"],
         # CUDA rasterizers; diff-gaussian-rasterization is installed from the user's own checkout
         "gpu": ["gsplat"],
-        "cpu-kernel": ["ninja"],
     },
     entry_points={
         "console_scripts": [
