@@ -72,7 +72,8 @@ def run_method(method, obj_caption, world, out_root, steps, seed, backend, extra
     start = time.time()
     log = os.path.join(out_root, f"{tag}.log")
     with open(log, "w") as f:
-        proc = subprocess.run(args, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+        proc = subprocess.run(args, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env=env)
     elapsed = time.time() - start
     trial = os.path.join(out_root, f"lucid-{method}-toy", tag)
     scores_file = os.path.join(trial, "save", "toy_world_scores.json")
