@@ -2,7 +2,8 @@
 # Side-by-side runs: threestudio-lucid's guidance vs threestudio's built-in baselines on the same prompts.
 # Run from a threestudio checkout with this plugin in custom/threestudio-lucid (GPU), or replace
 # `python launch.py` by `lucid-launch` to use the bundled host (the lucid configs only).
-# The plugin configs arrive with issues 3-5; the commands below are the intended comparison.
+# Without network access, add system.prompt_processor.pretrained_model_name_or_path=... and
+# system.guidance.pretrained_model_name_or_path=... pointing at local diffusers folders.
 set -euo pipefail
 LAUNCH=${LAUNCH:-python launch.py}
 GPU=${GPU:-0}
@@ -14,6 +15,8 @@ for prompt in "${PROMPTS[@]}"; do
   # threestudio baselines (need a threestudio checkout)
   $LAUNCH --config configs/dreamfusion-sd.yaml --train --gpu "$GPU" system.prompt_processor.prompt="$prompt"
   $LAUNCH --config configs/prolificdreamer.yaml --train --gpu "$GPU" system.prompt_processor.prompt="$prompt"
+  # threestudio's own SDS on the plugin's Gaussian system (same system, threestudio's guidance)
+  $LAUNCH --config configs/gaussian-threestudio-sds.yaml --train --gpu "$GPU" system.prompt_processor.prompt="$prompt"
   # threestudio-lucid
   for cfg in lucid-sds lucid-ism lucid-vsd lucid-esd; do
     $LAUNCH --config "custom/threestudio-lucid/configs/$cfg.yaml" --train --gpu "$GPU" \
