@@ -189,3 +189,22 @@ def test_bad_interval_settings_are_named(tiny_sd_path):
 
     with pytest.raises(ConfigError, match="xs_delta_t"):
         make(tiny_sd_path, xs_delta_t=0)
+
+
+def test_perp_neg_option_runs_through_ism(tiny_sd_path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    perp = compat.find("stable-diffusion-prompt-processor")(
+        {"prompt": "a cube", "pretrained_model_name_or_path": tiny_sd_path, "use_perp_neg": True}
+    )()
+    ism = make(tiny_sd_path)
+    seen = {}
+    orig = ism.unet_eps
+
+    def spy(latents, t, emb, **kw):
+        seen.setdefault("batches", []).append(latents.shape[0])
+        return orig(latents, t, emb, **kw)
+
+    ism.unet_eps = spy
+    out = ism(torch.rand(2, 16, 16, 3), perp, *views(2), t_index=300)
+    assert torch.isfinite(out["loss_ism"]) and torch.isfinite(out["grad_norm"])
+    assert seen["batches"][-1] == 8  # the prediction at x_t: cond, uncond and 2 negatives per view
