@@ -10,6 +10,7 @@ from threestudio_lucid.compat import find
 from threestudio_lucid.errors import ConfigError
 from threestudio_lucid.geometry import GaussianSplatting
 from threestudio_lucid.geometry.gaussian_splatting import SH_C0, rgb_to_sh_dc, sh_dc_to_rgb
+from gaussian_factories import random_gaussians
 
 SMALL = {"init_num_pts": 64, "init_type": "ball", "init_radius": 0.5}
 
@@ -17,19 +18,6 @@ SMALL = {"init_num_pts": 64, "init_type": "ball", "init_radius": 0.5}
 def make(**overrides):
     torch.manual_seed(0)
     return GaussianSplatting({**SMALL, **overrides})
-
-
-def random_gaussians(n, sh_degree=0, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    k = (sh_degree + 1) ** 2 - 1
-    return {
-        "xyz": torch.randn(n, 3, generator=g),
-        "f_dc": torch.randn(n, 1, 3, generator=g),
-        "f_rest": torch.randn(n, k, 3, generator=g),
-        "opacity": torch.randn(n, 1, generator=g),
-        "scaling": torch.randn(n, 3, generator=g) - 3,
-        "rotation": torch.randn(n, 4, generator=g),
-    }
 
 
 def fake_step(geometry):

@@ -7,19 +7,7 @@ from plyfile import PlyData, PlyElement
 from threestudio_lucid.errors import ConfigError
 from threestudio_lucid.geometry import GaussianSplatting
 from threestudio_lucid.geometry.ply_io import gaussian_ply_property_names, read_gaussian_ply
-
-
-def random_gaussians(n, sh_degree, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    k = (sh_degree + 1) ** 2 - 1
-    return {
-        "xyz": torch.randn(n, 3, generator=g),
-        "f_dc": torch.randn(n, 1, 3, generator=g),
-        "f_rest": torch.randn(n, k, 3, generator=g),
-        "opacity": torch.randn(n, 1, generator=g),
-        "scaling": torch.randn(n, 3, generator=g) - 3,
-        "rotation": torch.randn(n, 4, generator=g),
-    }
+from gaussian_factories import random_gaussians
 
 
 def make(**cfg):
