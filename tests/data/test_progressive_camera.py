@@ -1,6 +1,5 @@
 """lucid-progressive-camera-datamodule: LucidDreamer's camera distribution and relaxation on
 threestudio's batch keys and conventions."""
-import math
 
 import pytest
 import torch

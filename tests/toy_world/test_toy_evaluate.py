@@ -52,7 +52,7 @@ def penguin_world(tmp_path_factory, toy_cache_dir):
 
 def toy_args(world, steps):
     return [
-        f"system.prompt_processor.prompt=a penguin",
+        "system.prompt_processor.prompt=a penguin",
         f"system.prompt_processor.pretrained_model_name_or_path={world}",
         f"system.guidance.pretrained_model_name_or_path={world}",
         "system.renderer.backend=auto",

@@ -16,7 +16,7 @@ LucidDreamer's training distribution:
 Val/test orbits circle at ``default_radius``, ``default_polar`` and ``default_fovy``.
 """
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytorch_lightning as pl

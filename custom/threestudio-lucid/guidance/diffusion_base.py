@@ -21,7 +21,7 @@ from typing import Any, Dict, Optional
 import torch
 import torch.nn.functional as F
 
-from ..compat import BaseModule, C, info, warn
+from ..compat import BaseModule, C, info
 from ..errors import ConfigError
 
 MODEL_KEY = "system.guidance.pretrained_model_name_or_path"

@@ -11,9 +11,8 @@ Validation writes ``it{step}-{index}.png`` grids (rgb | depth | alpha); test wri
 ``it{step}-test/{index}.png`` frames, the orbit video ``it{step}-test.mp4`` and the splats as
 ``point_cloud.ply`` (INRIA layout) under ``save/``.
 """
-import os
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict
 
 import torch

@@ -14,8 +14,7 @@ off the training grid) and compared with the analytic renders:
 """
 import json
 import math
-import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import torch
 import torch.nn.functional as F

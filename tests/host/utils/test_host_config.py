@@ -8,7 +8,7 @@ import pytest
 from omegaconf import ListConfig, OmegaConf
 
 from threestudio_lucid.errors import ConfigError, UnknownConfigKeyError
-from threestudio_lucid.host.utils.config import ExperimentConfig, dump_config, load_config, parse_structured
+from threestudio_lucid.host.utils.config import dump_config, load_config, parse_structured
 
 
 @pytest.fixture

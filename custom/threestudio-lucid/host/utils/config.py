@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields as dataclass_fields, is_datacla
 from datetime import datetime, timedelta
 
 import omegaconf
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from packaging.version import Version
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 

@@ -1,5 +1,4 @@
 """Image-space regularisers shared by systems."""
-import torch
 
 from .typing import Float, Tensor
 

@@ -2,7 +2,6 @@
 import gc
 import math
 import os
-import re
 
 import torch
 from packaging import version
