@@ -57,9 +57,11 @@ setup(
         "ninja",  # builds the fast CPU rasterizer kernel on first use
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-timeout"],
+        # gsplat: its pure-torch reference code checks the gsplat adapter on the CPU (it needs no CUDA
+        # to import; pinned because the tests call its torch implementation's private functions)
+        "test": ["pytest>=7", "pytest-timeout", "gsplat==1.5.3"],
         # CUDA rasterizers; diff-gaussian-rasterization is installed from the user's own checkout
-        "gpu": ["gsplat"],
+        "gpu": ["gsplat>=1.5"],
     },
     entry_points={
         "console_scripts": [

@@ -18,6 +18,8 @@ Measured, per backend and scene:
   resident size just before it. Linux: freed heap pages are first handed back (malloc_trim), then
   the peak counter is reset through /proc/self/clear_refs and read from VmHWM. Elsewhere: the
   growth of ru_maxrss, a lower bound. On CUDA: torch's peak allocated memory.
+On a machine with a GPU, every available CUDA backend (``gsplat``, ``inria``) is measured on the same
+scenes as ``<name>@cuda`` rows, against the reference backend run on the GPU (``reference@cuda``).
 Ratios: "x" = reference time / backend time; "mem x" = backend peak / reference peak.
 
 OMP_WAIT_POLICY defaults to PASSIVE here (see below); pass OMP_WAIT_POLICY=ACTIVE in the environment
@@ -190,8 +192,11 @@ def main():
     if not torch.cuda.is_available():
         print(f"CUDA backends skipped: no CUDA device (registered: {', '.join(cuda_names) or 'none'})")
         cuda_names = []
-    elif not cuda_names:
-        print("CUDA backends skipped: none registered (install gsplat / diff-gaussian-rasterization)")
+    for name in list(cuda_names):
+        library = getattr(RASTERIZER_BACKENDS[name], "library", None)
+        if library is not None and library.load() is None:
+            print(f"backend '{name}' skipped: {library.module_name} unavailable ({library.error})")
+            cuda_names.remove(name)
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.machine()}, "
@@ -199,8 +204,9 @@ def main():
           f"best of {args.repeats} (reference: {args.reference_repeats})")
     if load > (os.cpu_count() or 1):
         print("note: the machine is busy with other processes; absolute times are inflated")
-    print("seconds, MiB; x = speedup over the reference (mem x: fraction of its peak)")
-    header = (f"{'N':>6} {'res':>4} {'pairs':>7} {'backend':>9} | {'fwd s':>7} {'bwd s':>7} {'f+b s':>7}"
+    print("seconds, MiB; x = speedup over the reference on the same device (mem x: fraction of its peak); "
+          "@cuda rows ran on the GPU")
+    header = (f"{'N':>6} {'res':>4} {'pairs':>7} {'backend':>14} | {'fwd s':>7} {'bwd s':>7} {'f+b s':>7}"
               f" {'mem MiB':>8} | {'fwd x':>7} {'bwd x':>7} {'f+b x':>7} {'mem x':>6}")
     print(header)
     print("-" * len(header))
@@ -220,14 +226,16 @@ def main():
                 slow = name == "reference"  # seconds per call: no warm-up, fewer repeats
                 results[name] = measure(RASTERIZER_BACKENDS[name], params, camera, weights, cpu,
                                         args.reference_repeats if slow else args.repeats, warm_up=not slow)
-            for name in cuda_names:
+            if cuda_names:
+                # on the GPU the baseline is the reference backend run there (torch on CUDA)
                 dev = torch.device("cuda")
                 cam = camera_from_threestudio(look_at_c2w([2.5, 0.0, 0.0]).to(dev), math.radians(40), res, res)
-                results[name] = measure(RASTERIZER_BACKENDS[name], params, cam, [w.to(dev) for w in weights], dev,
-                                        args.repeats)
-            ref = results.get("reference")
+                for name in ["reference"] + cuda_names:
+                    results[f"{name}@cuda"] = measure(RASTERIZER_BACKENDS[name], params, cam,
+                                                      [w.to(dev) for w in weights], dev, args.repeats)
             for name, (fwd, bwd, mem, slowest) in results.items():
-                line = (f"{n:>6} {res:>4} {pairs / 1e6:>6.1f}M {name:>9} | {fwd:>7.3f} {bwd:>7.3f} {fwd + bwd:>7.3f}"
+                ref = results.get("reference@cuda" if name.endswith("@cuda") else "reference")
+                line = (f"{n:>6} {res:>4} {pairs / 1e6:>6.1f}M {name:>14} | {fwd:>7.3f} {bwd:>7.3f} {fwd + bwd:>7.3f}"
                         f" {mem:>8.1f} | ")
                 if ref is None:
                     line += "reference skipped (--reference-max-pairs)"

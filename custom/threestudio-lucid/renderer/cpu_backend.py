@@ -31,7 +31,7 @@ can leave the file behind, and later builds then wait until it is deleted).
 Fallback: when the kernel cannot be built (no compiler, no ninja, a failed build), ``backend: cpu``
 warns once, with the reason, and renders with the reference backend -- a training run still works,
 only slower. ``backend: auto`` picks, per device type, the first available of ``AUTO_PREFERENCE``
-(the C++ kernel on CPU; CUDA backends when registered) and otherwise ``reference``, and logs its
+(the C++ kernel on CPU; gsplat, then inria, on CUDA) and otherwise ``reference``, and logs its
 choice once.
 """
 import os
@@ -60,9 +60,11 @@ from .reference import (
     T_MIN,
     TILE_SIZE,
     TileBins,
+    check_inputs,
     project_gaussians,
     rasterize_reference,
     tile_rects,
+    view_outputs,
 )
 
 KERNEL_NAME = "lucid_rasterizer_cpu"  # extension name and torch.ops namespace
@@ -70,7 +72,8 @@ KERNEL_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_ke
 KERNEL_SWITCH = "LUCID_CPU_KERNEL"
 
 # auto: per device type, backend names in order of preference; the first that is registered and
-# available wins, else "reference". CUDA backends are registered under these names when installed.
+# available wins, else "reference". The CUDA backends (gsplat_backend.py, inria_backend.py) are always
+# registered and available where their library imports and a CUDA device exists.
 AUTO_PREFERENCE: Dict[str, tuple] = {"cpu": ("cpu",), "cuda": ("gsplat", "inria")}
 
 
@@ -382,18 +385,7 @@ def rasterize_cpu(
         _warn_fallback_once(_STATE.error)
         return rasterize_reference(means, quats, scales, opacities, camera, **kwargs)
 
-    if (features is None) == (colors is None):
-        raise ValueError("pass exactly one of features (SH coefficients) or colors")
-    n = means.shape[0]
-    if opacities.dim() == 2:
-        opacities = opacities.squeeze(-1)
-    if means.shape != (n, 3) or quats.shape != (n, 4) or scales.shape != (n, 3) or opacities.shape != (n,):
-        raise ValueError(
-            f"expected means [N,3], quats [N,4], scales [N,3], opacities [N]; got {tuple(means.shape)}, "
-            f"{tuple(quats.shape)}, {tuple(scales.shape)}, {tuple(opacities.shape)}"
-        )
-    if screen_points is not None and (screen_points.shape[0] != n or screen_points.shape[1] not in (2, 3)):
-        raise ValueError(f"screen_points must be [N, 2] or [N, 3], got {tuple(screen_points.shape)}")
+    opacities = check_inputs(means, quats, scales, opacities, features, colors, screen_points)
     use_sh = features is not None
     if use_sh and not 0 <= sh_degree <= 3:
         raise ValueError(f"SH degree must be in 0..3, got {sh_degree}")
@@ -404,19 +396,7 @@ def rasterize_cpu(
         means, quats, scales, opacities, features if use_sh else colors, screen_points, camera, sh_degree, use_sh,
         near_plane, tile_size,
     )
-    rgb, depth, alpha = image[..., :3], image[..., 3:4], image[..., 4:5]
-    if background is not None:
-        rgb = rgb + (1.0 - alpha) * background.to(rgb)
-    return {
-        "rgb": rgb,
-        "alpha": alpha,
-        "depth": depth,
-        "radii": radii,
-        "visibility": radii > 0,
-        "means2d": means2d,
-        "depths": depths,
-        "conics": conics,
-    }
+    return view_outputs(image, background, radii, means2d, depths, conics)
 
 
 rasterize_cpu.is_available = kernel_available  # consulted by "auto"

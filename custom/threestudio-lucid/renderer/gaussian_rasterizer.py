@@ -52,7 +52,9 @@ class GaussianRasterizer(Rasterizer):
 
     @dataclass
     class Config(Rasterizer.Config):
-        backend: str = "auto"  # auto: the fastest available (cpu kernel on CPU); reference: the torch specification
+        # auto: the fastest available (cpu kernel on CPU; gsplat, then inria, on CUDA); reference: the torch
+        # specification; cpu, gsplat, inria: that backend or an error saying why not
+        backend: str = "auto"
         near_plane: float = 0.2
         tile_size: int = 16
         bg_inversion_prob: float = 0.0
@@ -70,6 +72,13 @@ class GaussianRasterizer(Rasterizer):
         if not 0.0 <= self.cfg.bg_inversion_prob <= 1.0:
             raise ConfigError(f"renderer.bg_inversion_prob must be in [0, 1], got {self.cfg.bg_inversion_prob}")
         self.rasterize = get_backend(self.cfg.backend)
+        # CUDA backends: a missing library or a setting the library cannot honour fails now, not at step 1
+        library = getattr(self.rasterize, "library", None)
+        if library is not None:
+            library.require_module()
+        check_settings = getattr(self.rasterize, "check_settings", None)
+        if check_settings is not None:
+            check_settings(self.cfg.near_plane, self.cfg.tile_size)
         info(f"lucid-gaussian-rasterizer: using the '{self.cfg.backend}' rasterizer backend")
 
     def forward(

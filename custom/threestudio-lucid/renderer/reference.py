@@ -438,7 +438,44 @@ def composite_tiles(
     return image[:height, :width]
 
 
-def _keep_in_graph(out: Tensor, *inputs: Optional[Tensor]) -> Tensor:
+def check_inputs(means, quats, scales, opacities, features, colors, screen_points) -> Tensor:
+    """The shape checks of the backend interface (every backend calls this); returns the
+    opacities as [N]."""
+    if (features is None) == (colors is None):
+        raise ValueError("pass exactly one of features (SH coefficients) or colors")
+    n = means.shape[0]
+    if opacities.dim() == 2:
+        opacities = opacities.squeeze(-1)
+    if means.shape != (n, 3) or quats.shape != (n, 4) or scales.shape != (n, 3) or opacities.shape != (n,):
+        raise ValueError(
+            f"expected means [N,3], quats [N,4], scales [N,3], opacities [N]; got {tuple(means.shape)}, "
+            f"{tuple(quats.shape)}, {tuple(scales.shape)}, {tuple(opacities.shape)}"
+        )
+    if screen_points is not None and (screen_points.shape[0] != n or screen_points.shape[1] not in (2, 3)):
+        raise ValueError(f"screen_points must be [N, 2] or [N, 3], got {tuple(screen_points.shape)}")
+    return opacities
+
+
+def view_outputs(image: Tensor, background: Optional[Tensor], radii: Tensor, means2d: Tensor, depths: Tensor,
+                 conics: Tensor) -> Dict[str, Tensor]:
+    """The backend interface's outputs from a premultiplied [H, W, 5] image (rgb, depth, alpha) and
+    the per-Gaussian projection; the background goes under the remaining transmittance."""
+    rgb, depth, alpha = image[..., :3], image[..., 3:4], image[..., 4:5]
+    if background is not None:
+        rgb = rgb + (1.0 - alpha) * background.to(rgb)
+    return {
+        "rgb": rgb,
+        "alpha": alpha,
+        "depth": depth,
+        "radii": radii,
+        "visibility": radii > 0,
+        "means2d": means2d,
+        "depths": depths,
+        "conics": conics,
+    }
+
+
+def keep_in_graph(out: Tensor, *inputs: Optional[Tensor]) -> Tensor:
     """Add an exact zero that depends on every input needing a gradient, so backward works (and
     gives zero gradients) when no Gaussian reached the image."""
     for t in inputs:
@@ -478,18 +515,7 @@ def rasterize_reference(
     ``visibility`` [N] bool, ``means2d`` [N,2] pixel positions, ``depths`` [N] view z, ``conics``
     [N,3].
     """
-    if (features is None) == (colors is None):
-        raise ValueError("pass exactly one of features (SH coefficients) or colors")
-    n = means.shape[0]
-    if opacities.dim() == 2:
-        opacities = opacities.squeeze(-1)
-    if means.shape != (n, 3) or quats.shape != (n, 4) or scales.shape != (n, 3) or opacities.shape != (n,):
-        raise ValueError(
-            f"expected means [N,3], quats [N,4], scales [N,3], opacities [N]; got {tuple(means.shape)}, "
-            f"{tuple(quats.shape)}, {tuple(scales.shape)}, {tuple(opacities.shape)}"
-        )
-    if screen_points is not None and (screen_points.shape[0] != n or screen_points.shape[1] not in (2, 3)):
-        raise ValueError(f"screen_points must be [N, 2] or [N, 3], got {tuple(screen_points.shape)}")
+    opacities = check_inputs(means, quats, scales, opacities, features, colors, screen_points)
     width, height = camera.width, camera.height
 
     proj = project_gaussians(means, quats, scales, camera, screen_points, near_plane, tile_size)
@@ -501,17 +527,5 @@ def rasterize_reference(
     image = composite_tiles(
         proj.means2d, proj.conics, opacities, per_gaussian, bins, width, height, tile_size, max_chunk_pairs
     )
-    image = _keep_in_graph(image, means, quats, scales, opacities, features, colors, screen_points)
-    rgb, depth, alpha = image[..., :3], image[..., 3:4], image[..., 4:5]
-    if background is not None:
-        rgb = rgb + (1.0 - alpha) * background.to(rgb)
-    return {
-        "rgb": rgb,
-        "alpha": alpha,
-        "depth": depth,
-        "radii": proj.radii,
-        "visibility": proj.radii > 0,
-        "means2d": proj.means2d,
-        "depths": proj.depths,
-        "conics": proj.conics,
-    }
+    image = keep_in_graph(image, means, quats, scales, opacities, features, colors, screen_points)
+    return view_outputs(image, background, proj.radii, proj.means2d, proj.depths, proj.conics)

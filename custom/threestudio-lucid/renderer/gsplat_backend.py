@@ -1,0 +1,133 @@
+"""The ``gsplat`` rasterizer backend: nerfstudio's gsplat (``pip install gsplat``, >= 1.5, CUDA) for
+the per-pixel work, behind the backend interface of ``reference.rasterize_reference``.
+
+gsplat's own ``rasterization()`` is a different rasterizer from inria's (and so from the reference):
+its per-axis 3.33-sigma (opacity-aware) boxes and tile rounding keep contributions that inria's
+3-sigma square box and ``getRect`` rounding drop (up to ~1e-2 at some pixels, even at low
+opacity), it normalises quaternions, and its projection's gradient through the EWA clamp differs.
+So this backend does the O(N) per-Gaussian work with the reference's own torch code on the GPU
+(``project_gaussians``: culling, EWA covariance, conics, inria's radii, ``screen_points``;
+``colors_from_sh``), and hands gsplat the O(pixels x Gaussians) work, its tile intersection, sort
+and fused compositing kernels (forward and backward):
+
+- tile lists: inria's tile rectangle of each Gaussian (``reference.tile_rects``) is given to
+  ``isect_tiles`` as a box that covers exactly those tiles (centre and per-axis half-size on tile
+  boundaries, so gsplat's floor/ceil land on them), so every tile lists the same Gaussians in the
+  same depth order as the reference's ``bin_tiles``;
+- ``rasterize_to_pixels`` with the means shifted by +0.5 px (gsplat's pixel centres are at
+  ``j + 0.5``, inria's at ``j``), colour and view depth as 4 channels, alpha = 1 - T.
+
+What remains different is gsplat's compositing kernel itself: ``alpha = min(0.999, o exp(power))``
+(inria 0.99) with a zero gradient where that clamp binds (inria passes it through). Where no
+``o exp(power)`` exceeds 0.99 the outputs equal the reference's up to float rounding
+(``tests/renderer/test_cuda_backends.py``); near-opaque splats differ at the pixels they cover.
+
+``render_with_gsplat`` takes gsplat's functions as an argument (the tests hand it CPU stand-ins made
+of gsplat's torch implementation).
+"""
+from typing import Any, Dict, Optional
+
+import torch
+from torch import Tensor
+
+from .camera import GaussianCamera
+from .gaussian_rasterizer import register_backend
+from .optional_library import OptionalLibrary
+from .reference import (
+    NEAR_PLANE,
+    TILE_SIZE,
+    check_inputs,
+    colors_from_sh,
+    keep_in_graph,
+    project_gaussians,
+    tile_rects,
+    view_outputs,
+)
+
+
+def _check_usable(gsplat: Any) -> None:
+    """gsplat imports without its CUDA code (it JIT-compiles that on first use, and gives up without
+    a CUDA toolkit); load it now so that a failure reads as 'unavailable', once. Per-axis radii in
+    ``isect_tiles`` came with 1.5."""
+    major, minor = (int(x) for x in gsplat.__version__.split(".")[:2])
+    if (major, minor) < (1, 5):
+        raise RuntimeError(f"gsplat {gsplat.__version__} is installed; this backend needs gsplat >= 1.5")
+    from gsplat.cuda._backend import _C
+
+    if _C is None:
+        raise RuntimeError("gsplat's CUDA extension is not built and no CUDA toolkit (nvcc) was found to build it")
+
+
+GSPLAT = OptionalLibrary(
+    "gsplat",
+    "gsplat",
+    "install it with `pip install 'gsplat>=1.5'` (builds its CUDA code on first use; needs nvcc) or a "
+    "prebuilt wheel from https://docs.gsplat.studio/whl",
+    check=_check_usable,
+)
+
+
+def render_with_gsplat(
+    gsplat: Any,
+    means: Tensor,
+    quats: Tensor,
+    scales: Tensor,
+    opacities: Tensor,
+    camera: GaussianCamera,
+    *,
+    features: Optional[Tensor] = None,
+    colors: Optional[Tensor] = None,
+    sh_degree: int = 0,
+    background: Optional[Tensor] = None,
+    screen_points: Optional[Tensor] = None,
+    near_plane: float = NEAR_PLANE,
+    tile_size: int = TILE_SIZE,
+) -> Dict[str, Tensor]:
+    """One view; ``gsplat`` provides ``isect_tiles``, ``isect_offset_encode`` and
+    ``rasterize_to_pixels`` (the gsplat module). The reference's arguments and outputs."""
+    opacities = check_inputs(means, quats, scales, opacities, features, colors, screen_points)
+    width, height = camera.width, camera.height
+    proj = project_gaussians(means, quats, scales, camera, screen_points, near_plane, tile_size)
+    if colors is None:
+        colors = colors_from_sh(means, features, sh_degree, camera.campos)
+
+    n_tiles_x = (width + tile_size - 1) // tile_size
+    n_tiles_y = (height + tile_size - 1) // tile_size
+    with torch.no_grad():
+        x0, y0, x1, y1 = tile_rects(proj.means2d, proj.radii, width, height, tile_size)
+        tile_box_centre = torch.stack([x0 + x1, y0 + y1], dim=-1).to(means.dtype) * (0.5 * tile_size)
+        # floor: for an odd tile_size the box ends half a pixel inside the rectangle's edges
+        tile_box_half = torch.stack([x1 - x0, y1 - y0], dim=-1) * tile_size // 2
+        tile_box_half = torch.where(proj.radii[:, None] > 0, tile_box_half, torch.zeros_like(tile_box_half))
+        _, isect_ids, flatten_ids = gsplat.isect_tiles(
+            tile_box_centre[None], tile_box_half.to(torch.int32)[None], proj.depths.detach()[None].contiguous(),
+            tile_size, n_tiles_x, n_tiles_y, packed=False,
+        )
+        isect_offsets = gsplat.isect_offset_encode(isect_ids, 1, n_tiles_x, n_tiles_y)
+
+    per_gaussian = torch.cat([colors, proj.depths[:, None].to(colors)], dim=-1)
+    image, alpha = gsplat.rasterize_to_pixels(
+        (proj.means2d + 0.5)[None].contiguous(),
+        proj.conics[None].contiguous(),
+        per_gaussian[None].contiguous(),
+        opacities[None].contiguous(),
+        width,
+        height,
+        tile_size,
+        isect_offsets,
+        flatten_ids,
+        packed=False,
+    )
+    image = keep_in_graph(torch.cat([image[0], alpha[0]], dim=-1), means, quats, scales, opacities, features,
+                          colors, screen_points)
+    return view_outputs(image, background, proj.radii, proj.means2d, proj.depths, proj.conics)
+
+
+def rasterize_gsplat(means: Tensor, *args, **kwargs) -> Dict[str, Tensor]:
+    """The ``gsplat`` backend: ``render_with_gsplat`` with gsplat's CUDA kernels."""
+    return render_with_gsplat(GSPLAT.require(means), means, *args, **kwargs)
+
+
+rasterize_gsplat.is_available = GSPLAT.available  # consulted by "auto"
+rasterize_gsplat.library = GSPLAT  # checked when the renderer is configured
+register_backend("gsplat", rasterize_gsplat)
