@@ -4,6 +4,8 @@
 # `python launch.py` by `lucid-launch` to use the bundled host (the lucid configs only).
 # Without network access, add system.prompt_processor.pretrained_model_name_or_path=... and
 # system.guidance.pretrained_model_name_or_path=... pointing at local diffusers folders.
+# Rasterizer: the lucid configs use system.renderer.backend=auto (gsplat, then inria, on CUDA where
+# installed); append e.g. system.renderer.backend=inria to render with the original 3DGS rasterizer.
 set -euo pipefail
 LAUNCH=${LAUNCH:-python launch.py}
 GPU=${GPU:-0}
