@@ -206,10 +206,10 @@ class StandInInriaLibrary:
     without gradients, as several forks do); "invdepth" (later upstream: + inverse depth).
     ``extra_fields``: further settings fields the installed version wants."""
 
-    def __init__(self, returns="upstream", extra_fields=()):
+    def __init__(self, returns="upstream", extra_fields=(), without_fields=()):
         self.returns = returns
         self.calls = []
-        fields = INRIA_FIELDS + [(name, bool) for name in extra_fields]
+        fields = [f for f in INRIA_FIELDS if f[0] not in without_fields] + [(name, bool) for name in extra_fields]
         self.GaussianRasterizationSettings = typing.NamedTuple("GaussianRasterizationSettings", fields)
         library = self
 
@@ -228,7 +228,7 @@ class StandInInriaLibrary:
     def decode_camera(self, s):
         """The pinhole camera inria's CUDA code uses for these settings, asserting their consistency."""
         assert isinstance(s.image_height, int) and isinstance(s.image_width, int)
-        assert s.scale_modifier == 1.0 and s.prefiltered is False and s.debug is False
+        assert s.scale_modifier == 1.0 and s.prefiltered is False and getattr(s, "debug", False) is False
         assert s.bg.shape == (3,) and s.viewmatrix.shape == (4, 4) and s.projmatrix.shape == (4, 4)
         if "antialiasing" in s._fields:
             assert s.antialiasing is False
@@ -300,10 +300,10 @@ def test_inria_adapter_matches_the_reference_through_the_library_interface(name,
     assert torch.allclose(aux[:, 0].detach(), ref["depths"])
 
 
-def test_inria_adapter_with_colors_two_screen_columns_and_an_antialiasing_field():
+def test_inria_adapter_with_colors_two_screen_columns_and_other_settings_fields():
     params = scene(150, seed=4)
     cam = camera(40, 48, focal=40.0)
-    library = StandInInriaLibrary(extra_fields=("antialiasing",))
+    library = StandInInriaLibrary(extra_fields=("antialiasing",), without_fields=("debug",))
     args = dict(sh_degree=0, use_colors=True, screen_cols=2, background=torch.tensor([0.5, 0.5, 0.5]))
     out, grads = render_and_grad(lambda *a, **k: inria_backend.render_with_inria(library, *a, **k), params, cam, **args)
     ref, ref_grads = render_and_grad(rasterize_reference, params, cam, **args)

@@ -97,6 +97,7 @@ def render_with_inria(
     fields = library.GaussianRasterizationSettings._fields
     if "antialiasing" in fields:
         settings["antialiasing"] = False
+    settings = {key: value for key, value in settings.items() if key in fields}  # e.g. forks without `debug`
     missing = [f for f in fields if f not in settings]
     if missing:
         raise ConfigError(
