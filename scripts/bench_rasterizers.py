@@ -44,6 +44,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
 
+from threestudio_lucid.data.progressive_camera import look_at_c2w  # noqa: E402
 from threestudio_lucid.renderer import cpu_backend  # noqa: E402
 from threestudio_lucid.renderer.camera import camera_from_threestudio  # noqa: E402
 from threestudio_lucid.renderer.gaussian_rasterizer import RASTERIZER_BACKENDS  # noqa: E402
@@ -52,16 +53,9 @@ from threestudio_lucid.renderer.reference import bin_tiles, project_gaussians  #
 CPU_BACKENDS = ("reference", "cpu")
 
 
-def look_at_c2w(position):
+def c2w_at(position):
     """threestudio's OpenGL camera-to-world for a camera at ``position`` looking at the origin, z up."""
-    position = torch.tensor(position, dtype=torch.float32)
-    lookat = -position / position.norm()
-    right = torch.linalg.cross(lookat, torch.tensor([0.0, 0.0, 1.0]))
-    right = right / right.norm()
-    up = torch.linalg.cross(right, lookat)
-    c2w = torch.eye(4)
-    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, up, -lookat, position
-    return c2w
+    return look_at_c2w(torch.tensor([position], dtype=torch.float32), torch.zeros(1, 3))[0]
 
 
 def scene(n, seed=0):
@@ -215,7 +209,7 @@ def main():
     for n in args.sizes:
         params = scene(n)
         for res in args.resolutions:
-            camera = camera_from_threestudio(look_at_c2w([2.5, 0.0, 0.0]), math.radians(40), res, res)
+            camera = camera_from_threestudio(c2w_at([2.5, 0.0, 0.0]), math.radians(40), res, res)
             g = torch.Generator().manual_seed(1)
             weights = [torch.rand(res, res, c, generator=g) for c in (3, 1, 1)]
             pairs = pixel_pairs(params, camera, res)
@@ -229,7 +223,7 @@ def main():
             if cuda_names:
                 # on the GPU the baseline is the reference backend run there (torch on CUDA)
                 dev = torch.device("cuda")
-                cam = camera_from_threestudio(look_at_c2w([2.5, 0.0, 0.0]).to(dev), math.radians(40), res, res)
+                cam = camera_from_threestudio(c2w_at([2.5, 0.0, 0.0]).to(dev), math.radians(40), res, res)
                 for name in ["reference"] + cuda_names:
                     results[f"{name}@cuda"] = measure(RASTERIZER_BACKENDS[name], params, cam,
                                                       [w.to(dev) for w in weights], dev, args.repeats)

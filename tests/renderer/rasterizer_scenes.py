@@ -1,9 +1,13 @@
-"""Random rasterizer scenes and the parity checks every backend is held to (shared by the backend
-tests): images within an absolute tolerance, gradients within a relative one."""
+"""Random rasterizer scenes, renderer inputs (a geometry stand-in, threestudio camera batches) and
+the parity checks every backend is held to (shared by the renderer tests): images within an
+absolute tolerance, gradients within a relative one."""
 import math
 
 import torch
+import torch.nn as nn
 
+from threestudio_lucid.compat import find
+from threestudio_lucid.data.progressive_camera import look_at_c2w
 from threestudio_lucid.renderer.camera import GaussianCamera
 
 F32, F64 = torch.float32, torch.float64
@@ -98,3 +102,66 @@ def assert_grads_match(grads, ref_grads, rtol):
         assert torch.allclose(got, ref, rtol=rtol, atol=1e-4 * scale + 1e-12), (name, (got - ref).abs().max())
 
 
+
+
+# ---------------------------------------------------------------------------------------------
+# renderer inputs
+# ---------------------------------------------------------------------------------------------
+class FakeGaussians(nn.Module):
+    """The geometry interface the renderer reads (threestudio-3dgs property names)."""
+
+    def __init__(self, n=12, sh_degree=1, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self._xyz = nn.Parameter((torch.rand(n, 3, generator=g) - 0.5) * 0.8)
+        self._features = nn.Parameter(0.3 * torch.randn(n, (sh_degree + 1) ** 2, 3, generator=g))
+        self._scaling = nn.Parameter(torch.log(0.05 + 0.1 * torch.rand(n, 3, generator=g)))
+        self._rotation = nn.Parameter(torch.randn(n, 4, generator=g))
+        self._opacity = nn.Parameter(torch.logit(0.2 + 0.6 * torch.rand(n, 1, generator=g)))
+        self.active_sh_degree = sh_degree
+
+    @property
+    def get_xyz(self):
+        return self._xyz
+
+    @property
+    def get_features(self):
+        return self._features
+
+    @property
+    def get_scaling(self):
+        return torch.exp(self._scaling)
+
+    @property
+    def get_rotation(self):
+        return torch.nn.functional.normalize(self._rotation, dim=-1)
+
+    @property
+    def get_opacity(self):
+        return torch.sigmoid(self._opacity)
+
+
+def c2w_looking_at_origin(azimuth_deg, distance=2.0):
+    """threestudio's OpenGL camera-to-world (z up) of a camera 0.3 above the xy-plane facing the origin."""
+    a = math.radians(azimuth_deg)
+    position = torch.tensor([[distance * math.cos(a), distance * math.sin(a), 0.3]])
+    return look_at_c2w(position, torch.zeros(1, 3))[0]
+
+
+def batch(height=20, width=28, azimuths=(0.0, 70.0)):
+    c2w = torch.stack([c2w_looking_at_origin(a) for a in azimuths])
+    return {
+        "c2w": c2w,
+        "fovy": torch.full((len(azimuths),), math.radians(45)),
+        "height": height,
+        "width": width,
+        "rays_d": torch.randn(len(azimuths), height, width, 3),
+        "elevation": torch.zeros(len(azimuths)),  # other batch keys are accepted and ignored
+    }
+
+
+def make_renderer(color=(0.2, 0.4, 0.6), **cfg):
+    geometry = FakeGaussians()
+    background = find("solid-color-background")({"color": list(color)})
+    renderer = find("lucid-gaussian-rasterizer")(cfg, geometry=geometry, material=None, background=background)
+    return renderer, geometry

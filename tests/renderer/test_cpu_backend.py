@@ -14,11 +14,9 @@ The kernel is compiled once per machine (~15 s, then cached by torch); ``cpu_ker
 session and skips the parity tests where no compiler is available (``LUCID_CPU_KERNEL=require`` makes
 that an error instead).
 """
-import math
 
 import pytest
 import torch
-import torch.nn as nn
 
 from threestudio_lucid.compat import find
 from threestudio_lucid.errors import ConfigError
@@ -34,10 +32,12 @@ from threestudio_lucid.renderer.reference import (
 )
 
 from rasterizer_scenes import (
+    FakeGaussians,
     F32,
     F64,
     assert_grads_match,
     assert_images_match,
+    batch,
     camera,
     render_and_grad,
     scene,
@@ -295,49 +295,15 @@ def test_auto_picks_the_cpu_kernel_and_logs_once(cpu_kernel, fresh_kernel_state)
     assert (out["rgb"] - ref["rgb"]).abs().max() <= 1e-4
 
 
-class TinyGaussians(nn.Module):
-    """The geometry properties the renderer reads (threestudio-3dgs names), as parameters."""
-
-    def __init__(self, n=40, seed=0):
-        super().__init__()
-        means, quats, scales, opacities, features = scene(n, seed, extent=(0.8, 0.8, 0.8), sh_coeffs=4)
-        self._xyz = nn.Parameter(means)
-        self._features = nn.Parameter(features)
-        self._scaling = nn.Parameter(scales.log())
-        self._rotation = nn.Parameter(quats)
-        self._opacity = nn.Parameter(torch.logit(opacities)[:, None])
-        self.active_sh_degree = 1
-
-    get_xyz = property(lambda self: self._xyz)
-    get_features = property(lambda self: self._features)
-    get_scaling = property(lambda self: torch.exp(self._scaling))
-    get_rotation = property(lambda self: torch.nn.functional.normalize(self._rotation, dim=-1))
-    get_opacity = property(lambda self: torch.sigmoid(self._opacity))
-
-
-def look_at_origin(azimuth_deg, distance=2.0):
-    """threestudio's OpenGL camera-to-world (z up) for a camera looking at the origin."""
-    a = math.radians(azimuth_deg)
-    position = torch.tensor([distance * math.cos(a), distance * math.sin(a), 0.3])
-    lookat = -position / position.norm()
-    right = torch.nn.functional.normalize(torch.linalg.cross(lookat, torch.tensor([0.0, 0.0, 1.0])), dim=0)
-    up = torch.linalg.cross(right, lookat)
-    c2w = torch.eye(4)
-    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, up, -lookat, position
-    return c2w
-
-
 @pytest.mark.parametrize("backend", ["cpu", "auto"])
 def test_renderer_component_with_the_fast_backend(cpu_kernel, backend):
     outputs, grads = [], []
     for name in (backend, "reference"):
-        geometry = TinyGaussians()
+        geometry = FakeGaussians(n=40, sh_degree=1)
         bg = find("solid-color-background")({"color": [0.2, 0.4, 0.6]})
         renderer = find("lucid-gaussian-rasterizer")({"backend": name}, geometry=geometry, material=None,
                                                      background=bg)
-        c2w = torch.stack([look_at_origin(0.0), look_at_origin(70.0)])
-        out = renderer(c2w=c2w, fovy=torch.full((2,), math.radians(45)), height=20, width=28,
-                       rays_d=torch.zeros(2, 20, 28, 3))
+        out = renderer(**batch(20, 28))
         (out["comp_rgb"].sum() + out["comp_depth"].sum()).backward()
         outputs.append(out)
         grads.append([p.grad for p in geometry.parameters()] + [p.grad for p in out["viewspace_points"]])

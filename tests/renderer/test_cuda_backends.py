@@ -30,9 +30,12 @@ import pytest
 import torch
 
 from rasterizer_scenes import (
+    FakeGaussians,
     assert_grads_match,
     assert_images_match,
+    batch,
     camera,
+    make_renderer,
     render_and_grad,
     scene,
 )
@@ -354,8 +357,6 @@ def test_a_cuda_backend_refuses_cpu_tensors_with_a_clear_error(monkeypatch):
 def test_the_renderer_rejects_an_unusable_backend_when_configured(monkeypatch):
     monkeypatch.setattr(inria_backend.rasterize_inria, "library",
                         OptionalLibrary("inria", "no_such_rasterizer_module", "build it"))
-    from test_gaussian_rasterizer_component import make_renderer
-
     with pytest.raises(ConfigError, match=r"renderer.backend='inria' needs no_such_rasterizer_module"):
         make_renderer(backend="inria")
     monkeypatch.setattr(inria_backend.rasterize_inria, "library", OptionalLibrary("inria", "math", "build it"))
@@ -422,8 +423,6 @@ def test_cuda_backend_matches_the_reference(backend, name):
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["gsplat", "inria", "auto"])
 def test_renderer_component_on_cuda_matches_the_reference_on_cpu(backend):
-    from test_gaussian_rasterizer_component import FakeGaussians, batch
-
     if backend == "auto":
         if not torch.cuda.is_available():
             pytest.skip("no CUDA device")

@@ -1,80 +1,13 @@
 """lucid-gaussian-rasterizer: batch loop, background compositing, densification outputs, backends."""
-import math
-
 import pytest
 import torch
-import torch.nn as nn
 
+from rasterizer_scenes import batch, make_renderer
 from threestudio_lucid.compat import find
 from threestudio_lucid.errors import ConfigError
 from threestudio_lucid.renderer.camera import camera_from_threestudio
 from threestudio_lucid.renderer.gaussian_rasterizer import GaussianRasterizer
 from threestudio_lucid.renderer.reference import rasterize_reference
-
-
-class FakeGaussians(nn.Module):
-    """The geometry interface the renderer reads (threestudio-3dgs property names)."""
-
-    def __init__(self, n=12, sh_degree=1, seed=0):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self._xyz = nn.Parameter((torch.rand(n, 3, generator=g) - 0.5) * 0.8)
-        self._features = nn.Parameter(0.3 * torch.randn(n, (sh_degree + 1) ** 2, 3, generator=g))
-        self._scaling = nn.Parameter(torch.log(0.05 + 0.1 * torch.rand(n, 3, generator=g)))
-        self._rotation = nn.Parameter(torch.randn(n, 4, generator=g))
-        self._opacity = nn.Parameter(torch.logit(0.2 + 0.6 * torch.rand(n, 1, generator=g)))
-        self.active_sh_degree = sh_degree
-
-    @property
-    def get_xyz(self):
-        return self._xyz
-
-    @property
-    def get_features(self):
-        return self._features
-
-    @property
-    def get_scaling(self):
-        return torch.exp(self._scaling)
-
-    @property
-    def get_rotation(self):
-        return torch.nn.functional.normalize(self._rotation, dim=-1)
-
-    @property
-    def get_opacity(self):
-        return torch.sigmoid(self._opacity)
-
-
-def c2w_looking_at_origin(azimuth_deg, distance=2.0):
-    a = math.radians(azimuth_deg)
-    position = torch.tensor([distance * math.cos(a), distance * math.sin(a), 0.3])
-    lookat = -position / position.norm()
-    right = torch.linalg.cross(lookat, torch.tensor([0.0, 0.0, 1.0]))
-    right = right / right.norm()
-    up = torch.linalg.cross(right, lookat)
-    c2w = torch.eye(4)
-    c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, up, -lookat, position
-    return c2w
-
-
-def make_renderer(color=(0.2, 0.4, 0.6), **cfg):
-    geometry = FakeGaussians()
-    background = find("solid-color-background")({"color": list(color)})
-    renderer = find("lucid-gaussian-rasterizer")(cfg, geometry=geometry, material=None, background=background)
-    return renderer, geometry
-
-
-def batch(height=20, width=28, azimuths=(0.0, 70.0)):
-    c2w = torch.stack([c2w_looking_at_origin(a) for a in azimuths])
-    return {
-        "c2w": c2w,
-        "fovy": torch.full((len(azimuths),), math.radians(45)),
-        "height": height,
-        "width": width,
-        "rays_d": torch.randn(len(azimuths), height, width, 3),
-        "elevation": torch.zeros(len(azimuths)),  # other batch keys are accepted and ignored
-    }
 
 
 def test_registered_name_finds_the_renderer():
