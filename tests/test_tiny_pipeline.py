@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from threestudio_lucid.tiny_pipeline import SD21_BASE_SCHEDULER_CONFIG, build_tiny_stable_diffusion, main
+from threestudio_lucid.tiny_pipeline import COMMON_WORDS, SD21_BASE_SCHEDULER_CONFIG, build_tiny_stable_diffusion, main
 
 WEIGHT_FILES = (
     "unet/diffusion_pytorch_model.safetensors",
@@ -80,6 +80,43 @@ def test_any_text_tokenizes_without_unknown_tokens_and_pads_to_77(pipe):
     assert padded.input_ids.shape == (2, 77)
     hidden = pipe.text_encoder(padded.input_ids).last_hidden_state
     assert hidden.shape == (2, 77, 32)
+
+
+# lucid-ism(-cpu).yaml's negative prompt: 105 characters, about 28 tokens with CLIP ViT-L/14
+NEGATIVE_PROMPT = "unrealistic, blurry, low quality, out of focus, ugly, low contrast, dull, low-resolution, oversaturation."
+
+
+def _text_tokens(tok, text):
+    return tok.convert_ids_to_tokens(tok(text, truncation=False).input_ids)[1:-1]
+
+
+def test_prompts_are_about_as_many_tokens_as_with_clip(pipe):
+    tok = pipe.tokenizer
+    negative = _text_tokens(tok, NEGATIVE_PROMPT)
+    assert len(negative) <= 40, negative
+    # a token per word and per punctuation mark, upper case folded as CLIP does
+    assert _text_tokens(tok, "a DSLR photo of a corgi wearing a red hat, highly detailed") == [
+        f"{w}</w>" for w in "a dslr photo of a corgi wearing a red hat , highly detailed".split()
+    ]
+    # a rare word falls to a few sub-word pieces, not to single letters
+    assert 2 <= len(_text_tokens(tok, "xylophonist")) <= 6
+
+
+def test_every_common_word_is_one_token_and_the_vocabulary_stays_small(pipe):
+    tok = pipe.tokenizer
+    split = [w for w in COMMON_WORDS if len(_text_tokens(tok, w)) != 1]
+    assert split == []
+    for view in ("front", "side", "back", "overhead", "view", "backside"):
+        assert view in COMMON_WORDS
+    assert len(tok) < 5000  # the text encoder's embedding table is vocab x hidden size
+
+
+def test_rare_and_unicode_text_has_no_unknown_tokens(pipe):
+    tok = pipe.tokenizer
+    text = "Zyzzyva quokka naïve Ωmega 日本語のテキスト 🙂 ¿qué? \t\x00 ~~>"
+    ids = tok(text, truncation=False).input_ids
+    assert tok.unk_token_id not in ids[1:-1]
+    assert len(ids) > 10
 
 
 def test_same_seed_gives_identical_weights_and_another_seed_does_not(tiny_sd_path, tmp_path):

@@ -12,11 +12,16 @@ What is real and what is small:
 - VAE: ``AutoencoderKL`` with four blocks, so it downsamples by 8 like SD's VAE (512 px -> 64 latents).
 - Scheduler: ``DDIMScheduler`` with Stable Diffusion 2.1-base's configuration.
 - Text encoder: transformers ``CLIPTextModel`` (hidden size 32, 2 layers, 77 positions).
-- Tokenizer: transformers ``CLIPTokenizer`` over a byte-level vocabulary (every one of the 256 byte
-  symbols, with and without the ``</w>`` word end, plus a few merges), so any text tokenizes without
-  unknown tokens. ``model_max_length`` is 77 and the pad token is ``<|endoftext|>``, as in the
-  CLIP ViT-L/14 tokenizer of SD 1.x (SD 2.x's OpenCLIP tokenizer pads with ``!``; either works for
-  the prompt processor, which pads to ``max_length``).
+- Tokenizer: transformers ``CLIPTokenizer`` read from a ``vocab.json`` / ``merges.txt`` written here
+  (about 3,900 tokens). It splits text about as CLIP's 49k-token vocabulary does, so a prompt is
+  about as long in tokens as with a real checkpoint and the 77-token limit bites where it would
+  there: one token per common word of text-to-3D prompts and negative prompts
+  (:data:`COMMON_WORDS`), a few for a rare word (merges of every lowercase letter pair),
+  punctuation and digits apart. All 256 byte symbols are in the vocabulary, with and without the
+  ``</w>`` word end, so any text tokenizes without unknown tokens. ``model_max_length`` is 77 and
+  the pad token is ``<|endoftext|>``, as in the CLIP ViT-L/14 tokenizer of SD 1.x (SD 2.x's
+  OpenCLIP tokenizer pads with ``!``; either works for the prompt processor, which pads to
+  ``max_length``).
 
 Console entry: ``lucid-build-tiny-sd PATH [--seed N]``.
 """
@@ -45,8 +50,89 @@ BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
 WORD_END = "</w>"
 
-# Words that get whole-word merges, so the tokenizer exercises BPE merging on view prompts.
-_MERGED_WORDS = ("a", "of", "view", "side", "front", "back", "backside", "overhead", "the")
+# Words that become one token each, as in CLIP: the vocabulary of DreamFusion-style text-to-3D prompts
+# (subjects, materials, colours, styles, view suffixes) and of their negative prompts.
+COMMON_WORDS = tuple(
+    """
+    a an the of in on at by to for from with without and or as is are its it this that these into onto
+    over under above below behind near next top bottom left right up down out off inside outside
+    while made make covered dressed carved built painted filled full stack pile pair group set piece
+    slice bunch one two three four five many some several very highly extremely super ultra more most
+
+    front side back overhead view views backside
+
+    dslr photo photograph photography picture image render rendered rendering model zoomed shot
+    close closeup wide angle camera lens focus bokeh depth field studio lighting light lights lit
+    sunlight shadow shadows reflection reflections detailed detail details intricate realistic
+    photorealistic hyperrealistic real high quality resolution hd definition sharp clear clean crisp
+    beautiful pretty cute adorable elegant majestic epic cinematic dramatic professional award winning
+    trending artstation unreal engine octane blender maya concept art artwork style styled digital
+    illustration painting drawing sketch cartoon anime pixar disney toy toys miniature figurine
+    sculpture statue bust low poly voxel isometric stylized simple minimalist
+
+    unrealistic blurry blur blurred ugly contrast dull oversaturation oversaturated
+    saturated saturation undersaturated bad worst poor poorly lowres deformed disfigured distorted
+    mutated mutation malformed extra missing duplicate duplicated cropped cut jpeg artifacts artifact
+    watermark signature text logo noise noisy grainy pixelated washed overexposed underexposed
+    unnatural flat shading shaded dark bright gloomy boring plain janus multiple heads faces
+    asymmetric asymmetrical broken messy
+
+    red green blue yellow orange purple pink white black brown grey gray gold golden silver
+    colorful colourful rainbow pastel neon transparent translucent shiny glossy matte glowing
+
+    wood wooden metal metallic steel iron copper bronze brass chrome aluminum plastic glass marble
+    stone rock ceramic porcelain clay paper cardboard fabric cloth leather wool knitted crocheted
+    fur furry fluffy feathers lego origami rubber jade ivory concrete brick ice crystal diamond
+    velvet silk cotton denim
+
+    cat cats kitten dog dogs puppy corgi beagle poodle husky retriever bulldog penguin panda bear
+    teddy rabbit bunny squirrel frog toad fox owl eagle parrot lion tiger elephant horse pony pig
+    piglet cow bull sheep lamb goat monkey chimpanzee gorilla raccoon koala kangaroo giraffe zebra
+    mouse rat hamster duck duckling goose chicken chick rooster turtle tortoise snake lizard
+    chameleon dinosaur dragon unicorn fish goldfish shark whale dolphin octopus crab lobster shrimp
+    bee butterfly ladybug spider bird peacock flamingo wolf deer reindeer camel hippo rhino
+    crocodile alligator sloth hedgehog otter seal walrus bat animal animals
+
+    hamburger burger cheeseburger pizza cake cupcake donut doughnut cream cone sandwich apple
+    banana strawberry pineapple watermelon cherry cherries lemon avocado carrot tomato pumpkin
+    mushroom bread croissant pancake pancakes waffle cookie cookies chocolate coffee tea cup mug
+    sushi taco burrito hotdog hot fries egg eggs cheese bowl plate soup ramen noodles spaghetti
+    salad steak pie macaron bagel pretzel popcorn candy lollipop bacon fruit fruits vegetables
+    food breakfast dessert juice milk wine beer cocktail
+
+    cube sphere cylinder torus pyramid shape shapes
+    chair table lamp car truck bus train airplane plane jet helicopter boat ship sailboat bicycle
+    bike motorcycle scooter robot house castle tower temple church building bridge tree trees
+    flower flowers rose tulip sunflower plant plants cactus pot vase teapot kettle book books clock
+    watch guitar piano violin drum drums trumpet phone computer laptop keyboard television
+    tv radio bottle jar shoe shoes sneaker sneakers boot boots hat cap helmet crown glasses
+    sunglasses scarf jacket coat shirt dress sweater suit tie sword shield axe hammer skull bone
+    candle lantern umbrella backpack bag basket box chest barrel bench sofa couch bed pillow ball
+    balloon kite rocket spaceship tank tractor excavator bulldozer firetruck fire hydrant mailbox
+    microscope telescope globe map ring necklace jewelry toaster microwave fridge oven
+    stove fork spoon knife scissors pencil pen brush paint armchair desk shelf bookshelf door
+    window fountain lighthouse windmill tent cottage cabin treehouse sandcastle snowman wand staff
+    throne chessboard chess dice mask toolbox tool tools typewriter gramophone phonograph
+
+    man woman boy girl child kid baby person people astronaut knight wizard witch king queen
+    princess prince pirate chef soldier samurai ninja viking cowboy clown doctor scientist
+    farmer sailor warrior monk ghost zombie vampire skeleton alien monster elf fairy mermaid
+
+    head face eye eyes hair ear ears nose mouth tail wing wings leg legs arm arms hand hands feet
+    foot body paw paws beak horn horns
+
+    wearing holding sitting standing riding playing eating drinking reading writing dancing
+    running jumping sleeping lying flying floating swimming walking smiling looking
+
+    old ancient vintage retro antique modern futuristic medieval steampunk cyberpunk fantasy
+    magical mythical tiny small little large big giant huge tall short round square soft hard
+    smooth rough wet dry cold frozen burning happy sad angry funny scary wild new
+
+    background scene ground floor grass water sky cloud clouds snow sand beach forest jungle
+    mountain mountains hill city street road room kitchen garden park ocean sea river
+    lake desert island space moon sun planet star stars night day
+    """.split()
+)
 
 
 def _byte_symbols():
@@ -71,16 +157,54 @@ def _byte_symbols():
     return [symbols[b] for b in range(256)]
 
 
-def _word_merges(word):
-    """Left-to-right merges that build ``word + "</w>"`` from its characters."""
-    if len(word) < 2:
-        return []
-    merges = []
-    current = word[0]
-    for i, char in enumerate(word[1:], start=1):
-        piece = char + WORD_END if i == len(word) - 1 else char
-        merges.append((current, piece))
-        current = current + piece
+def _bpe(word, ranks):
+    """Byte-pair encoding of one lowercase word as CLIP applies it: the word's characters with
+    ``</w>`` on the last, then repeatedly merge every occurrence of the adjacent pair of lowest rank."""
+    pieces = list(word[:-1]) + [word[-1] + WORD_END]
+    while len(pieces) > 1:
+        pairs = {(a, b) for a, b in zip(pieces, pieces[1:]) if (a, b) in ranks}
+        if not pairs:
+            break
+        best = min(pairs, key=ranks.__getitem__)
+        merged, i = [], 0
+        while i < len(pieces):
+            if i + 1 < len(pieces) and (pieces[i], pieces[i + 1]) == best:
+                merged.append(pieces[i] + pieces[i + 1])
+                i += 2
+            else:
+                merged.append(pieces[i])
+                i += 1
+        pieces = merged
+    return pieces
+
+
+def _vocabulary_merges():
+    """Merges in rank order: first whole-word merges for :data:`COMMON_WORDS`, then every pair of
+    lowercase letters, inside a word and at its end.
+
+    Each common word gets merges appended (ranked after every earlier one) until it encodes to one
+    piece; a merge ranked after all others cannot change a word that is already one piece, so the
+    words never undo each other. The letter pairs come last, so they only split what the word
+    merges leave: a rare word becomes about one token per two letters, as CLIP splits rare words
+    into a few sub-word tokens.
+    """
+    merges, ranks = [], {}
+
+    def add(pair):
+        if pair not in ranks:
+            ranks[pair] = len(merges)
+            merges.append(pair)
+
+    for word in COMMON_WORDS:
+        pieces = _bpe(word, ranks)
+        while len(pieces) > 1:
+            add((pieces[0], pieces[1]))
+            pieces = _bpe(word, ranks)
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
+    for left in letters:
+        for right in letters:
+            add((left, right))
+            add((left, right + WORD_END))
     return merges
 
 
@@ -89,13 +213,11 @@ def tiny_clip_vocabulary():
     with ``</w>``, merged pieces, then the start/end-of-text tokens."""
     symbols = _byte_symbols()
     tokens = symbols + [s + WORD_END for s in symbols]
-    merges = []
-    for word in _MERGED_WORDS:
-        for pair in _word_merges(word):
-            if pair not in merges:
-                merges.append(pair)
+    merges = _vocabulary_merges()
+    known = set(tokens)
     for left, right in merges:
-        if left + right not in tokens:
+        if left + right not in known:
+            known.add(left + right)
             tokens.append(left + right)
     tokens += [BOS_TOKEN, EOS_TOKEN]
     vocab = {token: index for index, token in enumerate(tokens)}

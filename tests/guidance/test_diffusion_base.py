@@ -97,3 +97,25 @@ def test_cfg_and_perpendicular_component():
     p = perpendicular_component(c, u)
     assert torch.allclose((p * u).sum(dim=(1, 2, 3)), torch.zeros(2), atol=1e-4)
     assert torch.allclose(perpendicular_component(2 * u, u), torch.zeros_like(u), atol=1e-5)
+
+
+def test_inverse_text_over_77_tokens_is_a_config_error_naming_the_key(tiny_sd_path):
+    from threestudio_lucid import compat
+
+    with pytest.raises(ConfigError) as error:
+        compat.find("lucid-ism-guidance")({"pretrained_model_name_or_path": tiny_sd_path, "inverse_text": "a cube " * 50})
+    message = str(error.value)
+    assert message.startswith("system.guidance.inverse_text 'a cube a cube")
+    assert "102 tokens" in message and "limit of 77" in message and "\n" not in message
+
+    # 77 tokens exactly: encoded whole
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    text = "cube " * 75
+    tokenizer = CLIPTokenizer.from_pretrained(tiny_sd_path, subfolder="tokenizer")
+    ids = tokenizer(text, truncation=False, return_tensors="pt").input_ids
+    assert ids.shape == (1, 77)
+    ism = compat.find("lucid-ism-guidance")({"pretrained_model_name_or_path": tiny_sd_path, "inverse_text": text})
+    with torch.no_grad():
+        expected = CLIPTextModel.from_pretrained(tiny_sd_path, subfolder="text_encoder")(ids)[0]
+    torch.testing.assert_close(ism.extra_text_embeddings["inverse_text"], expected, atol=1e-5, rtol=1e-5)

@@ -85,7 +85,7 @@ def test_inversion_matches_stepwise_ddim_and_target_is_eps_at_s(ism, prompt_util
     out, seen = run_with_intercept(ism, rgb, prompt_utils, noise, i_t)
 
     T = ism.timestep_table
-    inv = ism.extra_text_embeddings["inverse"]
+    inv = ism.extra_text_embeddings["inverse_text"]
     with torch.no_grad():
         # x at T[0] (start index max(370 - 1000, 0) = 0), then 200-index DDIM inversion steps to i_s
         x = ism.alphas_cumprod[T[0]].sqrt() * z0 + (1 - ism.alphas_cumprod[T[0]]).sqrt() * noise
@@ -141,7 +141,7 @@ def test_zero_inversion_steps_at_s_zero_degenerates(tiny_sd_path, prompt_utils):
     T = ism.timestep_table
     with torch.no_grad():
         x_s = ism.alphas_cumprod[T[0]].sqrt() * z0 + (1 - ism.alphas_cumprod[T[0]]).sqrt() * noise
-        e_s = eps_of(ism, x_s, T[0], ism.extra_text_embeddings["inverse"])
+        e_s = eps_of(ism, x_s, T[0], ism.extra_text_embeddings["inverse_text"])
         x_t = ddim(ism, x_s, e_s, T[0], T[60])
     assert seen["steps"] == [(1, 61)]  # only the s -> t step
     assert torch.allclose(seen["x_t"], x_t, atol=1e-5)
@@ -154,7 +154,7 @@ def test_reverse_cfg_in_the_inversion(tiny_sd_path, prompt_utils):
     t = ism.timestep_table[100]
     uncond = prompt_utils.get_text_embeddings(*views(2), False)[2:]
     with torch.no_grad():
-        inv = ism.extra_text_embeddings["inverse"]
+        inv = ism.extra_text_embeddings["inverse_text"]
         e_inv = eps_of(ism, x, t, inv)
         e_neg = ism.unet(x, t.repeat(2), encoder_hidden_states=uncond).sample
         assert torch.allclose(ism.inversion_eps(x, t, uncond), e_inv + 2.0 * (e_neg - e_inv), atol=1e-5)
@@ -208,3 +208,20 @@ def test_perp_neg_option_runs_through_ism(tiny_sd_path, tmp_path, monkeypatch):
     out = ism(torch.rand(2, 16, 16, 3), perp, *views(2), t_index=300)
     assert torch.isfinite(out["loss_ism"]) and torch.isfinite(out["grad_norm"])
     assert seen["batches"][-1] == 8  # the prediction at x_t: cond, uncond and 2 negatives per view
+
+
+def test_perp_neg_path_rounds_the_annealed_interval_up(tiny_sd_path, tmp_path, monkeypatch):
+    """LucidDreamer: ``int(delta_t + r (start - delta_t))`` in train_step, ``int(delta_t + ceil(...))`` in
+    train_step_perpneg. With delta_t 80, start 100 and r = 1 - 1/3 the annealed part is 13.33."""
+    ism = make(tiny_sd_path, warmup_iter=3, delta_t=80, delta_t_start=100)
+    ism.update_step(0, 1)
+    assert ism.annealed_delta_t(perp_neg=False) == 93 == ism.current_delta_t
+    assert ism.annealed_delta_t(perp_neg=True) == 94
+    monkeypatch.chdir(tmp_path)
+    perp = compat.find("stable-diffusion-prompt-processor")(
+        {"prompt": "a cube", "pretrained_model_name_or_path": tiny_sd_path, "use_perp_neg": True}
+    )()
+    out = ism(torch.rand(1, 16, 16, 3), perp, *views(1), t_index=300)
+    assert (out["delta_t"], out["timestep_s"]) == (94, int(ism.timestep_table[300 - 94]))
+    ism.update_step(0, 3)  # after warm-up both are delta_t
+    assert ism.annealed_delta_t(perp_neg=False) == ism.annealed_delta_t(perp_neg=True) == 80

@@ -72,7 +72,9 @@ def test_sds_perp_neg_branch(setup):
         abar = guidance.alphas_cumprod[t].view(-1, 1, 1, 1)
         x_t = abar.sqrt() * latents + (1 - abar).sqrt() * noise
         emb, w = perp_utils.get_text_embeddings_perp_neg(elev, azim, dist, True)
-        eps = guidance.unet(torch.cat([x_t] * 4), torch.cat([t] * 4), encoder_hidden_states=emb).sample
+        # negatives item-major: view 0's two negatives, then view 1's (as the embeddings come)
+        x_in = torch.cat([x_t, x_t, x_t.repeat_interleave(2, dim=0)])
+        eps = guidance.unet(x_in, torch.cat([t] * 4), encoder_hidden_states=emb).sample
         c, u, negs = eps[:2], eps[2:4], eps[4:]
         e_pos = c - u
         acc = sum(w[:, i].view(-1, 1, 1, 1) * perpendicular_component(negs[i::2] - u, e_pos) for i in range(2))

@@ -105,7 +105,8 @@ def test_vsd_gradient_with_inert_lora_equals_pretrained_cfg_minus_base_unet(tiny
                 eps_pretrained = uncond + 7.5 * (cond - uncond)
             else:
                 emb, w = utils.get_text_embeddings_perp_neg(elev, azim, dist, True)
-                eps = unet(torch.cat([x_t] * 4), torch.cat([t] * 4), encoder_hidden_states=emb).sample
+                x_in = torch.cat([x_t, x_t, x_t.repeat_interleave(2, dim=0)])  # negatives item-major
+                eps = unet(x_in, torch.cat([t, t, t.repeat_interleave(2, dim=0)]), encoder_hidden_states=emb).sample
                 cond, uncond, negs = eps[:b], eps[b : 2 * b], eps[2 * b :]
                 e_pos = cond - uncond
                 acc = sum(

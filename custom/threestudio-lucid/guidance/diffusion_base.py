@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from ..compat import BaseModule, C, info
 from ..errors import ConfigError
+from ..prompt_length import check_prompt_lengths
 
 MODEL_KEY = "system.guidance.pretrained_model_name_or_path"
 
@@ -164,16 +165,19 @@ class StableDiffusionGuidanceBase(BaseModule):
         info(f"Loaded Stable Diffusion ({self.image_size}x{self.image_size} images, {self.num_train_timesteps} timesteps).")
 
     def extra_prompts(self) -> Dict[str, str]:
-        """Prompts this guidance encodes itself (name -> text); ``self.extra_text_embeddings[name]``
-        is then a [1,77,D] tensor."""
+        """Prompts this guidance encodes itself (its config field -> text);
+        ``self.extra_text_embeddings[field]`` is then a [1,77,D] tensor."""
         return {}
 
     @torch.no_grad()
     def _encode_prompts(self, pipe, prompts: Dict[str, str]) -> Dict[str, torch.Tensor]:
+        """Padded to ``model_max_length`` and never truncated: a longer prompt is a ConfigError
+        naming its key, ``system.guidance.<name>`` (names are the config fields that hold them)."""
+        check_prompt_lengths(pipe.tokenizer, {f"system.guidance.{name}": text for name, text in prompts.items()})
         out = {}
         for name, text in prompts.items():
             ids = pipe.tokenizer(
-                [text], padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+                [text], padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt"
             ).input_ids.to(pipe.text_encoder.device)
             out[name] = pipe.text_encoder(ids)[0].to(self.device)
         return out
@@ -336,10 +340,15 @@ class StableDiffusionGuidanceBase(BaseModule):
             text_embeddings, neg_weights = prompt_utils.get_text_embeddings_perp_neg(
                 elevation, azimuth, camera_distances, vdp
             )
-            eps = self.unet_eps(torch.cat([latents_noisy] * 4), torch.cat([t] * 4), text_embeddings)
+            # [cond (B), uncond (B), negatives (B x n_neg, item-major: item 0's n_neg first)]; the
+            # negatives' latents must be item-major too (threestudio repeats them copy-major, which
+            # pairs view i's negative prompts with view j's latents when B > 1: its issue 456)
+            n_neg = neg_weights.shape[-1]
+            latents_in = torch.cat([latents_noisy, latents_noisy, latents_noisy.repeat_interleave(n_neg, dim=0)])
+            t_in = torch.cat([t, t, t.repeat_interleave(n_neg, dim=0)])
+            eps = self.unet_eps(latents_in, t_in, text_embeddings)
             eps_cond, eps_uncond, eps_negs = eps[:batch_size], eps[batch_size : 2 * batch_size], eps[2 * batch_size :]
             e_pos = eps_cond - eps_uncond
-            n_neg = neg_weights.shape[-1]
             direction = e_pos
             for i in range(n_neg):
                 e_neg = eps_negs[i::n_neg] - eps_uncond

@@ -6,7 +6,9 @@ from the render by DDIM inversion and matches the score over an interval [s, t]:
 
 1. index table: DDIM timesteps at full resolution, ascending (``ddim_timestep_table``);
 2. warm-up: with r = 1 - min(step / warmup_iter, 1), the interval is
-   ``dT = int(delta_t + r (delta_t_start - delta_t))`` (annealing_intervals) and the upper index
+   ``dT = int(delta_t + r (delta_t_start - delta_t))`` (annealing_intervals; with Perp-Neg the annealed
+   part is rounded up, ``int(delta_t + ceil(r (delta_t_start - delta_t)))``, as in LucidDreamer's
+   ``train_step_perpneg``) and the upper index
    bound grows by ``int(warmup_step * r)``, ``warmup_step = N (max_t_range - max_step_percent)``;
 3. one index i_t ~ U[min_step, max_step + int(warmup_step r)) for the whole batch,
    i_s = max(i_t - dT, 0); t = T[i_t], s = T[i_s];
@@ -79,7 +81,7 @@ class ISMGuidance(StableDiffusionGuidanceBase):
         self.update_step(0, 0)
 
     def extra_prompts(self) -> Dict[str, str]:
-        return {"inverse": self.cfg.inverse_text}
+        return {"inverse_text": self.cfg.inverse_text}
 
     # ---- schedule ----
     def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
@@ -92,9 +94,15 @@ class ISMGuidance(StableDiffusionGuidanceBase):
 
     @property
     def current_delta_t(self) -> int:
+        return self.annealed_delta_t(perp_neg=False)
+
+    def annealed_delta_t(self, perp_neg: bool) -> int:
+        """The interval length at the current step. LucidDreamer rounds the annealed part down in
+        ``train_step`` and up in ``train_step_perpneg``; each path is kept as the original has it."""
         if not self.cfg.annealing_intervals:
             return self.cfg.delta_t
-        return int(self.cfg.delta_t + self.warmup_rate * (self.cfg.delta_t_start - self.cfg.delta_t))
+        annealed = self.warmup_rate * (self.cfg.delta_t_start - self.cfg.delta_t)
+        return int(self.cfg.delta_t + (math.ceil(annealed) if perp_neg else annealed))
 
     @property
     def index_bounds(self) -> Tuple[int, int]:
@@ -122,7 +130,7 @@ class ISMGuidance(StableDiffusionGuidanceBase):
         """UNet prediction used inside the inversion: the inversion prompt, or "reverse" CFG with the
         negative prompt when ``denoise_guidance_scale > 1``."""
         batch_size = x.shape[0]
-        inverse = self.extra_text_embeddings["inverse"].expand(batch_size, -1, -1)
+        inverse = self.extra_text_embeddings["inverse_text"].expand(batch_size, -1, -1)
         tt = t.reshape(1).expand(batch_size)
         g = self.cfg.denoise_guidance_scale
         if g <= 1.0:
@@ -165,7 +173,7 @@ class ISMGuidance(StableDiffusionGuidanceBase):
         batch_size = rgb.shape[0]
         latents = self.prepare_latents(rgb, rgb_as_latents)
         i_t = self.sample_index() if t_index is None else int(t_index)
-        delta = self.current_delta_t
+        delta = self.annealed_delta_t(perp_neg=bool(prompt_utils.use_perp_neg))
         i_s = max(i_t - delta, 0)
         t, s = self.timestep_table[i_t], self.timestep_table[i_s]
         if noise is None:

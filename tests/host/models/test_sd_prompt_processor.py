@@ -304,7 +304,44 @@ def test_unknown_config_key_is_rejected(tiny_sd_path, in_tmp_cwd):
         make_processor(tiny_sd_path, promt="typo")
 
 
-def test_prompts_longer_than_77_tokens_are_truncated(tiny_sd_path, in_tmp_cwd):
-    long_prompt = "a cat " * 60  # ~120 tokens with the tiny vocabulary
-    processor = make_processor(tiny_sd_path, prompt=long_prompt)
-    assert processor.text_embeddings.shape == (1, 77, 32)
+def _token_count(model_path, text):
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(model_path, subfolder="tokenizer")
+    return len(tokenizer(text, truncation=False).input_ids)
+
+
+def test_prompt_over_77_tokens_is_a_config_error_naming_the_key_before_encoding(tiny_sd_path, in_tmp_cwd):
+    long_prompt = "a cat " * 60
+    assert _token_count(tiny_sd_path, long_prompt) == 122
+    with pytest.raises(ConfigError) as error:
+        make_processor(tiny_sd_path, prompt=long_prompt)
+    message = str(error.value)
+    assert message.startswith("system.prompt_processor.prompt 'a cat a cat")
+    assert "122 tokens" in message and "limit of 77" in message and "shorten it" in message
+    assert "\n" not in message
+    assert not os.path.exists(in_tmp_cwd / CACHE_DIR)  # failed before encoding anything
+
+
+def test_long_negative_or_hand_written_view_prompt_names_its_own_key(tiny_sd_path, in_tmp_cwd):
+    with pytest.raises(ConfigError, match=r"^system\.prompt_processor\.negative_prompt 'blurry, .* is 82 tokens"):
+        make_processor(tiny_sd_path, negative_prompt="blurry, " * 40)
+    with pytest.raises(ConfigError, match=r"^system\.prompt_processor\.prompt_back 'cat cat"):
+        make_processor(tiny_sd_path, prompt_back="cat " * 80)
+
+
+def test_prompt_whose_view_prompt_is_too_long_names_the_prompt(tiny_sd_path, in_tmp_cwd):
+    prompt = "cat " * 74  # 76 tokens; "<prompt>, side view" is 79
+    with pytest.raises(ConfigError, match=r"^system\.prompt_processor\.prompt \(its side view prompt\) .* 79 tokens"):
+        make_processor(tiny_sd_path, prompt=prompt)
+
+
+def test_prompts_of_exactly_77_tokens_are_encoded_untruncated(tiny_sd_path, in_tmp_cwd, encode):
+    prompt, negative_prompt = "cat " * 75, "blurry " * 75
+    assert _token_count(tiny_sd_path, prompt) == _token_count(tiny_sd_path, negative_prompt) == 77
+    views = {f"prompt_{v}": f"a cat, {v} view" for v in ("side", "front", "back", "overhead")}
+    processor = make_processor(tiny_sd_path, prompt=prompt, negative_prompt=negative_prompt, **views)
+    torch.testing.assert_close(processor.text_embeddings, encode([prompt]), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(processor.uncond_text_embeddings, encode([negative_prompt]), atol=1e-5, rtol=1e-5)
+    # and the last text token matters: the embedding is not that of a prompt cut one token short
+    assert not torch.allclose(processor.text_embeddings, encode(["cat " * 74]), atol=1e-3)

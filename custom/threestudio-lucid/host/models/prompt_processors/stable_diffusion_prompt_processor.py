@@ -5,8 +5,13 @@ As threestudio's, except:
 
 - the encoder runs on CUDA when available, else on the CPU, moved there with ``.to(device)``
   (threestudio passes ``device_map="auto"``, which needs accelerate and a GPU to mean anything);
-- prompts are truncated to the tokenizer's ``model_max_length`` (threestudio does not truncate, so a
-  prompt over 77 tokens crashes the encoder; diffusers' pipelines truncate the same way);
+- prompts are padded to the tokenizer's ``model_max_length`` and never truncated, as in threestudio,
+  whose encoder crashes on a longer prompt (over 77 tokens for CLIP: 75 plus start and end). Here
+  every prompt is counted first and the first one too long is a one-line :class:`ConfigError` naming
+  its config key (``system.prompt_processor.prompt``, ``negative_prompt`` or ``prompt_<view>``; a
+  templated view prompt counts as ``prompt``), its length and the limit. The check runs on every
+  construction, cached or not (so the tokenizer is loaded even when every embedding is cached), so an
+  embedding cached by an older host that truncated is never reused;
 - each cache file holds a compact copy of its ``[77, D]`` row (``torch.save`` of a row view would
   store the whole batch), written atomically;
 - a checkpoint that cannot be found is a one-line :class:`ConfigError` that names
@@ -20,10 +25,12 @@ from ... import register
 from ...utils.config import ConfigError
 from ...utils.misc import cleanup
 from ...utils.typing import *
+from ....prompt_length import check_prompt_lengths
 from .base import PromptProcessor, hash_prompt
 
 TOKENIZER_SUBFOLDER = "tokenizer"
 TEXT_ENCODER_SUBFOLDER = "text_encoder"
+CONFIG_PREFIX = "system.prompt_processor"
 
 
 def _one_line(error: BaseException) -> str:
@@ -54,12 +61,7 @@ def text_encoder_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def load_tokenizer_and_text_encoder(pretrained_model_name_or_path: str, device=None):
-    """``(tokenizer, text_encoder)`` of a Stable Diffusion checkpoint; the encoder is frozen, in eval
-    mode, on ``device`` (default: :func:`text_encoder_device`)."""
-    from transformers import AutoTokenizer, CLIPTextModel
-
-    name = pretrained_model_name_or_path
+def _check_model_folder(name: str) -> None:
     if os.path.isdir(name):
         missing = [s for s in (TOKENIZER_SUBFOLDER, TEXT_ENCODER_SUBFOLDER) if not os.path.isdir(os.path.join(name, s))]
         if missing:
@@ -67,9 +69,28 @@ def load_tokenizer_and_text_encoder(pretrained_model_name_or_path: str, device=N
     elif _looks_like_local_path(name):
         raise _model_not_found(name, "no such folder")
 
+
+def load_tokenizer(pretrained_model_name_or_path: str):
+    """The tokenizer of a Stable Diffusion checkpoint (enough to count a prompt's tokens)."""
+    from transformers import AutoTokenizer
+
+    name = pretrained_model_name_or_path
+    _check_model_folder(name)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name, subfolder=TOKENIZER_SUBFOLDER)
+        return AutoTokenizer.from_pretrained(name, subfolder=TOKENIZER_SUBFOLDER)
+    except (OSError, ValueError) as e:  # hub id not cached / no network, unreadable folder
+        raise _model_not_found(name, _one_line(e)) from e
+
+
+def load_tokenizer_and_text_encoder(pretrained_model_name_or_path: str, device=None):
+    """``(tokenizer, text_encoder)`` of a Stable Diffusion checkpoint; the encoder is frozen, in eval
+    mode, on ``device`` (default: :func:`text_encoder_device`)."""
+    from transformers import CLIPTextModel
+
+    name = pretrained_model_name_or_path
+    tokenizer = load_tokenizer(name)
+    try:
         text_encoder = CLIPTextModel.from_pretrained(name, subfolder=TEXT_ENCODER_SUBFOLDER)
     except (OSError, ValueError) as e:  # hub id not cached / no network, unreadable folder
         raise _model_not_found(name, _one_line(e)) from e
@@ -80,12 +101,12 @@ def load_tokenizer_and_text_encoder(pretrained_model_name_or_path: str, device=N
 
 @torch.no_grad()
 def encode_prompts(tokenizer, text_encoder, prompts: List[str]) -> Float[Tensor, "B 77 D"]:
-    """CLIP's last hidden state for ``prompts``, padded (and truncated) to ``model_max_length``."""
+    """CLIP's last hidden state for ``prompts``, padded to ``model_max_length`` and, as in
+    threestudio, not truncated: check lengths first (:func:`check_prompt_lengths`)."""
     tokens = tokenizer(
         prompts,
         padding="max_length",
         max_length=tokenizer.model_max_length,
-        truncation=True,
         return_tensors="pt",
     )
     return text_encoder(tokens.input_ids.to(text_encoder.device))[0]
@@ -105,6 +126,21 @@ class StableDiffusionPromptProcessor(PromptProcessor):
         pass
 
     cfg: Config
+
+    def prompts_by_config_key(self) -> Dict[str, str]:
+        """Every prompt this processor encodes, keyed by the config key the user would change."""
+        named = {f"{CONFIG_PREFIX}.prompt": self.prompt, f"{CONFIG_PREFIX}.negative_prompt": self.negative_prompt}
+        for direction, prompt in zip(self.directions, self.prompts_vd):
+            if self.cfg.get(f"prompt_{direction.name}", None):
+                named[f"{CONFIG_PREFIX}.prompt_{direction.name}"] = prompt
+            else:
+                named[f"{CONFIG_PREFIX}.prompt (its {direction.name} view prompt)"] = prompt
+        return named
+
+    def prepare_text_embeddings(self) -> None:
+        """Check every prompt's length (see the module docstring), then encode what is not cached."""
+        check_prompt_lengths(load_tokenizer(self.cfg.pretrained_model_name_or_path), self.prompts_by_config_key())
+        super().prepare_text_embeddings()
 
     # ---- on-demand encoding (threestudio keeps these for debugging; the cache path does not use them)
     def configure_text_encoder(self) -> None:
