@@ -111,3 +111,40 @@ def test_typecheck_flag_runs_the_pipeline_under_jaxtyping_and_beartype(run_dir, 
     assert proc.returncode == 0, proc.stderr[-3000:]
     (trial,) = trial_dirs(run_dir)
     assert os.path.exists(os.path.join(trial, "save", "point_cloud.ply"))
+
+
+def _register_object_guidance():
+    """A guidance that is a plain ``BaseObject``, not a torch module, as threestudio's own
+    stable-diffusion, deepfloyd and zero123 guidances are: no ``parameters()``, no ``state_dict``."""
+    from dataclasses import dataclass
+
+    from threestudio_lucid import compat
+
+    name = "test-object-sds-guidance"
+    if name not in compat.threestudio.__modules__:
+
+        @compat.register(name)
+        class ObjectSDSGuidance(compat.BaseObject):
+            @dataclass
+            class Config(compat.BaseObject.Config):
+                pretrained_model_name_or_path: str = ""
+                guidance_scale: float = 100.0
+                min_step_percent: float = 0.02
+                max_step_percent: float = 0.98
+
+            def configure(self):
+                self.sds = compat.find("lucid-sds-guidance")(compat.config_to_primitive(self.cfg))
+
+            def __call__(self, rgb, prompt_utils, elevation, azimuth, camera_distances, **kwargs):
+                return self.sds(rgb, prompt_utils, elevation, azimuth, camera_distances)
+
+        assert not isinstance(ObjectSDSGuidance, torch.nn.Module)
+    return name
+
+
+def test_system_accepts_a_guidance_that_is_not_a_torch_module(run_dir, tiny_sd_path):
+    name = _register_object_guidance()
+    assert launch.main(small_run_args(tiny_sd_path, 2, f"system.guidance_type={name}")) == 0
+    (trial,) = trial_dirs(run_dir)
+    assert os.path.isfile(os.path.join(trial, "save", "point_cloud.ply"))
+    assert "train/loss_sds" in open(os.path.join(trial, "csv_logs", "version_0", "metrics.csv")).readline()

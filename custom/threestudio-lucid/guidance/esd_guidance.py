@@ -55,3 +55,8 @@ class ESDGuidance(VSDGuidance):
         if self.cfg.lambda_coeff is not None:
             return float(self.cfg.lambda_coeff)
         return 1.0 - self.guidance_scale_lora
+
+    def forward(self, *args, **kwargs):
+        out = super().forward(*args, **kwargs)
+        out["lambda_coeff"] = self.lambda_coeff  # logged beside guidance_scale_lora (= 1 - lambda_coeff)
+        return out

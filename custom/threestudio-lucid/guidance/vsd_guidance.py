@@ -378,4 +378,6 @@ class VSDGuidance(StableDiffusionGuidanceBase):
             "min_step": self.min_step,
             "max_step": self.max_step,
             "timesteps": t,
+            # the knob in effect, logged so a command-line override shows in the run's metrics
+            "guidance_scale_lora": self.guidance_scale_lora,
         }

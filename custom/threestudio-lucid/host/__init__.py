@@ -37,10 +37,33 @@ class UnknownModuleError(ConfigError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+# Components threestudio 0.2.3 registers that this host does not ship (it is a subset): a config
+# naming one runs only inside a threestudio checkout, and the error says so.
+THREESTUDIO_ONLY = frozenset(
+    """control4d-multiview-system custom-mesh deep-floyd-guidance deep-floyd-prompt-processor
+    diffuse-with-point-light-material dreamfusion-system dummy-prompt-processor efficient-dreamfusion-system
+    fantasia3d-system gan-volume-renderer hybrid-rgb-latent-material image-condition-dreamfusion-system
+    implicit-sdf implicit-volume instructnerf2nerf-system latentnerf-system magic123-system magic3d-system
+    mesh-exporter nerf-volume-renderer neural-environment-map-background neural-radiance-material
+    neus-volume-renderer nvdiff-rasterizer patch-renderer pbr-material perceptual-loss prolificdreamer-system
+    sd-latent-adapter-material sdi-system sjc-system stable-diffusion-controlnet-guidance
+    stable-diffusion-guidance stable-diffusion-instructpix2pix-guidance stable-diffusion-sdi-guidance
+    stable-diffusion-unified-guidance stable-diffusion-vsd-guidance stable-zero123-guidance tetrahedra-sdf-grid
+    textmesh-system textured-background volume-grid zero123-guidance zero123-simple-system zero123-system
+    zero123-unified-guidance""".split()
+)
+
+
 def _lookup(name):
     try:
         return __modules__[name]
     except KeyError:
+        if name in THREESTUDIO_ONLY:
+            raise UnknownModuleError(
+                f"'{name}' is one of threestudio's own components, which the bundled host does not ship: "
+                "run this config with launch.py inside a threestudio checkout (README, 'Inside threestudio'), "
+                "or use the plugin's lucid-* counterpart (e.g. lucid-sds-guidance for stable-diffusion-guidance)."
+            ) from None
         known = ", ".join(sorted(__modules__)) or "(none)"
         raise UnknownModuleError(
             f"No module registered as '{name}'. Registered names: {known}. "

@@ -13,14 +13,25 @@ Validation writes ``it{step}-{index}.png`` grids (rgb | depth | alpha); test wri
 """
 import random
 from dataclasses import dataclass
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 import torch
 
-from ..compat import BaseLift3DSystem, find, info, parse_optimizer, register, tv_loss
+from ..compat import USING_REAL_THREESTUDIO, BaseLift3DSystem, find, info, parse_optimizer, register, tv_loss
 from ..errors import ConfigError
+from ..prompt_length import check_prompt_lengths, prompt_processor_prompts
 
 REGULARISERS = ("tv", "depth_tv", "scales", "opacity")
+
+
+def _is_scalar(value: Any) -> bool:
+    """A guidance diagnostic worth a log line: a number or a one-element tensor (guidances also
+    return per-view tensors and, with ``guidance_eval``, dicts of images)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return True
+    return isinstance(value, torch.Tensor) and value.numel() == 1
 
 
 @register("lucid-gaussian-system")
@@ -55,16 +66,32 @@ class GaussianSplattingSystem(BaseLift3DSystem):
                 f"system.guidance_flip_prob={self.cfg.guidance_flip_prob} mirrors renders without mirroring the camera, "
                 f"but {self.cfg.guidance_type} is camera-conditioned: set system.guidance_flip_prob=0."
             )
+        self.check_prompt_lengths()
         self.prompt_processor = find(self.cfg.prompt_processor_type)(self.cfg.prompt_processor)
         self.prompt_utils = self.prompt_processor()
+
+    def check_prompt_lengths(self) -> None:
+        """threestudio's own Stable Diffusion prompt processor neither truncates nor checks: a prompt
+        over the text encoder's 77 tokens crashes in its spawned child as "prompt embedding process
+        failed!". Count the tokens first and name the key instead (the bundled host checks itself)."""
+        if not USING_REAL_THREESTUDIO or self.cfg.prompt_processor_type != "stable-diffusion-prompt-processor":
+            return
+        try:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(
+                self.cfg.prompt_processor.pretrained_model_name_or_path, subfolder="tokenizer"
+            )
+        except (OSError, ValueError):  # not loadable here: threestudio reports it when it loads the encoder
+            return
+        check_prompt_lengths(tokenizer, prompt_processor_prompts(self.cfg.prompt_processor))
 
     # ---- optimisation ----
     def configure_optimizers(self):
         """The geometry's own Adam (named groups, densification-aware); trainable guidance parts
         (e.g. VSD's LoRA) get ``system.optimizer`` when set."""
         optimizers = [self.geometry.optimizer]
-        guidance_params = [p for p in self.guidance.parameters() if p.requires_grad]
-        if guidance_params:
+        if self.trainable_guidance_parameters():
             if not self.cfg.optimizer or "name" not in self.cfg.optimizer:
                 raise ConfigError(
                     f"{self.cfg.guidance_type} trains parameters: set system.optimizer "
@@ -72,6 +99,14 @@ class GaussianSplattingSystem(BaseLift3DSystem):
                 )
             optimizers.append(parse_optimizer(self.cfg.optimizer, self))
         return optimizers
+
+    def trainable_guidance_parameters(self) -> List[torch.nn.Parameter]:
+        """What the guidance trains. Any threestudio guidance is accepted: most of threestudio's own
+        (stable-diffusion, deepfloyd, zero123, ...) are plain ``BaseObject``s, not torch modules, and
+        train nothing."""
+        if not isinstance(self.guidance, torch.nn.Module):
+            return []
+        return [p for p in self.guidance.parameters() if p.requires_grad]
 
     def _weighted(self, name: str, value: torch.Tensor) -> torch.Tensor:
         key = "lambda_" + name[len("loss_"):]
@@ -133,7 +168,7 @@ class GaussianSplattingSystem(BaseLift3DSystem):
             if name.startswith("loss_"):
                 self.log(f"train/{name}", value)
                 loss = loss + self._weighted(name, value)
-            elif self.cfg.log_guidance_diagnostics and (isinstance(value, (int, float)) or value.numel() == 1):
+            elif self.cfg.log_guidance_diagnostics and _is_scalar(value):
                 self.log(f"train/{name}", float(value))
         for name, value in self.regularisers(out).items():
             self.log(f"train/{name}", value)
