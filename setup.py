@@ -40,11 +40,12 @@ setup(
         "torch>=2.1",
         "numpy",
         "scipy",
-        "pytorch-lightning>=2.0",
-        "omegaconf>=2.3",
-        "diffusers>=0.25",
-        "transformers>=4.36",
-        "peft>=0.10",
+        # lower bounds measured by scripts/test_lowest_versions.sh (pins in scripts/lowest-versions.txt)
+        "pytorch-lightning>=2.0",  # 2.0 hook signatures, e.g. on_before_optimizer_step(optimizer)
+        "omegaconf>=2.2.3",  # structured configs with bare `dict` fields (ExperimentConfig)
+        "diffusers>=0.26",  # diffusers.training_utils.cast_training_params (VSD/ESD LoRA)
+        "transformers>=4.27",  # diffusers 0.26 imports transformers.is_torchvision_available
+        "peft>=0.7",  # LoraConfig(init_lora_weights="gaussian"); passes diffusers' LoRA scale arg through
         "safetensors",
         "jaxtyping",
         "beartype",

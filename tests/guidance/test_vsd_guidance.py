@@ -154,7 +154,8 @@ def test_esd_lambda_gives_vsd_gradient_with_guidance_scale_lora_one_minus_lambda
         camera = c2w.reshape(b, 16)
         eps_cam = esd.lora_eps(x_t, t, text, camera)
         eps_free = esd.lora_eps(x_t, t, text, torch.zeros_like(camera))
-        assert torch.allclose(esd.lora_score(x_t, t, text, camera), lam * eps_free + (1 - lam) * eps_cam, atol=1e-5)
+        # one batched [camera, null] UNet call vs two calls: float32 noise up to ~1.2e-5 on older diffusers
+        torch.testing.assert_close(esd.lora_score(x_t, t, text, camera), lam * eps_free + (1 - lam) * eps_cam, rtol=1e-4, atol=5e-5)
         # ... and with the randomised LoRA the two halves really differ, so the mapping is tested
         assert (eps_cam - eps_free).abs().max() > 1e-3
 

@@ -106,7 +106,6 @@ system:
   f: ${{idiv:7,2}}
   g: ${{basename:/x/y/model.ckpt}}
   h: ${{rmspace:${{system.prompt}},_}}
-  i: ${{tuple2:0.5}}
   j: ${{gt0:1}}
   k: ${{not:true}}
   l: ${{cmaxgt0:${{system.sched}}}}
@@ -118,8 +117,22 @@ tag: ${{rmspace:${{system.prompt}},_}}
     assert s.a == pytest.approx(0.01 ** (1 / 100))
     assert (s.b, s.c, s.d, s.e, s.f) == (3, 3, 6, 1.5, 3)
     assert s.g == "model.ckpt" and s.h == "a_red_car"
-    assert list(s.i) == [0.5, 0.5] and s.j is True and s.k is False
+    assert s.j is True and s.k is False
     assert s.l is True and s.m is True
+
+
+def test_tuple2_resolver_as_threestudio_on_each_omegaconf(tmp_path, cfg_file):
+    """``${tuple2:x}`` returns a plain list, as threestudio's does: omegaconf >= 2.4 stores it, older
+    releases (threestudio pins 2.3.0) reject it in ``OmegaConf.resolve``, for threestudio too."""
+    import omegaconf
+    from packaging.version import Version
+
+    path = cfg_file(f"exp_root_dir: {tmp_path}\ntag: t\nsystem:\n  i: ${{tuple2:0.5}}\n")
+    if Version(omegaconf.__version__) >= Version("2.4"):
+        assert list(load_config(path).system.i) == [0.5, 0.5]
+    else:
+        with pytest.raises(Exception, match="supported primitive type"):
+            load_config(path)
 
 
 def test_list_on_float_field_stays_a_schedule():
