@@ -120,6 +120,16 @@ def workspace(tmp_path_factory, tiny_sd_path):
 
 @pytest.fixture(scope="session")
 def host(request, workspace):
+    return make_host(request.param, workspace)
+
+
+@pytest.fixture(scope="session")
+def both_hosts(workspace):
+    """The bundled host and real threestudio, for cases that compare the two (THREESTUDIO_DIR only)."""
+    return [make_host(name, workspace) for name in ("bundled", "threestudio")]
+
+
+def make_host(name: str, workspace: str) -> Host:
     from threestudio_lucid.toy_world.pipeline import CACHE_ENV
 
     env = {
@@ -129,14 +139,14 @@ def host(request, workspace):
         CACHE_ENV: os.path.join(workspace, TOY_CACHE),
         "PYTHONUNBUFFERED": "1",
     }
-    if request.param == "bundled":
+    if name == "bundled":
         env["THREESTUDIO_LUCID_HOST"] = "1"
     else:
         env["THREESTUDIO_LUCID_HOST"] = "0"
         env["THREESTUDIO_DIR"] = THREESTUDIO_DIR
         env["LUCID_THREESTUDIO_CPU"] = "1"
         env["PYTHONPATH"] = os.pathsep.join(p for p in (CPU_SHIM_DIR, os.environ.get("PYTHONPATH", "")) if p)
-    return Host(request.param, workspace, env)
+    return Host(name, workspace, env)
 
 
 @pytest.fixture

@@ -9,6 +9,8 @@ import os
 import pytest
 import torch
 
+THREESTUDIO_DIR = os.environ.get("THREESTUDIO_DIR", "")  # set: the contract also runs on real threestudio
+
 CONFIGS = "custom/threestudio-lucid/configs"
 SHORT_RUN = (
     "trainer.max_steps=3",
@@ -84,6 +86,18 @@ def test_command_line_overrides_reach_the_guidance(host, tmp_path_factory, confi
     for key, value in CASES[config][2].items():
         logged = run.logged(key)
         assert logged and all(v == pytest.approx(value) for v in logged), (key, logged)
+
+
+if THREESTUDIO_DIR:  # a comparison of the two hosts: only where both exist
+
+    @pytest.mark.parametrize("config", sorted(CASES))
+    def test_the_same_run_gives_the_same_losses_on_both_hosts(both_hosts, tmp_path_factory, config):
+        """Same config, seed and models: the bundled host must not silently differ from threestudio
+        (config parsing, C() schedules, prompt embeddings, seeding, the training loop)."""
+        bundled, real = (train(h, tmp_path_factory, config).check() for h in both_hosts)
+        torch.testing.assert_close(
+            torch.tensor(bundled.logged("train/loss")), torch.tensor(real.logged("train/loss")), rtol=1e-5, atol=0
+        )
 
 
 def _read_ply_xyz(path):
