@@ -67,8 +67,18 @@ def train(host, tmp_path_factory, config):
     return _trained[key]
 
 
+def resume(host, trained, config, mode):
+    """``--test`` or ``--export`` with ``resume=`` the trained run's last checkpoint (same overrides)."""
+    prompt, overrides, _ = CASES[config]
+    exp_root = os.path.dirname(os.path.dirname(trained.trial_dir))
+    return host.launch(
+        f"{CONFIGS}/{config}.yaml", mode, f"system.prompt_processor.prompt={prompt}", *SHORT_RUN, *overrides,
+        f"resume={trained.path('ckpts', 'last.ckpt')}", exp_root=exp_root,
+    )
+
+
 @pytest.mark.parametrize("config", sorted(CASES))
-def test_config_trains_validates_and_tests(host, tmp_path_factory, config):
+def test_config_trains_validates_tests_and_exports(host, tmp_path_factory, config):
     run = train(host, tmp_path_factory, config).check()
     assert "other-extension loaded" in run.output  # the plugin loads beside another extension
     assert "Cannot import" not in run.output
@@ -78,6 +88,10 @@ def test_config_trains_validates_and_tests(host, tmp_path_factory, config):
     assert len(losses) == 3 and all(map(torch.isfinite, torch.tensor(losses)))
     if config.endswith("-toy"):
         assert os.path.isfile(run.path("save", "toy_world_scores.json"))
+    exported = resume(host, run, config, "export").check()
+    assert exported.trial_dir != run.trial_dir  # nothing is written into the trained run
+    # the exported splats are the trained ones, not a fresh initialisation
+    assert torch.equal(_read_ply_xyz(exported.path("save", "it3-export", "point_cloud.ply")), _read_ply_xyz(run.path("save", "point_cloud.ply")))
 
 
 @pytest.mark.parametrize("config", sorted(c for c in CASES if CASES[c][2]))
@@ -108,20 +122,12 @@ def _read_ply_xyz(path):
 
 
 @pytest.mark.parametrize("config", ["lucid-ism-cpu", "lucid-vsd-cpu"])
-def test_test_and_export_resume_from_the_checkpoint(host, tmp_path_factory, config):
+def test_test_stage_resumes_from_the_checkpoint(host, tmp_path_factory, config):
     trained = train(host, tmp_path_factory, config).check()
-    ckpt = trained.path("ckpts", "last.ckpt")
-    prompt = f"system.prompt_processor.prompt={CASES[config][0]}"
-    exp_root = os.path.dirname(os.path.dirname(trained.trial_dir))
-    config_path = f"{CONFIGS}/{config}.yaml"
-    tested = host.launch(config_path, "test", prompt, *SHORT_RUN, *CASES[config][1], f"resume={ckpt}", exp_root=exp_root).check()
-    exported = host.launch(config_path, "export", prompt, *SHORT_RUN, *CASES[config][1], f"resume={ckpt}", exp_root=exp_root).check()
-    assert tested.trial_dir != trained.trial_dir != exported.trial_dir  # nothing is written into the trained run
+    tested = resume(host, trained, config, "test").check()
+    assert tested.trial_dir != trained.trial_dir
     assert os.path.isfile(tested.path("save", "it3-test.mp4"))
-    trained_xyz = _read_ply_xyz(trained.path("save", "point_cloud.ply"))
-    # the resumed runs hold the trained Gaussians, not a fresh initialisation
-    assert torch.equal(_read_ply_xyz(tested.path("save", "point_cloud.ply")), trained_xyz)
-    assert torch.equal(_read_ply_xyz(exported.path("save", "it3-export", "point_cloud.ply")), trained_xyz)
+    assert torch.equal(_read_ply_xyz(tested.path("save", "point_cloud.ply")), _read_ply_xyz(trained.path("save", "point_cloud.ply")))
 
 
 THREESTUDIO_SDS = (
