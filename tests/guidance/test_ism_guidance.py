@@ -1,6 +1,5 @@
 """lucid-ism-guidance on the tiny pipeline: the inversion written out step by step, the target, the
 SDS fall-back, the degenerate interval, and the warm-up schedule."""
-import os
 
 import pytest
 import torch
@@ -9,16 +8,8 @@ from threestudio_lucid import compat
 
 
 @pytest.fixture(scope="module")
-def prompt_utils(tiny_sd_path, tmp_path_factory):
-    cwd = os.getcwd()
-    os.chdir(tmp_path_factory.mktemp("ism-cwd"))
-    try:
-        pp = compat.find("stable-diffusion-prompt-processor")(
-            {"prompt": "a cube", "negative_prompt": "blurry", "pretrained_model_name_or_path": tiny_sd_path}
-        )
-        yield pp()
-    finally:
-        os.chdir(cwd)
+def prompt_utils(make_prompt_utils):
+    return make_prompt_utils(prompt="a cube", negative_prompt="blurry")
 
 
 def make(tiny_sd_path, **cfg):
@@ -191,11 +182,8 @@ def test_bad_interval_settings_are_named(tiny_sd_path):
         make(tiny_sd_path, xs_delta_t=0)
 
 
-def test_perp_neg_option_runs_through_ism(tiny_sd_path, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    perp = compat.find("stable-diffusion-prompt-processor")(
-        {"prompt": "a cube", "pretrained_model_name_or_path": tiny_sd_path, "use_perp_neg": True}
-    )()
+def test_perp_neg_option_runs_through_ism(tiny_sd_path, make_prompt_utils):
+    perp = make_prompt_utils(prompt="a cube", use_perp_neg=True)
     ism = make(tiny_sd_path)
     seen = {}
     orig = ism.unet_eps
@@ -210,17 +198,14 @@ def test_perp_neg_option_runs_through_ism(tiny_sd_path, tmp_path, monkeypatch):
     assert seen["batches"][-1] == 8  # the prediction at x_t: cond, uncond and 2 negatives per view
 
 
-def test_perp_neg_path_rounds_the_annealed_interval_up(tiny_sd_path, tmp_path, monkeypatch):
+def test_perp_neg_path_rounds_the_annealed_interval_up(tiny_sd_path, make_prompt_utils):
     """LucidDreamer: ``int(delta_t + r (start - delta_t))`` in train_step, ``int(delta_t + ceil(...))`` in
     train_step_perpneg. With delta_t 80, start 100 and r = 1 - 1/3 the annealed part is 13.33."""
     ism = make(tiny_sd_path, warmup_iter=3, delta_t=80, delta_t_start=100)
     ism.update_step(0, 1)
     assert ism.annealed_delta_t(perp_neg=False) == 93 == ism.current_delta_t
     assert ism.annealed_delta_t(perp_neg=True) == 94
-    monkeypatch.chdir(tmp_path)
-    perp = compat.find("stable-diffusion-prompt-processor")(
-        {"prompt": "a cube", "pretrained_model_name_or_path": tiny_sd_path, "use_perp_neg": True}
-    )()
+    perp = make_prompt_utils(prompt="a cube", use_perp_neg=True)
     out = ism(torch.rand(1, 16, 16, 3), perp, *views(1), t_index=300)
     assert (out["delta_t"], out["timestep_s"]) == (94, int(ism.timestep_table[300 - 94]))
     ism.update_step(0, 3)  # after warm-up both are delta_t

@@ -18,18 +18,8 @@ DISTANCE = torch.tensor([2.5, 2.5])
 
 
 @pytest.fixture(scope="module")
-def perp_neg_utils(tiny_sd_path, tmp_path_factory):
-    import os
-
-    cwd = os.getcwd()
-    os.chdir(tmp_path_factory.mktemp("perp-neg-cwd"))
-    try:
-        processor = compat.find("stable-diffusion-prompt-processor")(
-            {"prompt": "a cube", "pretrained_model_name_or_path": tiny_sd_path, "use_perp_neg": True}
-        )
-        yield processor()
-    finally:
-        os.chdir(cwd)
+def perp_neg_utils(make_prompt_utils):
+    return make_prompt_utils(prompt="a cube", use_perp_neg=True)
 
 
 def views(index):

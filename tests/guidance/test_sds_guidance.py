@@ -7,22 +7,10 @@ from threestudio_lucid.guidance.diffusion_base import perpendicular_component
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_sd_path, tmp_path_factory):
-    import os
-
-    cwd = os.getcwd()
-    os.chdir(tmp_path_factory.mktemp("sds-cwd"))
-    try:
-        guidance = compat.find("lucid-sds-guidance")({"pretrained_model_name_or_path": tiny_sd_path, "guidance_scale": 100.0})
-        pp = compat.find("stable-diffusion-prompt-processor")(
-            {"prompt": "a cube", "negative_prompt": "blurry", "pretrained_model_name_or_path": tiny_sd_path}
-        )
-        pp_perp = compat.find("stable-diffusion-prompt-processor")(
-            {"prompt": "a cube", "pretrained_model_name_or_path": tiny_sd_path, "use_perp_neg": True}
-        )
-        yield guidance, pp(), pp_perp()
-    finally:
-        os.chdir(cwd)
+def setup(tiny_sd_path, make_prompt_utils):
+    guidance = compat.find("lucid-sds-guidance")({"pretrained_model_name_or_path": tiny_sd_path, "guidance_scale": 100.0})
+    plain = make_prompt_utils(prompt="a cube", negative_prompt="blurry")
+    return guidance, plain, make_prompt_utils(prompt="a cube", use_perp_neg=True)
 
 
 def views(b):

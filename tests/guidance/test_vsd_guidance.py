@@ -13,18 +13,11 @@ from threestudio_lucid.tiny_pipeline import build_tiny_stable_diffusion
 
 
 @pytest.fixture(scope="module")
-def prompt_utils(tiny_sd_path, tmp_path_factory):
-    cwd = os.getcwd()
-    os.chdir(tmp_path_factory.mktemp("vsd-cwd"))
-    try:
-        make_pp = compat.find("stable-diffusion-prompt-processor")
-        plain = make_pp(
-            {"prompt": "a cube", "negative_prompt": "blurry", "pretrained_model_name_or_path": tiny_sd_path}
-        )
-        perp = make_pp({"prompt": "a cube", "pretrained_model_name_or_path": tiny_sd_path, "use_perp_neg": True})
-        yield {"plain": plain(), "perp_neg": perp()}
-    finally:
-        os.chdir(cwd)
+def prompt_utils(make_prompt_utils):
+    return {
+        "plain": make_prompt_utils(prompt="a cube", negative_prompt="blurry"),
+        "perp_neg": make_prompt_utils(prompt="a cube", use_perp_neg=True),
+    }
 
 
 @pytest.fixture(scope="module")
