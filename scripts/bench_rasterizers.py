@@ -18,6 +18,7 @@ Measured, per backend and scene:
   resident size just before it. Linux: freed heap pages are first handed back (malloc_trim), then
   the peak counter is reset through /proc/self/clear_refs and read from VmHWM. Elsewhere: the
   growth of ru_maxrss, a lower bound. On CUDA: torch's peak allocated memory.
+``--cuda-only`` measures only the GPU rows (no C++ kernel build, no CPU reference).
 On a machine with a GPU, every available CUDA backend (``gsplat``, ``inria``) is measured on the same
 scenes as ``<name>@cuda`` rows, against the reference backend run on the GPU (``reference@cuda``).
 Ratios: "x" = reference time / backend time; "mem x" = backend peak / reference peak.
@@ -173,12 +174,18 @@ def main():
     parser.add_argument("--reference-max-pairs", type=float, default=60e6,
                         help="skip the reference above this many (Gaussian, pixel) tile pairs")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--cuda-only", action="store_true",
+                        help="only the @cuda rows (reference, gsplat, inria on the GPU); an error without CUDA")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     backends = ["reference"]
-    if cpu_backend.kernel_available():
+    if args.cuda_only:
+        if not torch.cuda.is_available():
+            sys.exit("error: --cuda-only needs a CUDA device; drop it to measure the CPU backends")
+        backends = []
+    elif cpu_backend.kernel_available():
         backends.append("cpu")
     else:
         print(f"backend 'cpu' skipped: C++ kernel unavailable ({cpu_backend._STATE.error})")
@@ -212,7 +219,7 @@ def main():
             camera = camera_from_threestudio(c2w_at([2.5, 0.0, 0.0]), math.radians(40), res, res)
             g = torch.Generator().manual_seed(1)
             weights = [torch.rand(res, res, c, generator=g) for c in (3, 1, 1)]
-            pairs = pixel_pairs(params, camera, res)
+            pairs = pixel_pairs(params, camera, res)  # counted on the CPU: same binning everywhere
             results = {}
             for name in backends:
                 if name == "reference" and pairs > args.reference_max_pairs:
@@ -220,19 +227,24 @@ def main():
                 slow = name == "reference"  # seconds per call: no warm-up, fewer repeats
                 results[name] = measure(RASTERIZER_BACKENDS[name], params, camera, weights, cpu,
                                         args.reference_repeats if slow else args.repeats, warm_up=not slow)
-            if cuda_names:
+            if cuda_names or args.cuda_only:
                 # on the GPU the baseline is the reference backend run there (torch on CUDA)
                 dev = torch.device("cuda")
                 cam = camera_from_threestudio(c2w_at([2.5, 0.0, 0.0]).to(dev), math.radians(40), res, res)
                 for name in ["reference"] + cuda_names:
-                    results[f"{name}@cuda"] = measure(RASTERIZER_BACKENDS[name], params, cam,
-                                                      [w.to(dev) for w in weights], dev, args.repeats)
+                    try:
+                        results[f"{name}@cuda"] = measure(RASTERIZER_BACKENDS[name], params, cam,
+                                                          [w.to(dev) for w in weights], dev, args.repeats)
+                    except Exception as e:  # e.g. out of memory: keep the other rows
+                        print(f"{n:>6} {res:>4} {pairs / 1e6:>6.1f}M {name + '@cuda':>14} | failed: "
+                              f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}", flush=True)
+                        torch.cuda.empty_cache()
             for name, (fwd, bwd, mem, slowest) in results.items():
                 ref = results.get("reference@cuda" if name.endswith("@cuda") else "reference")
                 line = (f"{n:>6} {res:>4} {pairs / 1e6:>6.1f}M {name:>14} | {fwd:>7.3f} {bwd:>7.3f} {fwd + bwd:>7.3f}"
                         f" {mem:>8.1f} | ")
                 if ref is None:
-                    line += "reference skipped (--reference-max-pairs)"
+                    line += "no reference row (skipped by --reference-max-pairs, or failed)"
                 else:
                     line += (f"{ref[0] / fwd:>6.1f}x {ref[1] / bwd:>6.1f}x {(ref[0] + ref[1]) / (fwd + bwd):>6.1f}x"
                              f" {mem / max(ref[2], 1e-9):>6.2f}")

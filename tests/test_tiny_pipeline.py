@@ -133,3 +133,30 @@ def test_same_seed_gives_identical_weights_and_another_seed_does_not(tiny_sd_pat
     key = "conv_in.weight"
     assert not torch.equal(original["unet/diffusion_pytorch_model.safetensors"][key],
                            other["unet/diffusion_pytorch_model.safetensors"][key])
+
+
+def test_sd21_base_architecture_has_the_real_checkpoints_parameter_counts():
+    """The random real-size pipeline (scripts/gpu_check.sh) is Stable Diffusion 2.1-base's architecture:
+    every model has exactly the parameter count of the published checkpoint (built on the meta device,
+    so nothing is allocated)."""
+    from threestudio_lucid.tiny_pipeline import SD21_BASE_PARAMETER_COUNTS, build_sd21_base_components
+
+    with torch.device("meta"):
+        parts = build_sd21_base_components()
+    counts = {name: sum(p.numel() for p in parts[name].parameters()) for name in SD21_BASE_PARAMETER_COUNTS}
+    assert counts == {"unet": 865_910_724, "vae": 83_653_863, "text_encoder": 340_387_840}
+    assert parts["unet"].config.cross_attention_dim == parts["text_encoder"].config.hidden_size == 1024
+    # every token id of the tiny tokenizer is an embedding row of the real-size text encoder
+    assert len(parts["tokenizer"]) <= parts["text_encoder"].config.vocab_size
+
+
+def test_build_stable_diffusion_rejects_an_unknown_architecture_and_saves_in_the_asked_dtype(tmp_path):
+    from threestudio_lucid.tiny_pipeline import build_stable_diffusion
+
+    with pytest.raises(ValueError, match="architecture='sd15' is not one of tiny, sd21-base"):
+        build_stable_diffusion(tmp_path / "x", "sd15")
+    path = build_stable_diffusion(tmp_path / "half", "tiny", dtype=torch.float16)
+    for part in ("unet", "vae", "text_encoder"):
+        (weights,) = [f for f in os.listdir(os.path.join(path, part)) if f.endswith(".safetensors")]
+        stored = load_file(os.path.join(path, part, weights))
+        assert {t.dtype for t in stored.values()} == {torch.float16}, part

@@ -23,7 +23,9 @@ What is real and what is small:
   OpenCLIP tokenizer pads with ``!``; either works for the prompt processor, which pads to
   ``max_length``).
 
-Console entry: ``lucid-build-tiny-sd PATH [--seed N]``.
+Console entry: ``lucid-build-tiny-sd PATH [--seed N] [--architecture tiny|sd21-base] [--fp16] [--device D]``;
+``--architecture sd21-base`` writes Stable Diffusion 2.1-base's models at full size with random weights
+(:func:`build_sd21_base_components`), to time real-size steps on a GPU without a download.
 """
 import argparse
 import contextlib
@@ -259,18 +261,36 @@ def _seeded(seed):
         yield
 
 
-def build_tiny_components(seed=0, text_hidden_size=32, unet_channels=(32, 64), vae_channels=(8, 16, 32, 32)):
-    """The pipeline's components as objects: ``dict(vae, text_encoder, tokenizer, unet, scheduler)``.
-
-    Each model is initialised under its own seed derived from ``seed``, so the weights are a
-    function of ``seed`` alone (and changing one model's shape leaves the others' weights alone).
-    """
+def _components(seed, tokenizer, text_config, unet_config, vae_config):
+    """The pipeline's models from their configs, each initialised under its own seed derived from
+    ``seed``, so the weights are a function of ``seed`` alone (and changing one model's shape leaves
+    the others' weights alone); the text config gets the tokenizer's special ids."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    tokenizer = build_tiny_tokenizer()
-
     text_config = CLIPTextConfig(
+        **text_config,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with _seeded(seed):
+        text_encoder = CLIPTextModel(text_config)
+    with _seeded(seed + 1):
+        unet = UNet2DConditionModel(**unet_config)
+    with _seeded(seed + 2):
+        vae = AutoencoderKL(**vae_config)
+    for model in (text_encoder, unet, vae):
+        model.eval()
+    scheduler = DDIMScheduler(**SD21_BASE_SCHEDULER_CONFIG)
+    return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+
+
+def build_tiny_components(seed=0, text_hidden_size=32, unet_channels=(32, 64), vae_channels=(8, 16, 32, 32)):
+    """The pipeline's components as objects: ``dict(vae, text_encoder, tokenizer, unet, scheduler)``,
+    the weights a function of ``seed`` alone (see ``_components``)."""
+    tokenizer = build_tiny_tokenizer()
+    text_config = dict(
         vocab_size=len(tokenizer),
         hidden_size=text_hidden_size,
         intermediate_size=37,
@@ -279,58 +299,115 @@ def build_tiny_components(seed=0, text_hidden_size=32, unet_channels=(32, 64), v
         max_position_embeddings=TEXT_MAX_LENGTH,
         projection_dim=text_hidden_size,
         hidden_act="quick_gelu",
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
     )
-    with _seeded(seed):
-        text_encoder = CLIPTextModel(text_config)
-
-    with _seeded(seed + 1):
-        unet = UNet2DConditionModel(
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-            block_out_channels=tuple(unet_channels),
-            layers_per_block=1,
-            norm_num_groups=min(32, unet_channels[0]),
-            cross_attention_dim=text_hidden_size,
-            attention_head_dim=4,
-        )
-
-    with _seeded(seed + 2):
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * len(vae_channels),
-            up_block_types=("UpDecoderBlock2D",) * len(vae_channels),
-            block_out_channels=tuple(vae_channels),
-            layers_per_block=1,
-            norm_num_groups=min(8, vae_channels[0]),
-            latent_channels=4,
-            sample_size=64,
-            scaling_factor=0.18215,
-        )
-
-    scheduler = DDIMScheduler(**SD21_BASE_SCHEDULER_CONFIG)
-
-    for model in (text_encoder, unet, vae):
-        model.eval()
-    return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+    unet_config = dict(
+        sample_size=8,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=tuple(unet_channels),
+        layers_per_block=1,
+        norm_num_groups=min(32, unet_channels[0]),
+        cross_attention_dim=text_hidden_size,
+        attention_head_dim=4,
+    )
+    vae_config = dict(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * len(vae_channels),
+        up_block_types=("UpDecoderBlock2D",) * len(vae_channels),
+        block_out_channels=tuple(vae_channels),
+        layers_per_block=1,
+        norm_num_groups=min(8, vae_channels[0]),
+        latent_channels=4,
+        sample_size=64,
+        scaling_factor=0.18215,
+    )
+    return _components(seed, tokenizer, text_config, unet_config, vae_config)
 
 
-def build_tiny_stable_diffusion(path, seed=0, **component_kwargs):
-    """Build the tiny pipeline and save it as a diffusers folder at ``path``; returns ``path``.
+# Stable Diffusion 2.1-base's architecture (unet/, vae/ and text_encoder/ config.json of
+# stabilityai/stable-diffusion-2-1-base; the text encoder is OpenCLIP ViT-H/14's text tower). Random
+# weights at the real size measure what a real step costs on a GPU without downloading anything.
+SD21_BASE_UNET_CONFIG = dict(
+    sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+    block_out_channels=(320, 640, 1280, 1280),
+    layers_per_block=2,
+    attention_head_dim=(5, 10, 20, 20),
+    cross_attention_dim=1024,
+    use_linear_projection=True,
+    norm_num_groups=32,
+    norm_eps=1e-5,
+    flip_sin_to_cos=True,
+    freq_shift=0,
+    act_fn="silu",
+)
+SD21_BASE_VAE_CONFIG = dict(
+    in_channels=3,
+    out_channels=3,
+    down_block_types=("DownEncoderBlock2D",) * 4,
+    up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512),
+    layers_per_block=2,
+    latent_channels=4,
+    norm_num_groups=32,
+    sample_size=512,
+    act_fn="silu",
+    scaling_factor=0.18215,
+)
+SD21_BASE_TEXT_CONFIG = dict(
+    vocab_size=49408,
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=23,
+    num_attention_heads=16,
+    max_position_embeddings=TEXT_MAX_LENGTH,
+    projection_dim=512,
+    hidden_act="gelu",
+    layer_norm_eps=1e-5,
+)
+# Parameter counts of the real checkpoint's models (tests check the architecture against them).
+SD21_BASE_PARAMETER_COUNTS = dict(unet=865_910_724, vae=83_653_863, text_encoder=340_387_840)
 
-    ``component_kwargs`` go to :func:`build_tiny_components` (``text_hidden_size``,
-    ``unet_channels``, ``vae_channels``). There is no safety checker or feature extractor.
-    """
+
+def build_sd21_base_components(seed=0):
+    """Stable Diffusion 2.1-base's models with random (seeded) weights, in float32 on the current
+    default device (build them under ``with torch.device("cuda")`` to initialise them on a GPU, or
+    ``"meta"`` to count parameters). The tokenizer is the tiny CLIP-like one: its ids are all below
+    the text encoder's 49,408 (``model_max_length`` 77, as OpenCLIP's)."""
+    return _components(seed, build_tiny_tokenizer(), SD21_BASE_TEXT_CONFIG, SD21_BASE_UNET_CONFIG,
+                       SD21_BASE_VAE_CONFIG)
+
+
+ARCHITECTURES = ("tiny", "sd21-base")
+
+
+def build_stable_diffusion(path, architecture="tiny", seed=0, dtype=None, device=None, **component_kwargs):
+    """Build a randomly initialised pipeline of ``architecture`` (``tiny``: :func:`build_tiny_components`,
+    which takes ``component_kwargs``; ``sd21-base``: :func:`build_sd21_base_components`) and save it
+    as a diffusers folder at ``path``, its weights in ``dtype`` (default float32). ``device``: where
+    the weights are initialised (a GPU initialises SD 2.1-base's 1.3B parameters in seconds).
+    There is no safety checker or feature extractor. Returns ``path``."""
     from diffusers import StableDiffusionPipeline
 
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture={architecture!r} is not one of {', '.join(ARCHITECTURES)}")
+    if architecture == "sd21-base" and component_kwargs:
+        raise ValueError(f"the sd21-base architecture is fixed; got {sorted(component_kwargs)}")
     path = str(path)
-    components = build_tiny_components(seed=seed, **component_kwargs)
+    with torch.device(device or "cpu"):
+        if architecture == "tiny":
+            components = build_tiny_components(seed=seed, **component_kwargs)
+        else:
+            components = build_sd21_base_components(seed=seed)
+    if dtype is not None:
+        for name in ("vae", "text_encoder", "unet"):
+            components[name].to(dtype)
     pipe = StableDiffusionPipeline(
         **components,
         safety_checker=None,
@@ -347,6 +424,15 @@ def build_tiny_stable_diffusion(path, seed=0, **component_kwargs):
     return path
 
 
+def build_tiny_stable_diffusion(path, seed=0, **component_kwargs):
+    """Build the tiny pipeline and save it as a diffusers folder at ``path``; returns ``path``.
+
+    ``component_kwargs`` go to :func:`build_tiny_components` (``text_hidden_size``,
+    ``unet_channels``, ``vae_channels``). There is no safety checker or feature extractor.
+    """
+    return build_stable_diffusion(path, "tiny", seed=seed, **component_kwargs)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="lucid-build-tiny-sd",
@@ -358,9 +444,18 @@ def main(argv=None):
     )
     parser.add_argument("path", help="output folder (created if missing)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+    parser.add_argument(
+        "--architecture", choices=ARCHITECTURES, default="tiny",
+        help="tiny (default; CPU-sized) or sd21-base (Stable Diffusion 2.1-base's models at full size, "
+        "random weights: 1.3B parameters, for timing real-size steps on a GPU)",
+    )
+    parser.add_argument("--fp16", action="store_true", help="save the weights in float16")
+    parser.add_argument("--device", default=None, help="initialise the weights there, e.g. cuda (default cpu)")
     args = parser.parse_args(argv)
-    path = build_tiny_stable_diffusion(args.path, seed=args.seed)
-    print(f"Tiny Stable Diffusion pipeline written to {path}")
+    path = build_stable_diffusion(args.path, args.architecture, seed=args.seed,
+                                  dtype=torch.float16 if args.fp16 else None, device=args.device)
+    print(f"{'Tiny' if args.architecture == 'tiny' else 'SD 2.1-base-sized'} Stable Diffusion pipeline "
+          f"(random weights) written to {path}")
     return 0
 
 
