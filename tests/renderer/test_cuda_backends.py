@@ -350,7 +350,7 @@ def test_unusable_library_is_unavailable_with_the_reason():
 def test_a_cuda_backend_refuses_cpu_tensors_with_a_clear_error(monkeypatch):
     library = OptionalLibrary("gsplat", "math", "pip install gsplat")  # importable: only the device is wrong
     monkeypatch.setattr(gsplat_backend, "GSPLAT", library)
-    with pytest.raises(ConfigError, match=r"renderer.backend='gsplat' renders CUDA tensors, got cpu; use renderer.backend=auto"):
+    with pytest.raises(ConfigError, match=r"renderer.backend='gsplat' renders CUDA tensors, got cpu; use system.renderer.backend=auto"):
         gsplat_backend.rasterize_gsplat(*scene(4, seed=0)[:4], camera(8, 8, 8.0), features=scene(4, seed=0)[4])
 
 

@@ -6,6 +6,9 @@ One source of truth: each guidance file (SDS, ISM, VSD/ESD) holds only what make
   (fp16 on CUDA with ``half_precision_weights``, fp32 on the CPU). A model that is neither a local
   folder, nor in the Hugging Face cache, nor reachable, fails at once with one line naming
   ``pretrained_model_name_or_path``.
+- Option ranges are checked in ``validate_config`` before anything is loaded (shared options here,
+  the others in their guidance), each out-of-range value a one-line ConfigError naming its key; a
+  folder whose text encoder width differs from its UNet's cross-attention width is one at load.
 - The pretrained UNet and VAE are frozen and held outside the module tree (as threestudio does), so
   they are neither in the system's parameters nor in its checkpoints; only what a guidance trains
   (e.g. VSD's LoRA) is registered.
@@ -14,6 +17,7 @@ One source of truth: each guidance file (SDS, ISM, VSD/ESD) holds only what make
   gets the perpendicular components of the negative view prompts (threestudio's formulation).
 - The "gradient as loss" trick: ``0.5 * ||z - sg(z - g)||^2 / B`` has gradient ``g / B`` w.r.t. z.
 """
+import json
 import os
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
@@ -24,8 +28,13 @@ import torch.nn.functional as F
 from ..compat import BaseModule, C, info
 from ..errors import ConfigError
 from ..prompt_length import check_prompt_lengths
+from .option_ranges import check_range, check_schedule_order, check_schedule_range, is_number
 
-MODEL_KEY = "system.guidance.pretrained_model_name_or_path"
+GUIDANCE_PREFIX = "system.guidance."
+MODEL_KEY = GUIDANCE_PREFIX + "pretrained_model_name_or_path"
+PROMPT_PROCESSOR_MODEL_KEY = "system.prompt_processor.pretrained_model_name_or_path"
+SD_NUM_TRAIN_TIMESTEPS = 1000  # Stable Diffusion's (and diffusers' schedulers' default) training steps
+MAX_GUIDANCE_SCALE = 1000.0
 
 
 def perpendicular_component(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -81,19 +90,70 @@ def load_stable_diffusion(name_or_path: str, torch_dtype: torch.dtype, key: str 
     from ..toy_world.pipeline import is_toy_world, load_toy_world_pipeline
 
     if is_toy_world(name_or_path):  # an exact toy prior with SD's interfaces (issue 7)
-        return load_toy_world_pipeline(name_or_path, torch_dtype)
-    try:
-        return StableDiffusionPipeline.from_pretrained(
-            name_or_path,
-            torch_dtype=torch_dtype,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-    except (OSError, ValueError) as e:
+        pipe = load_toy_world_pipeline(name_or_path, torch_dtype)
+    else:
+        try:
+            pipe = StableDiffusionPipeline.from_pretrained(
+                name_or_path,
+                torch_dtype=torch_dtype,
+                safety_checker=None,
+                feature_extractor=None,
+                requires_safety_checker=False,
+            )
+        except (OSError, ValueError) as e:
+            raise ConfigError(
+                f"{key}='{name_or_path}' is not a loadable Stable Diffusion pipeline: {' '.join(str(e).split())[:300]}"
+            ) from None
+    check_text_encoder_width(pipe, name_or_path, key)
+    return pipe
+
+
+def text_width(text_encoder) -> Optional[int]:
+    """Width of a text encoder's last hidden state (what the UNet cross-attends to)."""
+    config = getattr(text_encoder, "config", None)
+    width = getattr(config, "hidden_size", None)
+    return int(width) if width is not None else None
+
+
+def cross_attention_width(unet) -> Optional[int]:
+    """Width of the text embeddings ``unet`` cross-attends to."""
+    config = getattr(unet, "config", None)
+    width = config.get("cross_attention_dim") if isinstance(config, dict) else getattr(config, "cross_attention_dim", None)
+    return int(width) if isinstance(width, int) else None
+
+
+def check_text_encoder_width(pipe, name_or_path: str, key: str = MODEL_KEY) -> None:
+    """The folder's text encoder must produce the width its UNet cross-attends to; otherwise the first
+    UNet call fails deep inside attention (a folder mixing models of two families)."""
+    width, cross = text_width(getattr(pipe, "text_encoder", None)), cross_attention_width(pipe.unet)
+    if width is not None and cross is not None and width != cross:
+        folder = name_or_path.rstrip("/\\")
         raise ConfigError(
-            f"{key}='{name_or_path}' is not a loadable Stable Diffusion pipeline: {' '.join(str(e).split())[:300]}"
-        ) from None
+            f"{key}='{name_or_path}' does not fit together: {folder}/text_encoder gives {width}-d text "
+            f"embeddings (hidden_size={width}) but {folder}/unet cross-attends to {cross}-d ones "
+            f"(cross_attention_dim={cross}): point {key} at a complete Stable Diffusion folder whose "
+            "text_encoder/ and unet/ come from the same model (or rebuild it, e.g. `lucid-build-tiny-sd PATH`)."
+        )
+
+
+def num_train_timesteps_of(name_or_path: str) -> int:
+    """The model's number of training timesteps, read from its scheduler config without loading any
+    weights (a local folder, or a hub id in the local cache); Stable Diffusion's 1000 otherwise."""
+    path = os.path.join(name_or_path, "scheduler", "scheduler_config.json")
+    if not os.path.isfile(path):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            hit = try_to_load_from_cache(name_or_path, "scheduler/scheduler_config.json")
+            path = hit if isinstance(hit, str) else None
+        except Exception:
+            path = None
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            n = json.load(f).get("num_train_timesteps", SD_NUM_TRAIN_TIMESTEPS)
+        return int(n) if is_number(n) and n >= 1 else SD_NUM_TRAIN_TIMESTEPS
+    except (OSError, TypeError, ValueError):
+        return SD_NUM_TRAIN_TIMESTEPS
 
 
 @dataclass
@@ -128,12 +188,34 @@ class StableDiffusionGuidanceBase(BaseModule):
 
     WEIGHTING_STRATEGIES = ("sds", "uniform", "fantasia3d")
 
-    def configure(self) -> None:
-        if self.cfg.weighting_strategy not in self.WEIGHTING_STRATEGIES:
+    def validate_config(self) -> None:
+        """Every option's range, checked before any model is loaded (subclasses add theirs, after
+        calling this). One place per option: the shared ones here, the others in their guidance."""
+        cfg, key = self.cfg, GUIDANCE_PREFIX
+        if cfg.weighting_strategy not in self.WEIGHTING_STRATEGIES:
             raise ConfigError(
-                f"system.guidance.weighting_strategy='{self.cfg.weighting_strategy}' is not one of "
+                f"{key}weighting_strategy='{cfg.weighting_strategy}' is not one of "
                 f"{', '.join(self.WEIGHTING_STRATEGIES)}."
             )
+        # a CFG scale: 0 is the unconditional (SDS: conditional) score, negative guides away from the prompt
+        # above: the largest scale in use is DreamFusion's 100; far beyond it the guided prediction is the
+        # prompt direction times the scale, the loss explodes (1e6 gave a loss of 3e11) and nothing is learnt
+        check_range(key + "guidance_scale", cfg.guidance_scale, 0.0, MAX_GUIDANCE_SCALE,
+                    why="classifier-free guidance scale", example=self.Config.guidance_scale)
+        if cfg.grad_clip is not None:
+            # clamp(-c, c) with c < 0 returns c everywhere instead of clipping
+            check_schedule_range(key + "grad_clip", cfg.grad_clip, 0.0,
+                                 why="the gradient is clamped to [-grad_clip, grad_clip]", example=1.0)
+        # t = int(N * p) indexes the N-entry noise schedule and is drawn from [min_step, max_step]
+        # inclusive: p = 1 would draw t = N, an IndexError at a random step
+        for name in ("min_step_percent", "max_step_percent"):
+            check_schedule_range(key + name, getattr(cfg, name), 0.0, 1.0, high_open=True,
+                                 why="a fraction of the training timesteps; 1 would draw t = N, past the schedule",
+                                 example=getattr(self.Config, name))
+        check_schedule_order(key + "min_step_percent", cfg.min_step_percent, key + "max_step_percent", cfg.max_step_percent)
+
+    def configure(self) -> None:
+        self.validate_config()
         use_fp16 = self.cfg.half_precision_weights and self.device.type == "cuda"
         self.weights_dtype = torch.float16 if use_fp16 else torch.float32
         info(f"Loading Stable Diffusion from {self.cfg.pretrained_model_name_or_path} ({self.weights_dtype}) ...")
@@ -303,6 +385,7 @@ class StableDiffusionGuidanceBase(BaseModule):
     def unet_eps(self, latents: torch.Tensor, t: torch.Tensor, encoder_hidden_states: torch.Tensor, unet=None, **kwargs):
         """The UNet's noise prediction (v-prediction models are converted to epsilon)."""
         unet = self.unet if unet is None else unet
+        self.check_text_embeddings(encoder_hidden_states, unet)
         out = unet(
             latents.to(self.weights_dtype),
             t.to(latents.device),
@@ -313,6 +396,17 @@ class StableDiffusionGuidanceBase(BaseModule):
             abar = self.alphas_cumprod.to(t.device)[t].view(-1, 1, 1, 1).to(latents.dtype)
             out = (1 - abar) ** 0.5 * latents + abar**0.5 * out
         return out
+
+    def check_text_embeddings(self, embeddings: torch.Tensor, unet) -> None:
+        """The prompt processor's embeddings must have the width the UNet cross-attends to (its own
+        folder's text encoder is checked at load; a prompt processor on another model is not)."""
+        cross = cross_attention_width(unet)
+        if cross is not None and embeddings.shape[-1] != cross:
+            raise ConfigError(
+                f"{PROMPT_PROCESSOR_MODEL_KEY} gives {embeddings.shape[-1]}-d text embeddings but the UNet of "
+                f"{MODEL_KEY}='{self.cfg.pretrained_model_name_or_path}' cross-attends to {cross}-d ones "
+                f"(cross_attention_dim={cross}): point both keys at models of the same family (usually the same folder)."
+            )
 
     @staticmethod
     def classifier_free_guidance(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, scale: float) -> torch.Tensor:
@@ -363,6 +457,9 @@ class StableDiffusionGuidanceBase(BaseModule):
 
     # ---- gradient -> loss ----
     def clean_gradient(self, grad: torch.Tensor) -> torch.Tensor:
+        # non-finite entries (e.g. an fp16 UNet overflow) are replaced as threestudio does, but counted:
+        # the system logs the count (train/nonfinite_grad_entries) instead of hiding them
+        self.nonfinite_grad_entries = (~torch.isfinite(grad)).sum()  # a tensor: no host sync here
         grad = torch.nan_to_num(grad)
         if self.grad_clip_val is not None:
             grad = grad.clamp(-self.grad_clip_val, self.grad_clip_val)

@@ -17,6 +17,8 @@ from typing import Optional
 
 from ..compat import register
 from ..errors import ConfigError
+from .diffusion_base import GUIDANCE_PREFIX
+from .option_ranges import check_range
 from .vsd_guidance import VSDGuidance
 
 DEFAULT_LAMBDA = 0.5  # the ESD README's suggestion
@@ -45,8 +47,15 @@ class ESDGuidance(VSDGuidance):
                 "system.guidance.lora_cfg_training=false: ESD needs the camera-free LoRA score, which is "
                 "only trained with lora_cfg_training=true."
             )
+        # ESD's update mixes the two LoRA scores with weights lambda and 1 - lambda (a convex mix,
+        # so lambda in [0, 1]; 0 = VSD, 1 = the camera-free score only); guidance_scale_lora = 1 - lambda
         if scale is not None:
+            check_range(GUIDANCE_PREFIX + "guidance_scale_lora", scale, 0.0, 1.0,
+                        why="for ESD it is 1 - lambda_coeff; prefer setting lambda_coeff", example=1.0 - DEFAULT_LAMBDA)
             return float(scale)
+        if lam is not None:
+            check_range(GUIDANCE_PREFIX + "lambda_coeff", lam, 0.0, 1.0,
+                        why="ESD's entropy weight: 0 = VSD, 1 = only the camera-free LoRA score", example=DEFAULT_LAMBDA)
         return 1.0 - float(DEFAULT_LAMBDA if lam is None else lam)
 
     @property

@@ -37,8 +37,8 @@ from typing import Dict, List, Optional, Tuple
 import torch
 
 from ..compat import register
-from ..errors import ConfigError
-from .diffusion_base import StableDiffusionGuidanceBase
+from .diffusion_base import GUIDANCE_PREFIX, StableDiffusionGuidanceBase, num_train_timesteps_of
+from .option_ranges import check_range, schedule_values
 
 
 @register("lucid-ism-guidance")
@@ -66,13 +66,45 @@ class ISMGuidance(StableDiffusionGuidanceBase):
 
     cfg: Config
 
+    def validate_config(self) -> None:
+        super().validate_config()
+        cfg, key, defaults = self.cfg, GUIDANCE_PREFIX, self.Config
+        # intervals are counted in indices of the N-entry DDIM table (N = the model's training
+        # timesteps, 1000 for SD): an interval of 0 makes s = t, one of N or more spans the whole table
+        n = num_train_timesteps_of(cfg.pretrained_model_name_or_path)
+        for name, why in (
+            ("delta_t", "the ISM interval t - s, in timestep indices"),
+            ("delta_t_start", "the interval at the start of warm-up, annealed to delta_t"),
+            ("xs_delta_t", "the DDIM inversion step from 0 towards s, in timestep indices"),
+        ):
+            check_range(key + name, getattr(cfg, name), 1, n - 1, integer=True,
+                        why=f"{why}; the model has {n} timesteps", example=getattr(defaults, name))
+        # ISM reaches x_s by DDIM inversion from ~t = 1 (LucidDreamer's xs_inv_steps, 5); LucidDreamer
+        # also takes 0 (x_s is then the noised latent at s)
+        check_range(key + "xs_inv_steps", cfg.xs_inv_steps, 0, integer=True,
+                    why="DDIM inversion steps towards s", example=defaults.xs_inv_steps)
+        # DDIM's eta: 0 deterministic, 1 DDPM-like
+        check_range(key + "xs_eta", cfg.xs_eta, 0.0, 1.0, why="DDIM eta inside the inversion", example=defaults.xs_eta)
+        # a CFG scale inside the inversion (<= 1: the inversion prompt alone, > 1: reverse CFG)
+        check_range(key + "denoise_guidance_scale", cfg.denoise_guidance_scale, 0.0,
+                    why="CFG scale inside the inversion", example=defaults.denoise_guidance_scale)
+        # the gradient's scale: negative ascends the score, 0 trains nothing (system.loss.lambda_ism=0 turns ISM off)
+        check_range(key + "lambda_guidance", cfg.lambda_guidance, 0.0, low_open=True,
+                    why="scale of the ISM gradient; LucidDreamer's configs use 0.1", example=0.1)
+        # a standard deviation
+        check_range(key + "offset_noise_scale", cfg.offset_noise_scale, 0.0,
+                    why="std of the offset noise shared by the batch", example=defaults.offset_noise_scale)
+        check_range(key + "warmup_iter", cfg.warmup_iter, 0, integer=True,
+                    why="warm-up length in steps; 0 = no warm-up", example=defaults.warmup_iter)
+        # the upper timestep bound at the start of warm-up, shrinking to max_step_percent
+        # (LucidDreamer: max_t_range 0.98 >= t_range[1] 0.5)
+        top = max(schedule_values(key + "max_step_percent", cfg.max_step_percent))
+        check_range(key + "max_t_range", cfg.max_t_range, top, 1.0,
+                    why=f"the upper bound at the start of warm-up, shrinking to max_step_percent={top:g}",
+                    example=defaults.max_t_range)
+
     def configure(self) -> None:
         super().configure()
-        if self.cfg.delta_t < 0 or self.cfg.delta_t_start < 0 or self.cfg.xs_delta_t <= 0 or self.cfg.xs_inv_steps < 0:
-            raise ConfigError(
-                "system.guidance.delta_t, delta_t_start, xs_inv_steps must be >= 0 and xs_delta_t > 0 "
-                f"(got {self.cfg.delta_t}, {self.cfg.delta_t_start}, {self.cfg.xs_inv_steps}, {self.cfg.xs_delta_t})."
-            )
         self.timestep_table = self.ddim_timestep_table()
         self.noise_generator = torch.Generator(device=self.device)
         self.noise_generator.manual_seed(self.cfg.noise_seed)

@@ -41,7 +41,8 @@ import torch.nn.functional as F
 
 from ..compat import register, warn
 from ..errors import ConfigError
-from .diffusion_base import StableDiffusionGuidanceBase, check_model_reachable
+from .diffusion_base import GUIDANCE_PREFIX, StableDiffusionGuidanceBase, check_model_reachable
+from .option_ranges import check_range
 
 LORA_MODEL_KEY = "system.guidance.pretrained_model_name_or_path_lora"
 ADAPTER_NAME = "lucid_vsd"
@@ -93,36 +94,45 @@ class VSDGuidance(StableDiffusionGuidanceBase):
 
     # ---- configuration ----
     def resolve_guidance_scale_lora(self) -> float:
-        """The CFG scale of the LoRA score (ESD derives it from ``lambda_coeff``)."""
+        """The CFG scale of the LoRA score, checked (ESD derives it from ``lambda_coeff``)."""
+        # a CFG scale over the camera: 0 = camera-free, 1 = camera-conditioned (VSD), > 1 extrapolates;
+        # negative guides away from the camera (ESD's lambda > 1, outside its convex mix)
+        check_range(GUIDANCE_PREFIX + "guidance_scale_lora", self.cfg.guidance_scale_lora, 0.0,
+                    why="CFG scale over the camera in the LoRA score; 1 = VSD", example=self.Config.guidance_scale_lora)
         return float(self.cfg.guidance_scale_lora)
 
-    def check_config(self) -> None:
-        if self.cfg.camera_condition_type not in CAMERA_CONDITION_TYPES:
+    def validate_config(self) -> None:
+        super().validate_config()
+        cfg, key = self.cfg, GUIDANCE_PREFIX
+        if cfg.camera_condition_type not in CAMERA_CONDITION_TYPES:
             raise ConfigError(
-                f"system.guidance.camera_condition_type='{self.cfg.camera_condition_type}' is not one of "
+                f"{key}camera_condition_type='{cfg.camera_condition_type}' is not one of "
                 f"{', '.join(CAMERA_CONDITION_TYPES)}."
             )
-        if self.cfg.enable_sequential_cpu_offload:
+        if cfg.enable_sequential_cpu_offload:
             raise ConfigError(
-                "system.guidance.enable_sequential_cpu_offload=true is not supported by VSD/ESD "
+                f"{key}enable_sequential_cpu_offload=true is not supported by VSD/ESD "
                 "(the LoRA UNet trains); use single-model mode to save memory instead."
             )
-        if self.cfg.lora_n_timestamp_samples < 1:
-            raise ConfigError("system.guidance.lora_n_timestamp_samples must be at least 1.")
-        if self.cfg.lora_rank < 1:
-            raise ConfigError("system.guidance.lora_rank must be at least 1.")
-        if not self.cfg.lora_target_modules:
-            raise ConfigError("system.guidance.lora_target_modules must name at least one module (e.g. to_q).")
+        check_range(key + "lora_n_timestamp_samples", cfg.lora_n_timestamp_samples, 1, integer=True,
+                    why="LoRA training timesteps per view", example=self.Config.lora_n_timestamp_samples)
+        check_range(key + "lora_rank", cfg.lora_rank, 1, integer=True, why="the LoRA's rank r",
+                    example=self.Config.lora_rank)
+        if cfg.lora_alpha is not None:
+            # the LoRA output is scaled by alpha / r: 0 switches it off, negative flips it
+            check_range(key + "lora_alpha", cfg.lora_alpha, 0.0, low_open=True,
+                        why="LoRA scale alpha / r; null means alpha = lora_rank", example=cfg.lora_rank)
+        if not cfg.lora_target_modules:
+            raise ConfigError(f"{key}lora_target_modules must name at least one module (e.g. to_q).")
+        self.guidance_scale_lora = self.resolve_guidance_scale_lora()
+        if self.guidance_scale_lora != 1.0 and not cfg.lora_cfg_training:
+            warn(
+                f"{key}guidance_scale_lora={self.guidance_scale_lora} uses the camera-free LoRA "
+                f"score, which is never trained with {key}lora_cfg_training=false."
+            )
 
     def configure(self) -> None:
-        self.check_config()
-        self.guidance_scale_lora = self.resolve_guidance_scale_lora()
-        if self.guidance_scale_lora != 1.0 and not self.cfg.lora_cfg_training:
-            warn(
-                f"system.guidance.guidance_scale_lora={self.guidance_scale_lora} uses the camera-free LoRA "
-                "score, which is never trained with system.guidance.lora_cfg_training=false."
-            )
-        super().configure()
+        super().configure()  # validate_config() first, then the pretrained model
         self.lora_models = self._lora_base_model()
         self.lora_prediction_type = self.lora_models.scheduler.config.get("prediction_type", "epsilon")
         self.num_train_timesteps_lora = self.lora_models.scheduler.config.num_train_timesteps

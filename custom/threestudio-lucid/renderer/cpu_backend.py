@@ -21,8 +21,11 @@ threads are torch's intra-op threads. ``scripts/bench_rasterizers.py`` compares 
 
 Build: the kernel is compiled by ``torch.utils.cpp_extension.load`` on first use (``-O3 -fopenmp``,
 ~15 s with g++ and ninja) and cached in torch's extensions folder (``TORCH_EXTENSIONS_DIR``, default
-``~/.cache/torch_extensions/<py>_cpu/lucid_rasterizer_cpu``); later processes load it in under a second, and an
-edited source is rebuilt automatically. The environment variable ``LUCID_CPU_KERNEL`` controls it:
+``~/.cache/torch_extensions/<py>_cpu/lucid_rasterizer_cpu_<hash>``); later processes load it in under a
+second. ``<hash>`` (:func:`kernel_build_name`) hashes the source text, the compiler flags and the torch
+version, so two checkouts (or an edited source) never rebuild each other's kernel nor wait on each
+other's lock, and identical sources share one build. The ``torch.ops`` namespace stays
+``lucid_rasterizer_cpu`` (set in the source). The environment variable ``LUCID_CPU_KERNEL`` controls it:
 unset or ``1`` builds on first use; ``0`` never builds (the ``reference`` backend is used, silently
 for ``auto``); ``require`` turns a failed build into a ``ConfigError`` instead of a fallback.
 Concurrent first uses wait for one build (torch's lock file in that folder; a build killed midway
@@ -34,6 +37,7 @@ only slower. ``backend: auto`` picks, per device type, the first available of ``
 (the C++ kernel on CPU; gsplat, then inria, on CUDA) and otherwise ``reference``, and logs its
 choice once.
 """
+import hashlib
 import os
 import sys
 import threading
@@ -67,7 +71,7 @@ from .reference import (
     view_outputs,
 )
 
-KERNEL_NAME = "lucid_rasterizer_cpu"  # extension name and torch.ops namespace
+KERNEL_NAME = "lucid_rasterizer_cpu"  # torch.ops namespace (TORCH_LIBRARY in the source); prefix of the build name
 KERNEL_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernel", "gaussian_rasterizer_cpu.cpp")
 KERNEL_SWITCH = "LUCID_CPU_KERNEL"
 
@@ -102,20 +106,34 @@ def _compiler_flags():
     return ["-O3", "-fopenmp"], ["-fopenmp"]
 
 
+def kernel_build_name(source: bytes, cflags, ldflags) -> str:
+    """The extension's name, hence its build folder and lock: ``lucid_rasterizer_cpu_<16 hex>`` from the
+    source text, the flags and the torch version (a kernel built against another torch must not be
+    loaded). torch keys its build folder by name only and rebuilds in place when the source differs,
+    so a name shared by two checkouts made them rebuild each other's kernel, waiting on one lock."""
+    if isinstance(source, str):
+        source = source.encode("utf-8")
+    digest = hashlib.sha256(source)
+    digest.update(repr((list(cflags), list(ldflags), torch.__version__, sys.version_info[:2])).encode())
+    return f"{KERNEL_NAME}_{digest.hexdigest()[:16]}"
+
+
 def _build_and_load():
     from torch.utils import cpp_extension
 
     if not os.path.exists(KERNEL_SOURCE):
         raise FileNotFoundError(f"{KERNEL_SOURCE} is missing (an install without the package's .cpp data)")
-    try:  # where load() builds: TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions/<py>_<accelerator>/<name>
-        build_dir = cpp_extension._get_build_directory(KERNEL_NAME, verbose=False)
-    except Exception:  # a private helper; only used for this message
-        build_dir = os.path.join(cpp_extension.get_default_build_root(), "...", KERNEL_NAME)
-    if not os.path.exists(os.path.join(build_dir, f"{KERNEL_NAME}.so")):
-        info(f"lucid: compiling the CPU rasterizer kernel in {build_dir} (once per machine, ~15-60 s)")
     cflags, ldflags = _compiler_flags()
+    with open(KERNEL_SOURCE, "rb") as f:
+        name = kernel_build_name(f.read(), cflags, ldflags)
+    try:  # where load() builds: TORCH_EXTENSIONS_DIR or ~/.cache/torch_extensions/<py>_<accelerator>/<name>
+        build_dir = cpp_extension._get_build_directory(name, verbose=False)
+    except Exception:  # a private helper; only used for this message
+        build_dir = os.path.join(cpp_extension.get_default_build_root(), "...", name)
+    if not os.path.exists(os.path.join(build_dir, f"{name}.so")):
+        info(f"lucid: compiling the CPU rasterizer kernel in {build_dir} (once per machine, ~15-60 s)")
     cpp_extension.load(
-        name=KERNEL_NAME,
+        name=name,
         sources=[KERNEL_SOURCE],
         extra_cflags=cflags,
         extra_ldflags=ldflags,
@@ -269,7 +287,7 @@ def _warn_fallback_once(reason: str) -> None:
             f"{KERNEL_SWITCH}=require to make this an error."
         )
         warn(
-            f"renderer.backend='cpu': the C++ rasterizer kernel is unavailable ({reason}); rendering with "
+            f"system.renderer.backend='cpu': the C++ rasterizer kernel is unavailable ({reason}); rendering with "
             f"the 'reference' torch backend instead (same images, far slower).{hint}"
         )
 
@@ -379,7 +397,7 @@ def rasterize_cpu(
                   screen_points=screen_points, near_plane=near_plane, tile_size=tile_size)
     if means.device.type != "cpu":
         raise ConfigError(
-            f"renderer.backend='cpu' renders CPU tensors, got {means.device}; use backend 'auto' or a CUDA backend"
+            f"system.renderer.backend='cpu' renders CPU tensors, got {means.device}; use backend 'auto' or a CUDA backend"
         )
     if load_kernel() is None:
         _warn_fallback_once(_STATE.error)
@@ -416,7 +434,7 @@ def auto_backend_name(device: torch.device) -> str:
                 break
         _STATE.auto_choice[kind] = choice
         reason = "" if choice != "reference" or kind != "cpu" else f" (the C++ kernel is unavailable: {_STATE.error})"
-        info(f"renderer.backend='auto': rendering {kind} tensors with the '{choice}' backend{reason}")
+        info(f"system.renderer.backend='auto': rendering {kind} tensors with the '{choice}' backend{reason}")
     return _STATE.auto_choice[kind]
 
 

@@ -23,7 +23,7 @@ RASTERIZER_BACKENDS: Dict[str, Callable[..., Dict[str, Tensor]]] = {"reference":
 
 
 def register_backend(name: str, rasterize: Callable[..., Dict[str, Tensor]]) -> None:
-    """Make ``rasterize`` selectable as ``renderer.backend=<name>``."""
+    """Make ``rasterize`` selectable as ``system.renderer.backend=<name>``."""
     if name in RASTERIZER_BACKENDS:
         raise ValueError(f"rasterizer backend '{name}' is already registered")
     RASTERIZER_BACKENDS[name] = rasterize
@@ -34,7 +34,7 @@ def get_backend(name: str) -> Callable[..., Dict[str, Tensor]]:
         return RASTERIZER_BACKENDS[name]
     except KeyError:
         known = ", ".join(sorted(RASTERIZER_BACKENDS))
-        raise ConfigError(f"renderer.backend='{name}' is unknown; known backends: {known}") from None
+        raise ConfigError(f"system.renderer.backend='{name}' is unknown; known backends: {known}") from None
 
 
 @register("lucid-gaussian-rasterizer")
@@ -68,9 +68,9 @@ class GaussianRasterizer(Rasterizer):
     def configure(self, geometry, material, background) -> None:
         super().configure(geometry, material, background)
         if self.cfg.tile_size < 1:
-            raise ConfigError(f"renderer.tile_size must be >= 1, got {self.cfg.tile_size}")
+            raise ConfigError(f"system.renderer.tile_size must be >= 1, got {self.cfg.tile_size}")
         if not 0.0 <= self.cfg.bg_inversion_prob <= 1.0:
-            raise ConfigError(f"renderer.bg_inversion_prob must be in [0, 1], got {self.cfg.bg_inversion_prob}")
+            raise ConfigError(f"system.renderer.bg_inversion_prob must be in [0, 1], got {self.cfg.bg_inversion_prob}")
         self.rasterize = get_backend(self.cfg.backend)
         # CUDA backends: a missing library or a setting the library cannot honour fails now, not at step 1
         library = getattr(self.rasterize, "library", None)

@@ -47,12 +47,12 @@ def check_settings(near_plane: float, tile_size: int) -> None:
     """The renderer settings the library hard-codes (checked when the renderer is configured)."""
     if abs(near_plane - NEAR_PLANE) > 1e-9:
         raise ConfigError(
-            f"renderer.near_plane={near_plane} is not supported by backend 'inria' (its near plane is fixed at "
+            f"system.renderer.near_plane={near_plane} is not supported by backend 'inria' (its near plane is fixed at "
             f"{NEAR_PLANE}); use {NEAR_PLANE} or another backend"
         )
     if tile_size != TILE_SIZE:
         raise ConfigError(
-            f"renderer.tile_size={tile_size} is not supported by backend 'inria' (its tiles are fixed at "
+            f"system.renderer.tile_size={tile_size} is not supported by backend 'inria' (its tiles are fixed at "
             f"{TILE_SIZE}); use {TILE_SIZE} or another backend"
         )
 
@@ -101,7 +101,7 @@ def render_with_inria(
     missing = [f for f in fields if f not in settings]
     if missing:
         raise ConfigError(
-            f"renderer.backend='inria': the installed diff_gaussian_rasterization wants settings this adapter "
+            f"system.renderer.backend='inria': the installed diff_gaussian_rasterization wants settings this adapter "
             f"does not know ({', '.join(missing)}); install the upstream version or one of the forks it documents"
         )
     rasterizer = library.GaussianRasterizer(raster_settings=library.GaussianRasterizationSettings(**settings))

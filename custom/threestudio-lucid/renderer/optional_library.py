@@ -46,8 +46,8 @@ class OptionalLibrary:
         (the renderer calls this when it is configured, before any rendering)."""
         if self.load() is None:
             raise ConfigError(
-                f"renderer.backend='{self.backend}' needs {self.module_name}, which is unavailable "
-                f"({self.error}); {self.install_hint}, or use renderer.backend=auto"
+                f"system.renderer.backend='{self.backend}' needs {self.module_name}, which is unavailable "
+                f"({self.error}); {self.install_hint}, or use system.renderer.backend=auto"
             )
         return self.module
 
@@ -56,7 +56,7 @@ class OptionalLibrary:
         module = self.require_module()
         if tensor.device.type != "cuda":
             raise ConfigError(
-                f"renderer.backend='{self.backend}' renders CUDA tensors, got {tensor.device}; "
-                f"use renderer.backend=auto (or cpu) on a machine without a GPU"
+                f"system.renderer.backend='{self.backend}' renders CUDA tensors, got {tensor.device}; "
+                f"use system.renderer.backend=auto (or cpu) on a machine without a GPU"
             )
         return module

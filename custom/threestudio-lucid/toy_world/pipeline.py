@@ -20,9 +20,11 @@ directory, or ``$LUCID_TOY_WORLD_CACHE``), encodes them with the ``ToyAutoencode
 with the folder's text encoder, and builds the ``ToyDenoiser``.
 
 Prompts must be the world's captions (``"a penguin"``; the prompt processor adds the view suffixes);
-other text is treated as the empty prompt (see ``prior``). The prompt processor caches embeddings by
-the folder's path: after rebuilding a world at the same path with another ``--seed`` (another text
-encoder), delete ``.threestudio_cache/text_embeddings``, or every prompt reads as unknown text.
+other text is treated as the empty prompt (see ``prior``). The bundled prompt processor's cache
+entries carry a fingerprint of the text encoder's files, so a world rebuilt at the same path with
+another ``--seed`` (another text encoder) gets its embeddings recomputed; inside threestudio, whose
+processor keys its cache by the path alone, delete ``.threestudio_cache/text_embeddings`` after such
+a rebuild.
 
 Console entry: ``lucid-build-toy-world PATH [--objects cube penguin] [--bandwidth 0.1] ...``.
 """

@@ -25,6 +25,13 @@ Deviations, each deliberate:
 - Prompt debiasing (``use_prompt_debiasing``, a BERT masked-LM) is not bundled: it raises a
   :class:`ConfigError`. Inside a threestudio checkout the real processor provides it.
 - Prompts that are equal (e.g. the empty negative prompt of all four views) are encoded once.
+- Every cached entry is checked before it is trusted: a file that does not load as a finite
+  ``[77, D]`` tensor (truncated by a full disk or an interrupted copy) is recomputed with a one-line
+  warning instead of crashing the run; and an entry whose model fingerprint (``model_fingerprint()``,
+  stored as an attribute of the saved tensor) differs from the model's files now is recomputed too,
+  since the key (threestudio's, kept so the files stay shared) holds the model's path, not its
+  contents. An entry without a fingerprint (written by threestudio) is recomputed once when the
+  model has one.
 - A ``lib:`` prompt with no ``load/prompt_library.json`` (or no match in it) is a one-line
   :class:`ConfigError` instead of a ``KeyError``.
 """
@@ -35,7 +42,7 @@ import os
 import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from ... import debug, info
+from ... import debug, info, warn
 from ...utils.base import BaseObject
 from ...utils.config import ConfigError
 from ...utils.misc import barrier, cleanup
@@ -44,6 +51,8 @@ from ...utils.typing import *
 # Both paths are relative to the working directory, as in threestudio.
 PROMPT_LIBRARY_PATH = os.path.join("load", "prompt_library.json")
 TEXT_EMBEDDINGS_CACHE_DIR = os.path.join(".threestudio_cache", "text_embeddings")
+# attribute of a cached embedding tensor naming the model files it was computed from
+FINGERPRINT_ATTRIBUTE = "lucid_model_fingerprint"
 
 
 def hash_prompt(model: str, prompt: str) -> str:
@@ -389,17 +398,63 @@ class PromptProcessor(BaseObject):
             self._cache_dir, f"{hash_prompt(self.cfg.pretrained_model_name_or_path, prompt)}.pt"
         )
 
+    def model_fingerprint(self) -> Optional[str]:
+        """A hash of the model files that decide the embeddings, stored with each cache entry so an
+        entry made by another model at the same path is not reused; None: not checked."""
+        return None
+
+    @staticmethod
+    def read_cache_file(path: str) -> Tensor:
+        """A cache entry as saved (on the CPU); raises ``ValueError`` saying why when the file is not a
+        finite ``[tokens, width]`` float tensor (e.g. truncated)."""
+        try:
+            embedding = torch.load(path, map_location="cpu")
+        except Exception as e:  # truncated zip, garbage bytes, an unpickling error
+            first = " ".join(str(e).split()).split(". ")[0][:160]  # torch's reasons run on for lines
+            raise ValueError(f"{type(e).__name__}: {first or 'unreadable'}") from None
+        if not isinstance(embedding, Tensor) or embedding.ndim != 2 or not embedding.is_floating_point():
+            raise ValueError(f"holds {type(embedding).__name__} {getattr(embedding, 'shape', '')}, not a [tokens, width] tensor")
+        if not bool(torch.isfinite(embedding).all()):
+            raise ValueError("holds non-finite values")
+        return embedding
+
+    def cache_entry_is_usable(self, prompt: str, fingerprint: Optional[str]) -> bool:
+        """Whether the cached embedding of ``prompt`` can be used as is; says why (one line) when a
+        file that exists cannot."""
+        path = self.cache_path(prompt)
+        if not os.path.exists(path):
+            return False
+        try:
+            embedding = self.read_cache_file(path)
+        except ValueError as e:
+            warn(f"Text embedding cache file {path} (prompt [{prompt}]) is truncated or unreadable ({e}): recomputing it.")
+            return False
+        stored = getattr(embedding, FINGERPRINT_ATTRIBUTE, None)
+        if fingerprint is not None and stored != fingerprint:
+            if stored is None:  # threestudio's (or an older host's) entry: nothing says which model made it
+                info(f"Text embedding cache file {path} (prompt [{prompt}]) has no model fingerprint: recomputing it.")
+            else:
+                warn(
+                    f"Text embedding cache file {path} (prompt [{prompt}]) was computed by other files at "
+                    f"{self.cfg.pretrained_model_name_or_path} (model fingerprint {stored}, now {fingerprint}): "
+                    "recomputing it."
+                )
+            return False
+        return True
+
     @rank_zero_only
     def prepare_text_embeddings(self) -> None:
-        """Encode every prompt that is not cached yet (all of them with ``use_cache=False``)."""
+        """Encode every prompt that is not cached yet, or whose cache entry is unusable (see the module
+        docstring); all of them with ``use_cache=False``."""
         os.makedirs(self._cache_dir, exist_ok=True)
         all_prompts = [self.prompt, self.negative_prompt] + self.prompts_vd + self.negative_prompts_vd
         unique_prompts = list(dict.fromkeys(all_prompts))
         model = self.cfg.pretrained_model_name_or_path
+        fingerprint = self.model_fingerprint() if self.cfg.use_cache else None
 
         to_compute = []
         for prompt in unique_prompts:
-            if self.cfg.use_cache and os.path.exists(self.cache_path(prompt)):
+            if self.cfg.use_cache and self.cache_entry_is_usable(prompt, fingerprint):
                 debug(f"Text embeddings for model {model} and prompt [{prompt}] are already in cache, skip processing.")
                 continue
             to_compute.append(prompt)
@@ -431,7 +486,13 @@ class PromptProcessor(BaseObject):
                 f"Text embedding file {path} for model {self.cfg.pretrained_model_name_or_path} "
                 f"and prompt [{prompt}] not found."
             )
-        return torch.load(path, map_location=self.device)
+        try:
+            return self.read_cache_file(path).to(self.device)
+        except ValueError as e:  # damaged after prepare_text_embeddings checked it (another process?)
+            raise ConfigError(
+                f"Text embedding file {path} for model {self.cfg.pretrained_model_name_or_path} and prompt "
+                f"[{prompt}] is unreadable ({e}): delete it and run again."
+            ) from None
 
     def __call__(self) -> PromptProcessorOutput:
         return PromptProcessorOutput(

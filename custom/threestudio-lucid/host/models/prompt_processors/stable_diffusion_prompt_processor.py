@@ -13,10 +13,17 @@ As threestudio's, except:
   construction, cached or not (so the tokenizer is loaded even when every embedding is cached), so an
   embedding cached by an older host that truncated is never reused;
 - each cache file holds a compact copy of its ``[77, D]`` row (``torch.save`` of a row view would
-  store the whole batch), written atomically;
+  store the whole batch), written atomically, tagged with a fingerprint of the model's text encoder
+  and tokenizer files (:func:`text_encoder_fingerprint`; a tensor attribute, so threestudio still
+  reads the file as the plain tensor it writes): an entry made by another model at the same path
+  (e.g. ``load/tiny-sd`` rebuilt with another seed) is recomputed, see ``base.py``;
+- a folder whose ``text_encoder/`` width differs from its ``unet/`` cross-attention width is a
+  one-line :class:`ConfigError` before anything is encoded;
 - a checkpoint that cannot be found is a one-line :class:`ConfigError` that names
   ``pretrained_model_name_or_path`` and how to make a local one (``lucid-build-tiny-sd PATH``).
 """
+import hashlib
+import json
 import os
 
 import torch
@@ -26,7 +33,7 @@ from ...utils.config import ConfigError
 from ...utils.misc import cleanup
 from ...utils.typing import *
 from ....prompt_length import check_prompt_lengths
-from .base import PromptProcessor, hash_prompt
+from .base import FINGERPRINT_ATTRIBUTE, PromptProcessor, hash_prompt
 
 TOKENIZER_SUBFOLDER = "tokenizer"
 TEXT_ENCODER_SUBFOLDER = "text_encoder"
@@ -68,6 +75,79 @@ def _check_model_folder(name: str) -> None:
             raise _model_not_found(name, f"the folder has no {' or '.join(s + '/' for s in missing)}")
     elif _looks_like_local_path(name):
         raise _model_not_found(name, "no such folder")
+
+
+def _local_model_folder(name: str) -> Optional[str]:
+    """The folder holding a model's files: ``name`` itself, or a hub id's snapshot in the local
+    Hugging Face cache; None when neither is found."""
+    if os.path.isdir(name):
+        return name
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(name, f"{TEXT_ENCODER_SUBFOLDER}/config.json")
+    except Exception:  # not a valid hub id, no huggingface_hub
+        return None
+    return os.path.dirname(os.path.dirname(hit)) if isinstance(hit, str) else None
+
+
+FINGERPRINT_CHUNK = 1 << 20  # bytes read at the start, middle and end of a large file
+
+
+def text_encoder_fingerprint(pretrained_model_name_or_path: str) -> Optional[str]:
+    """A short hash of the files that decide the embeddings (``tokenizer/`` and ``text_encoder/``):
+    each file's name, size and content (start, middle and end of files over 3 MiB, so a real
+    checkpoint costs a few MiB of reading). Equal for an identical rebuild, different for another
+    seed or model at the same path. None when the model's files are not on this machine."""
+    folder = _local_model_folder(pretrained_model_name_or_path)
+    if folder is None:
+        return None
+    digest = hashlib.sha256()
+    for sub in (TOKENIZER_SUBFOLDER, TEXT_ENCODER_SUBFOLDER):
+        directory = os.path.join(folder, sub)
+        names = sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+        for name in names:
+            path = os.path.join(directory, name)
+            if name.startswith(".") or not os.path.isfile(path):
+                continue
+            size = os.path.getsize(path)
+            digest.update(f"{sub}/{name}:{size}\n".encode())
+            with open(path, "rb") as f:
+                if size <= 3 * FINGERPRINT_CHUNK:
+                    digest.update(f.read())
+                else:
+                    for offset in (0, size // 2, size - FINGERPRINT_CHUNK):
+                        f.seek(offset)
+                        digest.update(f.read(FINGERPRINT_CHUNK))
+    return digest.hexdigest()[:16]
+
+
+def _read_config(folder: str, sub: str) -> Dict[str, Any]:
+    try:
+        with open(os.path.join(folder, sub, "config.json"), "r", encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def check_text_encoder_width(pretrained_model_name_or_path: str) -> None:
+    """The folder's text encoder must give the width its UNet cross-attends to (read from the two
+    config.json files, nothing loaded); a folder without a unet/ (a toy world) has nothing to compare."""
+    name = pretrained_model_name_or_path
+    folder = _local_model_folder(name)
+    if folder is None:
+        return
+    width = _read_config(folder, TEXT_ENCODER_SUBFOLDER).get("hidden_size")
+    cross = _read_config(folder, "unet").get("cross_attention_dim")
+    if isinstance(width, int) and isinstance(cross, int) and width != cross:
+        shown = name.rstrip("/\\")
+        raise ConfigError(
+            f"{CONFIG_PREFIX}.pretrained_model_name_or_path='{name}' does not fit together: {shown}/text_encoder "
+            f"gives {width}-d text embeddings (hidden_size={width}) but {shown}/unet cross-attends to {cross}-d "
+            f"ones (cross_attention_dim={cross}): point {CONFIG_PREFIX}.pretrained_model_name_or_path at a "
+            "complete Stable Diffusion folder whose text_encoder/ and unet/ come from the same model "
+            "(or rebuild it, e.g. `lucid-build-tiny-sd PATH`)."
+        )
 
 
 def load_tokenizer(pretrained_model_name_or_path: str):
@@ -112,10 +192,14 @@ def encode_prompts(tokenizer, text_encoder, prompts: List[str]) -> Float[Tensor,
     return text_encoder(tokens.input_ids.to(text_encoder.device))[0]
 
 
-def _save_embedding(embedding: Tensor, path: str) -> None:
+def _save_embedding(embedding: Tensor, path: str, fingerprint: Optional[str] = None) -> None:
     # write-then-rename, so an interrupted run never leaves a truncated cache entry behind
     tmp_path = f"{path}.tmp{os.getpid()}"
-    torch.save(embedding.detach().to("cpu").clone(), tmp_path)
+    row = embedding.detach().to("cpu").clone()
+    if fingerprint is not None:
+        # pickled with the tensor and restored by torch.load; threestudio's reader sees a plain tensor
+        setattr(row, FINGERPRINT_ATTRIBUTE, fingerprint)
+    torch.save(row, tmp_path)
     os.replace(tmp_path, path)
 
 
@@ -138,9 +222,14 @@ class StableDiffusionPromptProcessor(PromptProcessor):
         return named
 
     def prepare_text_embeddings(self) -> None:
-        """Check every prompt's length (see the module docstring), then encode what is not cached."""
+        """Check the folder's text encoder width and every prompt's length (see the module
+        docstring), then encode what is not cached."""
+        check_text_encoder_width(self.cfg.pretrained_model_name_or_path)
         check_prompt_lengths(load_tokenizer(self.cfg.pretrained_model_name_or_path), self.prompts_by_config_key())
         super().prepare_text_embeddings()
+
+    def model_fingerprint(self) -> Optional[str]:
+        return text_encoder_fingerprint(self.cfg.pretrained_model_name_or_path)
 
     # ---- on-demand encoding (threestudio keeps these for debugging; the cache path does not use them)
     def configure_text_encoder(self) -> None:
@@ -167,11 +256,12 @@ class StableDiffusionPromptProcessor(PromptProcessor):
     @staticmethod
     def spawn_func(pretrained_model_name_or_path: str, prompts: List[str], cache_dir: str) -> None:
         """Encode ``prompts`` and write each ``[77, D]`` embedding to
-        ``cache_dir/<hash_prompt(model, prompt)>.pt``."""
+        ``cache_dir/<hash_prompt(model, prompt)>.pt``, tagged with the model's fingerprint."""
         tokenizer, text_encoder = load_tokenizer_and_text_encoder(pretrained_model_name_or_path)
+        fingerprint = text_encoder_fingerprint(pretrained_model_name_or_path)
         embeddings = encode_prompts(tokenizer, text_encoder, prompts)
         os.makedirs(cache_dir, exist_ok=True)
         for prompt, embedding in zip(prompts, embeddings):
             path = os.path.join(cache_dir, f"{hash_prompt(pretrained_model_name_or_path, prompt)}.pt")
-            _save_embedding(embedding, path)
+            _save_embedding(embedding, path, fingerprint)
         del tokenizer, text_encoder
