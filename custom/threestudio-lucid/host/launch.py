@@ -7,37 +7,28 @@ Same flags (``--config``, ``--gpu``, one of ``--train|--validate|--test|--export
 
 Differences, on purpose: the accelerator is ``gpu`` only when CUDA is available (launch.py hard-codes
 it), and a bad input (config key, file, value, missing model) ends with one ``error:`` line and exit
-code 2 instead of a traceback.
+code 2 instead of a traceback. Also:
+
+- the experiment config is checked before torch, Lightning and the components are imported
+  (``preflight.py``; the console script starts that check even before the package import, see
+  ``early_launch_check.py``), and again, fully, once ``./custom`` is loaded;
+- ``trainer.max_steps`` must be >= 1 or -1 (no limit) with ``--train``: 0 would train nothing;
+- ``trainer.enable_progress_bar=false`` is honoured (launch.py always adds its progress bar, which
+  Lightning then rejects);
+- a run never writes into an earlier run's folder: ``--train`` into an existing folder
+  (``use_timestamp=false``, or a parsed.yaml's timestamp) is refused unless it resumes a checkpoint
+  of that run; ``--validate/--test/--export`` then write into a fresh timestamped folder;
+- the trial folder name is made safe from the tag (``utils/config.py:safe_folder_name``);
+- a launch that fails before training wrote anything removes the folders it created;
+- ``resume=`` must be a complete checkpoint (checked before anything is loaded).
 """
-import argparse
 import importlib
+import inspect
 import logging
 import os
 import sys
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lucid-launch",
-        description="Run a threestudio(-lucid) config: like threestudio's launch.py, on CPU or GPU. "
-        "Extra arguments are config overrides, e.g. system.prompt_processor.prompt='a cat'.",
-    )
-    parser.add_argument("--config", required=True, help="path to config file")
-    parser.add_argument(
-        "--gpu",
-        default="0",
-        help="GPU(s) to be used (comma list). Ignored when CUDA_VISIBLE_DEVICES is already set; "
-        "ignored on machines without CUDA.",
-    )
-    group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--train", action="store_true")
-    group.add_argument("--validate", action="store_true")
-    group.add_argument("--test", action="store_true")
-    group.add_argument("--export", action="store_true")
-    parser.add_argument("--gradio", action="store_true", help="accepted for compatibility; no effect")
-    parser.add_argument("--verbose", action="store_true", help="set logging level to DEBUG")
-    parser.add_argument("--typecheck", action="store_true", help="enable jaxtyping runtime type checks")
-    return parser
+from .preflight import build_parser  # noqa: F401  (launch.py's flags; light, used before the heavy imports)
 
 
 def _import_plugin(typecheck: bool):
@@ -147,8 +138,62 @@ def _find(compat, name: str, key: str):
 
 
 def _fail(message: str) -> int:
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    print(_preflight().error_line(message), file=sys.stderr)
     return 2
+
+
+def _preflight():
+    # looked up each time: --typecheck imports the package (and its ConfigError) afresh
+    return importlib.import_module("threestudio_lucid.host.preflight")
+
+
+def _remove_unused_run_dirs(created, trial_dir: str) -> None:
+    """Undo the folders of a launch that failed before training wrote anything.
+
+    Only folders this launch created (``created``, deepest first) are touched. The trial folder goes
+    only if it holds nothing but what the launcher itself puts there before training (``cmd.txt`` and
+    empty folders); anything else (a config snapshot, a checkpoint, an image) keeps it for the user.
+    """
+    trial_dir = os.path.abspath(trial_dir)
+    if trial_dir in created and os.path.isdir(trial_dir):
+        for root, _, files in os.walk(trial_dir):
+            if any(not (root == trial_dir and f == "cmd.txt") for f in files):
+                return
+        cmd = os.path.join(trial_dir, "cmd.txt")
+        if os.path.isfile(cmd):
+            os.remove(cmd)
+        for root, _, _ in sorted(os.walk(trial_dir), key=lambda w: -len(w[0])):
+            try:
+                os.rmdir(root)
+            except OSError:
+                return
+    for path in created:
+        if path != trial_dir:
+            try:
+                os.rmdir(path)  # only when empty: a parallel launch may have put its run there
+            except OSError:
+                return
+
+
+def _resume_status(torch, path: str):
+    """``(epoch, global_step)`` of the resume checkpoint; loading it first turns a damaged file into
+    one config error instead of a traceback from inside Lightning (tensors are memory-mapped, not
+    read)."""
+    from threestudio_lucid.errors import ConfigError
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=_preflight().is_zip_checkpoint(path))
+    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad files
+        raise ConfigError(
+            f"resume='{path}' is not a complete checkpoint ({type(e).__name__}: {e}): point it at a checkpoint "
+            "the training wrote, e.g. outputs/<name>/<run>/ckpts/last.ckpt."
+        ) from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ConfigError(
+            f"resume='{path}' is a torch file but not a Lightning checkpoint (no state_dict): point it at a "
+            "checkpoint the training wrote, e.g. outputs/<name>/<run>/ckpts/last.ckpt."
+        )
+    return ckpt.get("epoch", 0), ckpt.get("global_step", 0)
 
 
 def run(args, extras) -> int:
@@ -162,20 +207,31 @@ def run(args, extras) -> int:
         n_gpus = len(args.gpu.split(","))
         os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
 
+    # the config first: a bad value must not wait for torch, Lightning, ./custom or a model
+    preflight = _preflight()
+    try:
+        preflight.check(args, extras)
+    except preflight.UnknownResolverError:
+        pass  # an extension in ./custom may register it: checked again once they are loaded
+    except preflight.ConfigError as e:
+        return _fail(str(e))
+
     import pytorch_lightning as pl
     import torch
+    from pytorch_lightning.utilities.exceptions import MisconfigurationException
     from pytorch_lightning import Trainer
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
     from pytorch_lightning.loggers import CSVLogger
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
     compat = _import_plugin(args.typecheck)
-    from threestudio_lucid.errors import ConfigError
+    from threestudio_lucid.errors import ConfigError, NonFiniteError
     from threestudio_lucid.host.utils.callbacks import (
         CodeSnapshotCallback,
         ConfigSnapshotCallback,
         CustomProgressBar,
     )
+    from threestudio_lucid.host.utils.config import load_config
 
     load_custom_modules()
     use_gpu = torch.cuda.is_available()
@@ -183,12 +239,21 @@ def run(args, extras) -> int:
         n_gpus = 1
     _set_log_format(args.verbose)
 
+    preflight = _preflight()
     try:
-        cfg = compat.load_config(args.config, cli_args=extras, n_gpus=n_gpus)
-        if cfg.resume is not None and not os.path.isfile(cfg.resume):
-            raise ConfigError(f"resume='{cfg.resume}' does not exist: point it at a checkpoint, e.g. .../ckpts/last.ckpt")
+        plan = preflight.check(args, extras, n_gpus=n_gpus)
+    except ConfigError as e:
+        return _fail(str(e))
+    if plan.moved_from:
+        compat.info(f"'{plan.moved_from}' holds an earlier run: this run writes into '{plan.trial_dir}'.")
+    created = plan.missing_dirs()
+
+    try:
+        # the launcher's own load_config (with either threestudio): the folder just checked
+        cfg = load_config(args.config, cli_args=extras, n_gpus=n_gpus, timestamp=plan.timestamp)
         if not (args.train or cfg.resume is not None):
             compat.warn("No resume=<ckpt> given: evaluating a freshly initialised system.")
+        resume_status = _resume_status(torch, cfg.resume) if cfg.resume is not None else None
 
         pl.seed_everything(cfg.seed + compat.get_rank(), workers=True)
         dm = _find(compat, cfg.data_type, "data_type")(cfg.data)
@@ -197,13 +262,26 @@ def run(args, extras) -> int:
 
         callbacks, loggers = [], []
         if args.train:
+            try:
+                options = dict(cfg.checkpoint)
+                # a run continued in its own folder (resume=) keeps writing last.ckpt, not last-v1.ckpt;
+                # a new run never shares a folder, so nothing else can collide (Lightning >= 2.1)
+                if "enable_version_counter" in inspect.signature(ModelCheckpoint.__init__).parameters:
+                    options.setdefault("enable_version_counter", False)
+                checkpoint = ModelCheckpoint(dirpath=os.path.join(cfg.trial_dir, "ckpts"), **options)
+            except (TypeError, ValueError, MisconfigurationException) as e:
+                raise ConfigError(
+                    f"Invalid checkpoint option in 'checkpoint' ({e}): see pytorch_lightning's ModelCheckpoint arguments."
+                ) from None
             callbacks += [
-                ModelCheckpoint(dirpath=os.path.join(cfg.trial_dir, "ckpts"), **cfg.checkpoint),
+                checkpoint,
                 LearningRateMonitor(logging_interval="step"),
                 CodeSnapshotCallback(os.path.join(cfg.trial_dir, "code"), use_version=False),
                 ConfigSnapshotCallback(args.config, cfg, os.path.join(cfg.trial_dir, "configs"), use_version=False),
-                CustomProgressBar(refresh_rate=1),
             ]
+            # launch.py always adds its bar, and Lightning rejects a bar with enable_progress_bar=false
+            if cfg.trainer.get("enable_progress_bar", True) is not False:
+                callbacks.append(CustomProgressBar(refresh_rate=1))
             try:
                 from pytorch_lightning.loggers import TensorBoardLogger
 
@@ -229,29 +307,36 @@ def run(args, extras) -> int:
                 devices=-1 if use_gpu else 1,
                 **cfg.trainer,
             )
-        except TypeError as e:
+        except (TypeError, ValueError, MisconfigurationException) as e:
             raise ConfigError(f"Invalid trainer option in 'trainer' ({e}): see pytorch_lightning.Trainer's arguments.")
 
-        def set_system_status(ckpt_path):
-            if ckpt_path is None:
-                return
-            ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-            system.set_resume_status(ckpt["epoch"], ckpt["global_step"])
+        def set_system_status():
+            if resume_status is not None:
+                system.set_resume_status(*resume_status)
 
         if args.train:
             trainer.fit(system, datamodule=dm, ckpt_path=cfg.resume)
+            stop_signal = getattr(system, "stop_signal", None)
+            if getattr(system, "interrupted_checkpoint", None) and stop_signal is not None:
+                return 128 + int(stop_signal)  # the system saved and said how to resume; no test stage
             trainer.test(system, datamodule=dm)
         elif args.validate:
-            set_system_status(cfg.resume)
+            set_system_status()
             trainer.validate(system, datamodule=dm, ckpt_path=cfg.resume)
         elif args.test:
-            set_system_status(cfg.resume)
+            set_system_status()
             trainer.test(system, datamodule=dm, ckpt_path=cfg.resume)
         elif args.export:
-            set_system_status(cfg.resume)
+            set_system_status()
             trainer.predict(system, datamodule=dm, ckpt_path=cfg.resume)
     except ConfigError as e:
+        _remove_unused_run_dirs(created, plan.trial_dir)
         return _fail(str(e))
+    except NonFiniteError as e:  # the system stopped a diverged run; its checkpoints stay
+        return _fail(str(e))
+    except BaseException:
+        _remove_unused_run_dirs(created, plan.trial_dir)
+        raise
     return 0
 
 

@@ -1,22 +1,28 @@
 """Experiment configuration: threestudio's ``ExperimentConfig``, ``load_config`` and resolvers.
 
-Same fields, defaults, resolvers and strictness as threestudio. One addition: every config error is
+Same fields, defaults, resolvers and strictness as threestudio. Additions: every config error is
 raised as a :class:`ConfigError` (a ``TypeError`` for unknown keys, as threestudio raises, and a
-``ValueError`` otherwise) whose one-line message names the full key, where it came from, and the fix.
+``ValueError`` otherwise) whose one-line message names the full key, where it came from, and the fix;
+the trial folder name is made safe (:func:`safe_folder_name`), so a prompt cannot put it outside
+``exp_root_dir`` or past the file system's name length.
+
+This module imports only the standard library, omegaconf and packaging (no torch): ``lucid-launch``
+loads it on its own to check a config before the heavy imports (``host/preflight.py``).
 """
+import hashlib
 import os
+import re
+import unicodedata
 from dataclasses import dataclass, field, fields as dataclass_fields, is_dataclass
 from datetime import datetime, timedelta
+from typing import Any, List, Optional, Union
 
 import omegaconf
 from omegaconf import DictConfig, OmegaConf
 from packaging.version import Version
-from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException, UnsupportedInterpolationType
 
-from .typing import Any, List, Optional, Union
-
-
-from ...errors import ConfigError, UnknownConfigKeyError  # noqa: F401  (re-exported)
+from ...errors import ConfigError, UnknownConfigKeyError, UnknownResolverError  # noqa: F401  (re-exported)
 
 
 _OMEGACONF_VERSION = Version(omegaconf.__version__)
@@ -56,19 +62,24 @@ def C_max(value: Any) -> float:
     return max(value[1], value[2])
 
 
-_register_resolver("calc_exp_lr_decay_rate", lambda factor, n: factor ** (1.0 / n))
-_register_resolver("add", lambda a, b: a + b)
-_register_resolver("sub", lambda a, b: a - b)
-_register_resolver("mul", lambda a, b: a * b)
-_register_resolver("div", lambda a, b: a / b)
-_register_resolver("idiv", lambda a, b: a // b)
-_register_resolver("basename", lambda p: os.path.basename(p))
-_register_resolver("rmspace", lambda s, sub: s.replace(" ", sub))
-_register_resolver("tuple2", lambda s: [float(s), float(s)])
-_register_resolver("gt0", lambda s: s > 0)
-_register_resolver("cmaxgt0", lambda s: C_max(s) > 0)
-_register_resolver("not", lambda s: not s)
-_register_resolver("cmaxgt0orcmaxgt0", lambda a, b: C_max(a) > 0 or C_max(b) > 0)
+# threestudio's resolvers (by name; the launcher's early check removes them again, see preflight)
+RESOLVERS = {
+    "calc_exp_lr_decay_rate": lambda factor, n: factor ** (1.0 / n),
+    "add": lambda a, b: a + b,
+    "sub": lambda a, b: a - b,
+    "mul": lambda a, b: a * b,
+    "div": lambda a, b: a / b,
+    "idiv": lambda a, b: a // b,
+    "basename": lambda p: os.path.basename(p),
+    "rmspace": lambda s, sub: s.replace(" ", sub),
+    "tuple2": lambda s: [float(s), float(s)],
+    "gt0": lambda s: s > 0,
+    "cmaxgt0": lambda s: C_max(s) > 0,
+    "not": lambda s: not s,
+    "cmaxgt0orcmaxgt0": lambda a, b: C_max(a) > 0 or C_max(b) > 0,
+}
+for _name, _fn in RESOLVERS.items():
+    _register_resolver(_name, _fn)
 
 
 @dataclass
@@ -103,7 +114,8 @@ class ExperimentConfig:
     def __post_init__(self):
         if not self.tag and not self.use_timestamp:
             raise ConfigError("Either tag is specified or use_timestamp is True.")
-        self.trial_name = self.tag
+        # the folder name is made safe; the tag itself keeps the prompt's text
+        self.trial_name = safe_folder_name(self.tag)
         # a relaunch from a saved parsed.yaml keeps its timestamp
         if self.timestamp is None:
             self.timestamp = ""
@@ -116,22 +128,57 @@ class ExperimentConfig:
                         "please make sure you have a unique tag."
                     )
                 else:
-                    self.timestamp = self._free_timestamp()
-        self.trial_name += self.timestamp
-        self.exp_dir = os.path.join(self.exp_root_dir, self.name)
+                    self.timestamp = free_timestamp(os.path.join(self.exp_root_dir, safe_folder_name(self.name)), self.trial_name)
+        self.trial_name += safe_folder_name(self.timestamp, max_len=40)
+        self.exp_dir = os.path.join(self.exp_root_dir, safe_folder_name(self.name))
         self.trial_dir = os.path.join(self.exp_dir, self.trial_name)
-        os.makedirs(self.trial_dir, exist_ok=True)
 
 
-    def _free_timestamp(self) -> str:
-        """A fresh ``@YYYYmmdd-HHMMSS``; two runs started in the same second would share (and
-        overwrite) one trial folder, so the later one moves to the next free second."""
-        now = datetime.now()
-        while True:
-            stamp = now.strftime("@%Y%m%d-%H%M%S")
-            if not os.path.exists(os.path.join(self.exp_root_dir, self.name, self.tag + stamp)):
-                return stamp
-            now += timedelta(seconds=1)
+def free_timestamp(exp_dir: str, trial_prefix: str) -> str:
+    """A fresh ``@YYYYmmdd-HHMMSS``; two runs started in the same second would share (and
+    overwrite) one trial folder, so the later one moves to the next free second."""
+    now = datetime.now()
+    while True:
+        stamp = now.strftime("@%Y%m%d-%H%M%S")
+        if not os.path.exists(os.path.join(exp_dir, trial_prefix + stamp)):
+            return stamp
+        now += timedelta(seconds=1)
+
+
+# Folder names keep ASCII letters, digits and these; any other run of characters becomes one "_".
+_UNSAFE_RUN = re.compile(r"[^A-Za-z0-9_\-.,@+=]+")
+MAX_FOLDER_NAME = 100
+
+
+def safe_folder_name(text: str, max_len: int = MAX_FOLDER_NAME) -> str:
+    """``text`` as a single folder name that stays where it is put.
+
+    Path separators, ``..``, a leading dot, spaces left over and non-ASCII characters are replaced
+    (accents are dropped first: "café" -> "cafe"); the result is cut to ``max_len`` characters. When
+    anything changed, an 8-digit hash of the full text is appended, so two prompts that differ only
+    in what was replaced or cut still get different folders. Names that are already safe (threestudio's
+    usual ``a_DSLR_photo_of_a_corgi``) are returned unchanged.
+    """
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    safe = _UNSAFE_RUN.sub("_", ascii_text)
+    safe = re.sub(r"\.\.+", "_", safe)
+    if safe.startswith("."):
+        safe = "_" + safe[1:]
+    if safe == text and len(safe) <= max_len:
+        return safe
+    digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
+    return safe[: max_len - len(digest) - 1] + "-" + digest
+
+
+def make_trial_dir(cfg: Any) -> None:
+    """Create ``cfg.trial_dir`` (threestudio does it when the config is loaded)."""
+    try:
+        os.makedirs(cfg.trial_dir, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(
+            f"exp_root_dir='{cfg.exp_root_dir}' cannot hold the run folder '{cfg.trial_dir}' "
+            f"({e.strerror or e}): set exp_root_dir to a writable folder, e.g. exp_root_dir=outputs."
+        ) from None
 
 
 def _cli_keys(cli_args: List[str]) -> set:
@@ -153,11 +200,20 @@ def _where(full_key: str) -> str:
 
 
 def load_config(*yamls: str, cli_args: list = [], from_string=False, **kwargs) -> Any:
-    """Merge YAML files, command-line dotlist overrides and kwargs, resolve, and validate.
+    """Merge YAML files, command-line dotlist overrides and kwargs, resolve, validate, and create the
+    trial folder.
 
     Order and semantics follow threestudio: merge -> eager ``OmegaConf.resolve`` ->
-    ``parse_structured(ExperimentConfig, ...)``.
+    ``parse_structured(ExperimentConfig, ...)`` -> ``os.makedirs(trial_dir)``.
     """
+    cfg = read_config(*yamls, cli_args=cli_args, from_string=from_string, **kwargs)
+    make_trial_dir(cfg)
+    return cfg
+
+
+def read_config(*yamls: str, cli_args: list = [], from_string=False, **kwargs) -> Any:
+    """:func:`load_config` without touching the disk: the launcher checks a config with it before
+    anything is created."""
     yaml_confs = []
     for y in yamls:
         if from_string:
@@ -180,6 +236,23 @@ def load_config(*yamls: str, cli_args: list = [], from_string=False, **kwargs) -
             "Overrides are dotlist items such as system.guidance.guidance_scale=7.5"
         ) from None
     cfg = OmegaConf.merge(*yaml_confs, cli_conf, kwargs)
+    # threestudio fails on an unfilled ??? only when something reads it; name the key itself up front
+    # (resolving first would blame whatever interpolates it, e.g. the tag built from the prompt)
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        key = missing[0]
+        also = f" (also missing: {', '.join(missing[1:])})" if len(missing) > 1 else ""
+        raise ConfigError(
+            f"Missing mandatory value '{key}' (???) {_where(key)}{also}: "
+            f"set it, e.g. on the command line as {key}=..."
+        )
+    # `prompt=` on the command line is None: the tag interpolating it would fail with an AttributeError
+    prompt_key = "system.prompt_processor.prompt"
+    if OmegaConf.select(cfg, "system.prompt_processor") is not None and \
+            "prompt" in cfg.system.prompt_processor and cfg.system.prompt_processor._get_node("prompt")._is_none():
+        raise ConfigError(
+            f"{prompt_key} is empty {_where(prompt_key)}: give the prompt, e.g. {prompt_key}=\"a DSLR photo of a corgi\"."
+        )
     try:
         OmegaConf.resolve(cfg)
     except MissingMandatoryValue as e:
@@ -188,19 +261,18 @@ def load_config(*yamls: str, cli_args: list = [], from_string=False, **kwargs) -
             f"Missing mandatory value '{key}' (???) {_where(key)}: "
             f"set it, e.g. on the command line as {key}=..."
         ) from None
+    except UnsupportedInterpolationType as e:
+        key = getattr(e, "full_key", None) or "?"
+        raise UnknownResolverError(
+            f"Cannot resolve config key '{key}' {_where(key)}: {' '.join(str(e).split())}. "
+            "Use one of threestudio's resolvers or load the extension that registers it from ./custom."
+        ) from None
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "?"
         raise ConfigError(
             f"Cannot resolve config key '{key}' {_where(key)}: {' '.join(str(e).split())}"
         ) from None
     assert isinstance(cfg, DictConfig)
-    # threestudio fails on an unfilled ??? only when a component reads it; say which key, up front
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        key = missing[0]
-        raise ConfigError(
-            f"Missing mandatory value '{key}' (???) {_where(key)}: set it, e.g. on the command line as {key}=..."
-        )
     return parse_structured(ExperimentConfig, cfg)
 
 
@@ -213,13 +285,32 @@ def dump_config(path: str, config) -> None:
         OmegaConf.save(config=config, f=fp)
 
 
+# A component's config is a new OmegaConf root (parse_structured), so the keys below it start again
+# at its own fields; the key it came from is kept on that root to name nested keys in full
+# (system.guidance.x, not guidance.x).
+_KEY_PREFIX_ATTR = "_lucid_key_prefix"
+
+
+def _key_prefix(cfg) -> str:
+    try:
+        root = cfg._get_root()
+    except Exception:
+        return ""
+    return root.__dict__.get(_KEY_PREFIX_ATTR, "")
+
+
 def _full_key(cfg, key: str) -> str:
+    """``key`` of ``cfg`` as a dotted path from the experiment config's root."""
+    full = key
     if isinstance(cfg, DictConfig):
         try:
-            return cfg._get_full_key(key)
+            full = cfg._get_full_key(key)
         except Exception:
             pass
-    return key
+        prefix = _key_prefix(cfg)
+        if prefix:
+            full = f"{prefix}.{full}" if full else prefix
+    return full
 
 
 def parse_structured(fields: Any, cfg: Optional[Union[dict, DictConfig]] = None) -> Any:
@@ -241,14 +332,17 @@ def parse_structured(fields: Any, cfg: Optional[Union[dict, DictConfig]] = None)
                 f"Unknown config key '{key}' {_where(key)}: {owner} has no field '{unknown[0]}'. "
                 f"Valid fields: {', '.join(sorted(known))}. Fix the spelling or remove the key."
             )
+    prefix = _full_key(cfg, "") if isinstance(cfg, DictConfig) else ""
     try:
-        return OmegaConf.structured(fields(**cfg))
+        scfg = OmegaConf.structured(fields(**cfg))
     except ConfigError:
         raise
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or ""
-        prefix = _full_key(cfg, "") if isinstance(cfg, DictConfig) else ""
         if prefix and key and not key.startswith(prefix):
             key = f"{prefix}.{key}" if not prefix.endswith(".") else prefix + key
         msg = " ".join(str(e).split("\n")[0].split())
         raise ConfigError(f"Invalid value for config key '{key}' {_where(key)}: {msg}") from None
+    if prefix:
+        scfg.__dict__[_KEY_PREFIX_ATTR] = prefix
+    return scfg
