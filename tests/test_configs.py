@@ -45,3 +45,13 @@ def _data_config(data_type):
 
     return {"random-camera-datamodule": RandomCameraDataModuleConfig,
             "lucid-progressive-camera-datamodule": ProgressiveCameraConfig}[data_type]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_every_config_checkpoints_often_enough_that_a_crash_loses_little(path, tmp_path):
+    """A crash or kill -9 loses at most one checkpoint interval: every config checkpoints at least
+    four times a run, keeps every checkpoint and a last.ckpt, and the interval divides the run."""
+    cfg = load_config(path, cli_args=["system.prompt_processor.prompt=a penguin", f"exp_root_dir={tmp_path}"])
+    every, steps = cfg.checkpoint.every_n_train_steps, cfg.trainer.max_steps
+    assert 1 <= every <= steps // 4 and steps % every == 0, (every, steps)
+    assert cfg.checkpoint.save_last is True and cfg.checkpoint.save_top_k == -1

@@ -13,6 +13,11 @@ LucidDreamer's training distribution:
   ranges widen (radius x0.95, fovy x[0.75, 1.1], polar and azimuth x1.5), clamped to the ``max_*``
   ranges. ``update_step`` recomputes the ranges from the step, so it is idempotent and resumes right.
 
+Training batch ``i`` draws its random numbers from a generator seeded by the experiment seed and
+``i``, not from the global one, and the data module checkpoints which batches are drawn but not yet
+used (``rng.ResumableCameraStream``): a run resumed from a checkpoint sees the same cameras as the run
+it continues.
+
 Val/test orbits circle at ``default_radius``, ``default_polar`` and ``default_fovy``.
 """
 import math
@@ -34,6 +39,7 @@ from ..compat import (
     register,
 )
 from ..errors import ConfigError
+from ..rng import ResumableCameraDataModule, ResumableCameraStream
 
 PROJ_NEAR, PROJ_FAR = 0.01, 100.0
 
@@ -161,20 +167,21 @@ def spherical(radius: torch.Tensor, elevation_deg: torch.Tensor, azimuth_deg: to
     return torch.stack([radius * e.cos() * a.cos(), radius * e.cos() * a.sin(), radius * e.sin()], dim=-1)
 
 
-class ProgressiveCameraIterableDataset(IterableDataset, Updateable):
-    def __init__(self, cfg: ProgressiveCameraConfig) -> None:
+class ProgressiveCameraIterableDataset(ResumableCameraStream, IterableDataset, Updateable):
+    def __init__(self, cfg: ProgressiveCameraConfig, seed: Optional[int] = None) -> None:
         super().__init__()
         self.cfg = cfg
+        self._init_stream(seed)
         self.ranges = relaxed_ranges(cfg, 0)
 
-    def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False):
-        self.ranges = relaxed_ranges(self.cfg, global_step)
+    def _apply_step(self, step: Optional[int]) -> None:
+        self.ranges = relaxed_ranges(self.cfg, step or 0)
 
     def __iter__(self):
         while True:
             yield {}
 
-    def collate(self, batch) -> Dict[str, Any]:
+    def _sample_batch(self) -> Dict[str, Any]:
         cfg, r, n = self.cfg, self.ranges, self.cfg.batch_size
         radius = biased_uniform(n, *r["radius"])
         polar = biased_uniform(n, *r["polar"], gamma=cfg.rand_cam_gamma)
@@ -223,19 +230,25 @@ class ProgressiveCameraEvalDataset(Dataset):
 
 
 @register("lucid-progressive-camera-datamodule")
-class ProgressiveCameraDataModule(pl.LightningDataModule):
+class ProgressiveCameraDataModule(ResumableCameraDataModule, pl.LightningDataModule):
     cfg: ProgressiveCameraConfig
 
     def __init__(self, cfg=None) -> None:
         super().__init__()
         self.cfg = parse_structured(ProgressiveCameraConfig, cfg)
+        self.seed = torch.initial_seed()  # the experiment seed (the launchers seed before building this)
         c = self.cfg
+        for key in ("height", "width", "eval_height", "eval_width", "batch_size", "n_val_views", "n_test_views"):
+            value = getattr(c, key)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"data.{key}={value!r} must be a whole number >= 1.")
         if c.eval_batch_size != 1:
             raise ConfigError(f"data.eval_batch_size must be 1, got {c.eval_batch_size}.")
-        for key in ("radius_range", "polar_range", "azimuth_range", "fovy_range"):
-            lo, hi = getattr(c, key)
-            if lo > hi:
-                raise ConfigError(f"data.{key}={[lo, hi]} must be [low, high].")
+        for key in ("radius_range", "polar_range", "azimuth_range", "fovy_range", "max_radius_range",
+                    "max_polar_range", "max_azimuth_range", "max_fovy_range", "fovy_scale_up_factor"):
+            value = list(getattr(c, key))
+            if len(value) != 2 or not all(isinstance(v, (int, float)) for v in value) or value[0] > value[1]:
+                raise ConfigError(f"data.{key}={value} must be two numbers [low, high] with low <= high.")
         if c.scale_up_cameras_iter <= 0:
             raise ConfigError(f"data.scale_up_cameras_iter must be > 0, got {c.scale_up_cameras_iter}.")
         if not 0 < c.default_polar < 180:
@@ -243,17 +256,20 @@ class ProgressiveCameraDataModule(pl.LightningDataModule):
 
     def setup(self, stage=None) -> None:
         if stage in (None, "fit"):
-            self.train_dataset = ProgressiveCameraIterableDataset(self.cfg)
+            self.train_dataset = ProgressiveCameraIterableDataset(self.cfg, self.seed)
         if stage in (None, "fit", "validate"):
             self.val_dataset = ProgressiveCameraEvalDataset(self.cfg, "val")
         if stage in (None, "test", "predict"):
             self.test_dataset = ProgressiveCameraEvalDataset(self.cfg, "test")
 
+    # Each loader gets its own generator: a DataLoader iterator draws a base seed when it starts, from
+    # the global generator otherwise, which would shift every later draw of a resumed run.
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_dataset, batch_size=None, num_workers=0, collate_fn=self.train_dataset.collate)
+        return DataLoader(self.train_dataset, batch_size=None, num_workers=0, collate_fn=self.train_dataset.collate,
+                          generator=torch.Generator())
 
     def _eval_loader(self, dataset) -> DataLoader:
-        return DataLoader(dataset, batch_size=1, num_workers=0, collate_fn=dataset.collate)
+        return DataLoader(dataset, batch_size=1, num_workers=0, collate_fn=dataset.collate, generator=torch.Generator())
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self.val_dataset)

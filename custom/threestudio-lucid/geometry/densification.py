@@ -162,8 +162,8 @@ class DensificationStats:
             self.denom[vis] += 1
 
     def mean_grad(self) -> torch.Tensor:
-        g = self.grad_accum / self.denom
-        return torch.nan_to_num(g, nan=0.0)
+        # never-seen points (denom 0) have no gradient; NaN cannot get here (the system's numerical guard)
+        return torch.where(self.denom > 0, self.grad_accum / self.denom.clamp_min(1.0), torch.zeros_like(self.grad_accum))
 
     def select(self, keep: torch.Tensor) -> None:
         keep = keep.to(self.grad_accum.device)

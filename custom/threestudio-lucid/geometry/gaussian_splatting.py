@@ -36,6 +36,8 @@ PARAM_ATTRS = {
     "scaling": "_scaling",
     "rotation": "_rotation",
 }
+# the state_dict key torch gives get_extra_state() (densification statistics)
+EXTRA_STATE_KEY = "_extra_state"
 
 LR_FIELDS = ("position_lr", "feature_lr", "opacity_lr", "scaling_lr", "rotation_lr")
 
@@ -121,30 +123,30 @@ class GaussianSplatting(BaseGeometry):
     def _validate_config(self) -> None:
         c = self.cfg
         if c.init_type not in INIT_TYPES:
-            raise ConfigError(f"geometry.init_type='{c.init_type}' is unknown: use one of {', '.join(INIT_TYPES)}")
+            raise ConfigError(f"system.geometry.init_type='{c.init_type}' is unknown: use one of {', '.join(INIT_TYPES)}")
         if c.sh_degree not in (0, 1, 2, 3):
-            raise ConfigError(f"geometry.sh_degree={c.sh_degree} must be 0, 1, 2 or 3")
+            raise ConfigError(f"system.geometry.sh_degree={c.sh_degree} must be 0, 1, 2 or 3")
         if c.sh_degree_increase_interval < 0:
-            raise ConfigError(f"geometry.sh_degree_increase_interval={c.sh_degree_increase_interval} must be >= 0")
+            raise ConfigError(f"system.geometry.sh_degree_increase_interval={c.sh_degree_increase_interval} must be >= 0")
         if c.max_num < 1:
-            raise ConfigError(f"geometry.max_num={c.max_num} must be >= 1")
+            raise ConfigError(f"system.geometry.max_num={c.max_num} must be >= 1")
         if c.init_type not in ("ply",) and (int(c.init_num_pts) != c.init_num_pts or c.init_num_pts < 1):
-            raise ConfigError(f"geometry.init_num_pts={c.init_num_pts} must be a positive integer")
+            raise ConfigError(f"system.geometry.init_num_pts={c.init_num_pts} must be a positive integer")
         if c.init_type not in ("ply",) and c.init_num_pts > c.max_num:
-            raise ConfigError(f"geometry.init_num_pts={c.init_num_pts} exceeds geometry.max_num={c.max_num}: "
+            raise ConfigError(f"system.geometry.init_num_pts={c.init_num_pts} exceeds system.geometry.max_num={c.max_num}: "
                               "lower init_num_pts or raise max_num")
         if not c.init_radius > 0:
-            raise ConfigError(f"geometry.init_radius={c.init_radius} must be > 0")
+            raise ConfigError(f"system.geometry.init_radius={c.init_radius} must be > 0")
         if not 0 < c.init_opacity < 1:
-            raise ConfigError(f"geometry.init_opacity={c.init_opacity} must be in (0, 1)")
+            raise ConfigError(f"system.geometry.init_opacity={c.init_opacity} must be in (0, 1)")
         if not 0 < c.opacity_reset_value < 1:
-            raise ConfigError(f"geometry.opacity_reset_value={c.opacity_reset_value} must be in (0, 1)")
+            raise ConfigError(f"system.geometry.opacity_reset_value={c.opacity_reset_value} must be in (0, 1)")
         if not c.scene_extent > 0:
-            raise ConfigError(f"geometry.scene_extent={c.scene_extent} must be > 0")
+            raise ConfigError(f"system.geometry.scene_extent={c.scene_extent} must be > 0")
         if c.split_thresh is None and not c.percent_dense > 0:
-            raise ConfigError(f"geometry.percent_dense={c.percent_dense} must be > 0 (or set split_thresh)")
+            raise ConfigError(f"system.geometry.percent_dense={c.percent_dense} must be > 0 (or set split_thresh)")
         if c.split_thresh is not None and not float(c.split_thresh) > 0:
-            raise ConfigError(f"geometry.split_thresh={c.split_thresh} must be > 0 (or null to use percent_dense)")
+            raise ConfigError(f"system.geometry.split_thresh={c.split_thresh} must be > 0 (or null to use percent_dense)")
         self._init_rgb()  # validates init_color
         probe_steps = {0, 10 ** 9}
         for name in LR_FIELDS:
@@ -153,18 +155,18 @@ class GaussianSplatting(BaseGeometry):
                 try:
                     probe_steps.update(int(v) for v in value if isinstance(v, int))
                 except TypeError:
-                    raise ConfigError(f"geometry.{name}={value} must be a number or a C() schedule list") from None
+                    raise ConfigError(f"system.geometry.{name}={value} must be a number or a C() schedule list") from None
         for name in LR_FIELDS:
             for step in sorted(probe_steps):
                 try:
                     lr = C(getattr(c, name), 0, step, interpolation="exp")
                 except (ValueError, TypeError, ZeroDivisionError) as e:
                     raise ConfigError(
-                        f"geometry.{name}={getattr(c, name)} is not a valid exponential schedule ({e}): "
+                        f"system.geometry.{name}={getattr(c, name)} is not a valid exponential schedule ({e}): "
                         "use positive values, e.g. [0, 1e-3, 1e-5, 5000]"
                     ) from None
                 if lr < 0:
-                    raise ConfigError(f"geometry.{name}={getattr(c, name)} gives a negative learning rate")
+                    raise ConfigError(f"system.geometry.{name}={getattr(c, name)} gives a negative learning rate")
 
     def _init_rgb(self) -> torch.Tensor:
         color = self.cfg.init_color
@@ -174,7 +176,7 @@ class GaussianSplatting(BaseGeometry):
         except (TypeError, ValueError):
             rgb = None
         if rgb is None or rgb.shape != (3,) or not bool(((rgb >= 0) & (rgb <= 1)).all()):
-            raise ConfigError(f"geometry.init_color={color} must be a number or [r, g, b] with values in [0, 1]")
+            raise ConfigError(f"system.geometry.init_color={color} must be a number or [r, g, b] with values in [0, 1]")
         return rgb
 
     def _initialize(self) -> None:
@@ -182,7 +184,7 @@ class GaussianSplatting(BaseGeometry):
         colors = None
         if c.init_type == "ply":
             if not c.init_ply_path:
-                raise ConfigError("geometry.init_type='ply' needs geometry.init_ply_path: set it to a .ply file")
+                raise ConfigError("system.geometry.init_type='ply' needs system.geometry.init_ply_path: set it to a .ply file")
             if is_gaussian_ply(c.init_ply_path):
                 self.load_ply(c.init_ply_path)
                 return
@@ -380,11 +382,37 @@ class GaussianSplatting(BaseGeometry):
             if tuple(src.shape[1:]) != tuple(cur.shape[1:]):
                 raise ConfigError(
                     f"checkpoint tensor '{key}' has shape {tuple(src.shape)} but this geometry expects "
-                    f"[N, {', '.join(map(str, cur.shape[1:]))}]: set geometry.sh_degree to the checkpoint's degree"
+                    f"[N, {', '.join(map(str, cur.shape[1:]))}]: set system.geometry.sh_degree to the checkpoint's degree"
                 )
             setattr(self, attr, nn.Parameter(torch.empty(src.shape, dtype=cur.dtype, device=cur.device)))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
+        if prefix + EXTRA_STATE_KEY in missing_keys:  # a checkpoint from before the statistics were saved
+            missing_keys.remove(prefix + EXTRA_STATE_KEY)
+            self._loaded_extra_state = False
+
+    # The densification statistics and the step they were last updated at belong to the run: a resumed
+    # run must densify exactly as the run it continues (torch saves this as `<prefix>_extra_state`).
+    def get_extra_state(self) -> dict:
+        stats = self.densifier.stats
+        return {
+            "densification_stats": {
+                "grad_accum": stats.grad_accum.detach().cpu(),
+                "denom": stats.denom.detach().cpu(),
+                "max_radii2D": stats.max_radii2D.detach().cpu(),
+            },
+            "last_states_step": self._last_states_step,
+        }
+
+    def set_extra_state(self, state: dict) -> None:
+        stats = self.densifier.stats
+        saved = state.get("densification_stats", {})
+        device = self._xyz.device
+        if all(k in saved for k in ("grad_accum", "denom", "max_radii2D")):
+            stats.grad_accum, stats.denom, stats.max_radii2D = (
+                saved[k].to(device) for k in ("grad_accum", "denom", "max_radii2D"))
+        self._last_states_step = state.get("last_states_step")
+        self._loaded_extra_state = True
 
     @staticmethod
     def _after_load_state_dict(module, incompatible_keys) -> None:
@@ -395,8 +423,9 @@ class GaussianSplatting(BaseGeometry):
             rebind_parameters(params, module.optimizer)
             for p in params.values():
                 module.optimizer.state.pop(p, None)
-        module.densifier.stats.reset(module.num_points, module._xyz.device)
-        module._last_states_step = None
+        if not module.__dict__.pop("_loaded_extra_state", False) or module.densifier.stats.num_points != module.num_points:
+            module.densifier.stats.reset(module.num_points, module._xyz.device)
+            module._last_states_step = None
 
     def optimizer_state_dict(self) -> dict:
         return self.optimizer.state_dict()
@@ -457,7 +486,7 @@ class GaussianSplatting(BaseGeometry):
         k_rest = (self.cfg.sh_degree + 1) ** 2 - 1
         rest = torch.from_numpy(data["features_rest"])
         if rest.shape[1] != k_rest:
-            warn(f"PLY '{path}' has SH degree {data['sh_degree']}, geometry.sh_degree is {self.cfg.sh_degree}: "
+            warn(f"PLY '{path}' has SH degree {data['sh_degree']}, system.geometry.sh_degree is {self.cfg.sh_degree}: "
                  "extra bands are dropped, missing ones start at zero")
             fixed = torch.zeros(rest.shape[0], k_rest, 3)
             m = min(k_rest, rest.shape[1])
@@ -465,7 +494,7 @@ class GaussianSplatting(BaseGeometry):
             rest = fixed
         n = data["xyz"].shape[0]
         if n > self.cfg.max_num:
-            warn(f"PLY '{path}' holds {n} Gaussians, more than geometry.max_num={self.cfg.max_num}: "
+            warn(f"PLY '{path}' holds {n} Gaussians, more than system.geometry.max_num={self.cfg.max_num}: "
                  "the next update_states keeps a random subset of max_num")
         self.set_gaussians(
             {

@@ -16,7 +16,7 @@ import os
 import numpy as np
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, NonFiniteError
 
 BASE_PROPERTIES = ("x", "y", "z", "nx", "ny", "nz")
 GAUSSIAN_REQUIRED = ("x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
@@ -59,6 +59,13 @@ def write_gaussian_ply(path: str, xyz, features_dc, features_rest, opacity, scal
     ]
     data = np.concatenate(columns, axis=1)
     names = gaussian_ply_property_names(f_rest.shape[1])
+    bad = ~np.isfinite(data)
+    if bad.any():  # a diverged run: never hand NaN/inf to a viewer or the next run
+        columns_bad = sorted({names[j] for j in np.nonzero(bad.any(axis=0))[0]})
+        raise NonFiniteError(
+            f"refusing to write '{path}': {int(bad.any(axis=1).sum())} of {n} Gaussians have non-finite values "
+            f"({', '.join(columns_bad[:6])}{', ...' if len(columns_bad) > 6 else ''})"
+        )
     assert data.shape[1] == len(names)
     vertices = np.empty(n, dtype=[(name, "f4") for name in names])
     for i, name in enumerate(names):
@@ -83,6 +90,18 @@ def _read_vertices(path: str):
         raise ConfigError(f"PLY file '{path}' could not be read ({type(e).__name__}: {e}): give a valid .ply") from None
     names = [p.name for p in vertex.properties]
     return vertex, names
+
+
+def _check_finite(path: str, vertex, names) -> None:
+    """A PLY with NaN/inf (e.g. from a diverged run) must not seed a run: name the file and the columns."""
+    bad = [n for n in names if not np.isfinite(np.asarray(vertex[n], dtype=np.float64)).all()]
+    if bad:
+        count = int(np.logical_or.reduce([~np.isfinite(np.asarray(vertex[n], dtype=np.float64)) for n in bad]).sum())
+        raise ConfigError(
+            f"PLY file '{path}' has non-finite values (NaN or inf) in {', '.join(bad[:6])}"
+            f"{', ...' if len(bad) > 6 else ''} at {count} vertices: it cannot initialise Gaussians; "
+            "use a PLY from a run that did not diverge, or remove those vertices"
+        )
 
 
 def is_gaussian_ply(path: str) -> bool:
@@ -125,6 +144,8 @@ def read_gaussian_ply(path: str):
         raise ConfigError(f"PLY file '{path}' has {k_rest} SH coefficients per channel beyond DC, which is not "
                           "(d+1)^2-1 for any degree d")
     f_rest = stack(rest_names) if rest_names else np.zeros((n, 0), dtype=np.float32)
+    _check_finite(path, vertex, ["x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity"] + rest_names
+                  + _indexed(names, "scale_") + _indexed(names, "rot_"))
     return {
         "xyz": stack(["x", "y", "z"]),
         "features_dc": stack(["f_dc_0", "f_dc_1", "f_dc_2"]).reshape(n, 3, 1).transpose(0, 2, 1).copy(),
@@ -144,6 +165,7 @@ def read_point_cloud_ply(path: str):
     vertex, names = _read_vertices(path)
     if not all(c in names for c in ("x", "y", "z")):
         raise ConfigError(f"PLY file '{path}' has no x, y, z vertex properties: give a point cloud")
+    _check_finite(path, vertex, ["x", "y", "z"])
     pts = np.stack([np.asarray(vertex[c], dtype=np.float64) for c in ("x", "y", "z")], axis=1)
     colors = None
     if all(c in names for c in ("red", "green", "blue")):

@@ -10,16 +10,36 @@ One training step (manual optimisation, as threestudio-3dgs):
 Validation writes ``it{step}-{index}.png`` grids (rgb | depth | alpha); test writes
 ``it{step}-test/{index}.png`` frames, the orbit video ``it{step}-test.mp4`` and the splats as
 ``point_cloud.ply`` (INRIA layout) under ``save/``.
+
+Nothing is lost or silently wrong:
+- numerical guard: a non-finite loss term or gradient (checked after backward, before the optimizer
+  step) or a non-finite or runaway parameter (checked after it, before any checkpoint of that step)
+  stops the run with one ``NonFiniteError`` line: the step, what went bad, the last good checkpoint and
+  a hint. The guidance's cleaned gradient entries are logged as ``train/nonfinite_grad_entries``;
+- SIGINT / SIGTERM during training: at the end of the current step a checkpoint
+  ``ckpts/interrupted-step=<k>.ckpt`` and the splats ``save/it<k>-interrupted/<ply_name>`` are written,
+  with one line saying how to resume; a second signal stops at once;
+- resume is exact: the checkpoint holds the global random states (torch, CUDA, Python, NumPy), the
+  states of the guidance's own generators and, through the geometry and the data module, the
+  densification statistics and the camera stream; validation does not move the global generators.
 """
+import os
 import random
+import signal
+import threading
 from dataclasses import dataclass
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import torch
 
 from ..compat import USING_REAL_THREESTUDIO, BaseLift3DSystem, find, info, parse_optimizer, register, tv_loss
-from ..errors import ConfigError
+from ..errors import ConfigError, NonFiniteError
+from ..guidance.option_ranges import check_schedule_range
 from ..prompt_length import check_prompt_lengths, prompt_processor_prompts
+from ..rng import generator_states, global_rng_state, set_generator_states, set_global_rng_state
+
+RNG_CHECKPOINT_KEY = "lucid_rng_states"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 REGULARISERS = ("tv", "depth_tv", "scales", "opacity")
 
@@ -50,6 +70,9 @@ class GaussianSplattingSystem(BaseLift3DSystem):
         # toy world (issue 7): at test, score the asset against the world's held-out ground truth
         # (PSNR, mask IoU, Janus score); the world is the guidance's pretrained_model_name_or_path
         toy_world_eval: bool = False
+        # numerical guard: a Gaussian farther than this from the origin (world units; the object sits
+        # within ~1, cameras at ~2-6) means the optimisation ran away; 0 disables the bound
+        divergence_bound: float = 1000.0
 
     cfg: Config
 
@@ -58,6 +81,14 @@ class GaussianSplattingSystem(BaseLift3DSystem):
     def configure(self) -> None:
         if self.cfg.depth_map not in self.DEPTH_MAPS:
             raise ConfigError(f"system.depth_map='{self.cfg.depth_map}' must be one of {', '.join(self.DEPTH_MAPS)}.")
+        if not self.cfg.divergence_bound >= 0:
+            raise ConfigError(f"system.divergence_bound={self.cfg.divergence_bound} must be >= 0 (0 disables it).")
+        for key, value in self.cfg.loss.items():  # weights: numbers or C() schedules, checked before any model loads
+            check_schedule_range(f"system.loss.{key}", value, 0.0, why="a loss weight; 0 disables the term",
+                                 example=1.0)
+        self.stop_signal: Optional[int] = None
+        self.interrupted_checkpoint: Optional[str] = None
+        self._previous_handlers: Dict[int, Any] = {}
         super().configure()
         self.automatic_optimization = False
         self.guidance = find(self.cfg.guidance_type)(self.cfg.guidance)
@@ -67,6 +98,7 @@ class GaussianSplattingSystem(BaseLift3DSystem):
                 f"but {self.cfg.guidance_type} is camera-conditioned: set system.guidance_flip_prob=0."
             )
         self.check_prompt_lengths()
+        self.check_toy_world_prompt()
         self.prompt_processor = find(self.cfg.prompt_processor_type)(self.cfg.prompt_processor)
         self.prompt_utils = self.prompt_processor()
 
@@ -85,6 +117,21 @@ class GaussianSplattingSystem(BaseLift3DSystem):
         except (OSError, ValueError):  # not loadable here: threestudio reports it when it loads the encoder
             return
         check_prompt_lengths(tokenizer, prompt_processor_prompts(self.cfg.prompt_processor))
+
+    def check_toy_world_prompt(self) -> None:
+        """The toy-world scores need the prompt to name one of the world's objects: say so now, not
+        after training."""
+        if not self.cfg.toy_world_eval:
+            return
+        from ..toy_world.evaluate import object_of_prompt
+        from ..toy_world.pipeline import read_toy_world_settings
+
+        settings = read_toy_world_settings(self.cfg.guidance.pretrained_model_name_or_path)
+        try:
+            object_of_prompt(self.cfg.prompt_processor.prompt, settings.objects)
+        except ValueError as e:
+            raise ConfigError(f"system.prompt_processor.prompt: {e} (system.toy_world_eval=true scores the "
+                              "object the prompt names).") from None
 
     # ---- optimisation ----
     def configure_optimizers(self):
@@ -163,22 +210,28 @@ class GaussianSplattingSystem(BaseLift3DSystem):
         out = self.renderer(**batch)
         guidance_out = self.guidance(self.guidance_input(out), self.prompt_utils, **batch)
 
-        loss = 0.0
+        loss, terms = 0.0, {}
         for name, value in guidance_out.items():
             if name.startswith("loss_"):
                 self.log(f"train/{name}", value)
-                loss = loss + self._weighted(name, value)
+                terms[name] = self._weighted(name, value)
+                loss = loss + terms[name]
             elif self.cfg.log_guidance_diagnostics and _is_scalar(value):
                 self.log(f"train/{name}", float(value))
         for name, value in self.regularisers(out).items():
             self.log(f"train/{name}", value)
-            loss = loss + self._weighted(name, value)
+            terms[name] = self._weighted(name, value)
+            loss = loss + terms[name]
         self.log("train/loss", loss, prog_bar=True)
         self.log("gauss_num", float(self.geometry.num_points), prog_bar=True)
+        cleaned = getattr(self.guidance, "nonfinite_grad_entries", None)
+        if cleaned is not None:
+            self.log("train/nonfinite_grad_entries", cleaned.float() if torch.is_tensor(cleaned) else float(cleaned))
 
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
         self.manual_backward(loss)
+        self.check_loss_and_gradients(loss, terms)
         self.geometry.update_states(
             self.true_global_step, out["visibility_filter"], out["radii"], out["viewspace_points"]
         )
@@ -189,7 +242,147 @@ class GaussianSplattingSystem(BaseLift3DSystem):
             self.trainer.strategy.optimizer_step(opt.optimizer, lambda: None)
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
+        self.check_parameters()
         return {"loss": loss.detach()}
+
+    # ---- numerical guard ----
+    # Each check is one host-device synchronisation per step (unavoidable: the run must stop at this
+    # step, before its optimizer step or its checkpoint); the details are only computed on failure.
+    def check_loss_and_gradients(self, loss: torch.Tensor, terms: Dict[str, torch.Tensor]) -> None:
+        grads = {name: p.grad for name, p in self.geometry.gaussian_parameters().items() if p.grad is not None}
+        finite = torch.stack([torch.isfinite(loss).all()] + [torch.isfinite(g).all() for g in grads.values()])
+        if bool(finite.all()):
+            return
+        bad_terms = [f"{name}={float(v.detach()):.4g}" for name, v in terms.items() if not torch.isfinite(v).all()]
+        if bad_terms:
+            what = f"the loss is not finite ({', '.join(bad_terms)})"
+        else:
+            bad = {name: int((~torch.isfinite(g)).sum()) for name, g in grads.items() if not torch.isfinite(g).all()}
+            what = "non-finite gradients of the Gaussians' " + ", ".join(f"{n} ({c} entries)" for n, c in bad.items())
+        self.stop_diverged(what, "lower the learning rates (system.geometry.*_lr) or system.guidance.guidance_scale, "
+                                 "or clip the guidance gradient with system.guidance.grad_clip")
+
+    def check_parameters(self) -> None:
+        params = self.geometry.gaussian_parameters()
+        checks = [torch.isfinite(p).all() for p in params.values()]
+        xyz_max = params["xyz"].detach().abs().max() if params["xyz"].numel() else torch.zeros(())
+        bound = self.cfg.divergence_bound
+        if bound > 0:
+            checks.append(xyz_max <= bound)
+        if bool(torch.stack(checks).all()):
+            return
+        bad = {n: int((~torch.isfinite(p)).sum()) for n, p in params.items() if not torch.isfinite(p).all()}
+        if bad:
+            what = "the optimizer step made Gaussian parameters non-finite: " + ", ".join(
+                f"{n} ({c} entries)" for n, c in bad.items())
+        else:
+            what = (f"the Gaussians ran away: one is {float(xyz_max):.3g} from the origin, beyond "
+                    f"system.divergence_bound={bound:g}")
+        self.stop_diverged(what, "lower the learning rates (system.geometry.position_lr, scaling_lr, ...)")
+
+    def stop_diverged(self, what: str, hint: str) -> None:
+        last = self.last_checkpoint()
+        where = f"the last good checkpoint is {last}" if last else "no checkpoint was written before it"
+        raise NonFiniteError(f"training diverged at step {self.true_global_step}: {what}; {where} "
+                             f"(nothing later is saved); {hint}")
+
+    def checkpoint_dir(self) -> Optional[str]:
+        callback = getattr(self.trainer, "checkpoint_callback", None) if self._trainer is not None else None
+        if callback is not None and getattr(callback, "dirpath", None):
+            return callback.dirpath
+        if self._save_dir is not None:  # threestudio's layout: <trial>/ckpts beside <trial>/save
+            return os.path.join(os.path.dirname(os.path.abspath(self._save_dir)), "ckpts")
+        return None
+
+    def last_checkpoint(self) -> Optional[str]:
+        folder = self.checkpoint_dir()
+        if not folder or not os.path.isdir(folder):
+            return None
+        ckpts = [os.path.join(folder, f) for f in os.listdir(folder) if f.endswith(".ckpt")]
+        named = [c for c in ckpts if not os.path.basename(c).startswith("last")]  # last.ckpt copies one of them
+        return max(named or ckpts, key=os.path.getmtime) if ckpts else None
+
+    # ---- exact resume ----
+    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        checkpoint[RNG_CHECKPOINT_KEY] = {
+            "global": global_rng_state(),
+            "guidance": generator_states(self.guidance),
+        }
+
+    def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        states = checkpoint.get(RNG_CHECKPOINT_KEY)
+        if states is None:
+            return
+        set_global_rng_state(states["global"])
+        set_generator_states(self.guidance, states.get("guidance", {}))
+
+    def on_validation_epoch_start(self) -> None:
+        # validation must not move the generators training draws from (a resumed run skips it)
+        self._rng_before_validation = global_rng_state()
+
+    def on_validation_epoch_end(self):
+        state = self.__dict__.pop("_rng_before_validation", None)
+        if state is not None:
+            set_global_rng_state(state)
+
+    # ---- interruption ----
+    def on_train_start(self) -> None:
+        # here, not in on_fit_start: Lightning installs its own SIGTERM handler between the two, and
+        # that one ends fit() with SystemExit(None) at the next step, i.e. exit status 0
+        self.stop_signal = None
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be installed from the main thread
+        for signum in STOP_SIGNALS:
+            self._previous_handlers[signum] = signal.getsignal(signum)
+            signal.signal(signum, self._on_stop_signal)
+
+    def _on_stop_signal(self, signum, frame) -> None:
+        if self.stop_signal is not None:  # asked twice: stop now, the usual way
+            self._restore_signal_handlers()
+            raise KeyboardInterrupt
+        self.stop_signal = signum
+        print(f"\n{signal.Signals(signum).name} received: stopping after this step, saving a checkpoint and "
+              "the splats (send it again to stop at once)", flush=True)
+
+    def _restore_signal_handlers(self) -> None:
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous_handlers = {}
+
+    def on_fit_end(self) -> None:
+        self._restore_signal_handlers()
+
+    def on_train_end(self) -> None:
+        """The end state is always checkpointed: with max_steps not a multiple of
+        checkpoint.every_n_train_steps, Lightning before 2.2 writes no last.ckpt for it."""
+        callback = getattr(self.trainer, "checkpoint_callback", None)
+        if callback is None or not getattr(callback, "save_last", False) or self.interrupted_checkpoint:
+            return
+        if getattr(callback, "_last_global_step_saved", None) == self.trainer.global_step:
+            return
+        self.trainer.save_checkpoint(os.path.join(callback.dirpath, "last.ckpt"))
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        super().on_train_batch_end(outputs, batch, batch_idx)
+        if self.stop_signal is not None and self.interrupted_checkpoint is None:
+            self.save_interrupted()
+
+    def save_interrupted(self) -> None:
+        """After the step in progress: a checkpoint and the PLY, one line on how to resume, then stop."""
+        step = self.true_global_step
+        folder = self.checkpoint_dir() or "."
+        ckpt = os.path.join(folder, f"interrupted-step={step}.ckpt")
+        self.trainer.save_checkpoint(ckpt)
+        ply = self.get_save_path(f"it{step}-interrupted/{self.cfg.ply_name}") if self._save_dir else None
+        if ply is not None:
+            self.geometry.save_ply(ply)
+        self.interrupted_checkpoint = ckpt
+        self.trainer.should_stop = True
+        trial = os.path.dirname(os.path.abspath(folder))
+        launcher = "python launch.py" if USING_REAL_THREESTUDIO else "lucid-launch"
+        print(f"\n{signal.Signals(self.stop_signal).name}: stopped at step {step}; checkpoint {ckpt}"
+              f"{f', splats {ply}' if ply else ''}. Resume with: {launcher} --config "
+              f"{os.path.join(trial, 'configs', 'parsed.yaml')} --train resume={ckpt}", flush=True)
 
     # ---- evaluation ----
     def _view_grid(self, out: Dict[str, Any]):
@@ -207,9 +400,6 @@ class GaussianSplattingSystem(BaseLift3DSystem):
             name="validation_step",
             step=self.true_global_step,
         )
-
-    def on_validation_epoch_end(self):
-        pass
 
     def test_step(self, batch, batch_idx):
         out = self.renderer(**batch)

@@ -217,13 +217,43 @@ def test_light_positions_follow_the_sampling_strategy():
 
 
 def test_same_seed_gives_the_same_batch():
-    dm = make_module(batch_size=3, height=16, width=16)
     seed(7)
-    first = train_batch(dm)
+    first = train_batch(make_module(batch_size=3, height=16, width=16))
     seed(7)
-    second = train_batch(dm)
+    second = train_batch(make_module(batch_size=3, height=16, width=16))
     for key in TRAIN_KEYS - {"height", "width"}:
         torch.testing.assert_close(first[key], second[key])
+    seed(8)
+    other = train_batch(make_module(batch_size=3, height=16, width=16))
+    assert not torch.allclose(first["c2w"], other["c2w"])
+
+
+def test_batches_draw_from_their_own_stream_and_resume_exactly():
+    """Batch i comes from a generator seeded by the seed and i: drawing cameras leaves the global
+    generators alone, and a data set resumed from ``resume_state`` redraws the batches the first
+    one had drawn but not yet handed to a step (Lightning draws one ahead), ranges included."""
+    seed(3)
+    dm = make_module(batch_size=2, height=16, width=16, progressive_until=4)
+    ds = dm.train_dataset
+    before = (torch.get_rng_state(), random.getstate())
+    batches = [ds.collate(None)]
+    for step in range(6):  # as in training: batch step+1 is drawn before update_step(step)
+        batches.append(ds.collate(None))
+        ds.update_step(0, step)
+        if step == 2:
+            saved = ds.resume_state(consumed=3)  # the checkpoint after step 2: batch 3 is drawn, not used
+    assert torch.equal(before[0], torch.get_rng_state()) and before[1] == random.getstate()
+    seed(99)  # whatever the global state, the cameras only depend on the seed the data set was made with
+    resumed = make_module(batch_size=2, height=16, width=16, progressive_until=4).train_dataset
+    resumed.seed = ds.seed
+    resumed.load_resume_state(saved)
+    again = {3: resumed.collate(None)}  # the resumed loop draws batch 3 again before its first step
+    for step in (3, 4):
+        again[step + 1] = resumed.collate(None)
+        resumed.update_step(0, step)
+    for index, batch in again.items():
+        torch.testing.assert_close(batch["c2w"], batches[index]["c2w"])
+        torch.testing.assert_close(batch["elevation"], batches[index]["elevation"])
 
 
 # ---------------------------------------------------------------------------------------------

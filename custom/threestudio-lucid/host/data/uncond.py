@@ -31,6 +31,7 @@ from .. import debug, register, warn
 from ..utils.base import Updateable
 from ..utils.config import ConfigError, config_to_primitive, parse_structured
 from ..utils.ops import get_mvp_matrix, get_projection_matrix, get_ray_directions, get_rays
+from ...rng import ResumableCameraDataModule, ResumableCameraStream
 from ..utils.typing import *
 
 # near/far planes of proj_mtx (hard-coded in threestudio too)
@@ -73,19 +74,24 @@ class RandomCameraDataModuleConfig:
 # --------------------------------------------------------------------------------------------------
 # configuration checks
 # --------------------------------------------------------------------------------------------------
-def _as_int_list(value: Any) -> List[int]:
-    """An int, or a list/ListConfig of ints, as a list of Python ints."""
+def _sizes(cfg: Any, name: str) -> List[int]:
+    """``data.<name>``: a whole number >= 1, or a list of them (one per resolution stage)."""
+    value = getattr(cfg, name)
     if isinstance(value, ListConfig):
         value = config_to_primitive(value)
-    if isinstance(value, (list, tuple)):
-        return [int(v) for v in value]
-    return [int(value)]
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
+        raise ConfigError(
+            f"data.{name}={value!r} must be a whole number >= 1 or a list of them, one per resolution "
+            f"stage (e.g. data.{name}={1 if name == 'batch_size' else 64})."
+        )
+    return values
 
 
 def _resolution_stages(cfg: Any) -> Tuple[List[int], List[int], List[int], List[int]]:
     """``(heights, widths, batch_sizes, milestones)`` with milestones prefixed by -1 (stage 0)."""
-    heights, widths = _as_int_list(cfg.height), _as_int_list(cfg.width)
-    batch_sizes = _as_int_list(cfg.batch_size)
+    heights, widths = _sizes(cfg, "height"), _sizes(cfg, "width")
+    batch_sizes = _sizes(cfg, "batch_size")
     if not len(heights) == len(widths) == len(batch_sizes):
         raise ConfigError(
             f"data.height, data.width and data.batch_size must have the same number of stages, got "
@@ -115,6 +121,9 @@ def _check_config(cfg: Any) -> None:
             f"Unknown data.light_sample_strategy '{cfg.light_sample_strategy}': "
             f"use one of {', '.join(LIGHT_SAMPLE_STRATEGIES)}."
         )
+    for name in ("eval_height", "eval_width"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"data.{name}={getattr(cfg, name)} must be a whole number >= 1 (e.g. data.{name}=512).")
     _resolution_stages(cfg)
 
 
@@ -166,14 +175,14 @@ def _world_up(n: int) -> Float[Tensor, "n 3"]:
 # --------------------------------------------------------------------------------------------------
 # training: a fresh random batch per step
 # --------------------------------------------------------------------------------------------------
-class RandomCameraIterableDataset(IterableDataset, Updateable):
+class RandomCameraIterableDataset(ResumableCameraStream, IterableDataset, Updateable):
     """Endless stream of empty items; :meth:`collate` samples a whole batch of cameras.
 
     Load it with ``DataLoader(batch_size=None, num_workers=0, collate_fn=dataset.collate)``: the
     resolution and ranges change in :meth:`update_step`, which worker processes would not see.
     """
 
-    def __init__(self, cfg: Any) -> None:
+    def __init__(self, cfg: Any, seed: Optional[int] = None) -> None:
         super().__init__()
         self.cfg: RandomCameraDataModuleConfig = cfg
         _check_config(cfg)
@@ -186,6 +195,9 @@ class RandomCameraIterableDataset(IterableDataset, Updateable):
         self.azimuth_range = list(cfg.azimuth_range)
         self.camera_distance_range = list(cfg.camera_distance_range)
         self.fovy_range = list(cfg.fovy_range)
+        # batch i draws from a generator seeded by the experiment seed and i, and the data module
+        # checkpoints the batches drawn but not yet used: a resumed run sees the same cameras
+        self._init_stream(seed)
 
     def _set_stage(self, stage: int) -> None:
         self.height: int = self.heights[stage]
@@ -193,7 +205,14 @@ class RandomCameraIterableDataset(IterableDataset, Updateable):
         self.batch_size: int = self.batch_sizes[stage]
         self.directions_unit_focal = self.directions_unit_focals[stage]
 
-    def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False):
+    def _apply_step(self, global_step: Optional[int]) -> None:
+        """The resolution stage and ranges at ``global_step`` (``None``: as configured, before the
+        first ``update_step``, as threestudio's data set starts)."""
+        if global_step is None:
+            self._set_stage(0)
+            self.elevation_range = list(self.cfg.elevation_range)
+            self.azimuth_range = list(self.cfg.azimuth_range)
+            return
         self._set_stage(bisect.bisect_right(self.resolution_milestones, global_step) - 1)
         debug(f"Training height: {self.height}, width: {self.width}, batch_size: {self.batch_size}")
         self.progressive_view(global_step)
@@ -255,7 +274,7 @@ class RandomCameraIterableDataset(IterableDataset, Updateable):
             f"use one of {', '.join(LIGHT_SAMPLE_STRATEGIES)}."
         )
 
-    def collate(self, batch) -> Dict[str, Any]:
+    def _sample_batch(self) -> Dict[str, Any]:
         cfg, n = self.cfg, self.batch_size
         elevation_deg = self._sample_elevation_deg(n)
         azimuth_deg = self._sample_azimuth_deg(n)
@@ -371,17 +390,18 @@ class RandomCameraDataset(Dataset):
 
 
 @register("random-camera-datamodule")
-class RandomCameraDataModule(pl.LightningDataModule):
+class RandomCameraDataModule(ResumableCameraDataModule, pl.LightningDataModule):
     cfg: RandomCameraDataModuleConfig
 
     def __init__(self, cfg: Optional[Union[dict, DictConfig]] = None) -> None:
         super().__init__()
         self.cfg = parse_structured(RandomCameraDataModuleConfig, cfg)
         _check_config(self.cfg)
+        self.seed = torch.initial_seed()  # the experiment seed (the launchers seed before building this)
 
     def setup(self, stage=None) -> None:
         if stage in (None, "fit"):
-            self.train_dataset = RandomCameraIterableDataset(self.cfg)
+            self.train_dataset = RandomCameraIterableDataset(self.cfg, self.seed)
         if stage in (None, "fit", "validate"):
             self.val_dataset = RandomCameraDataset(self.cfg, "val")
         if stage in (None, "test", "predict"):
@@ -393,7 +413,10 @@ class RandomCameraDataModule(pl.LightningDataModule):
     @staticmethod
     def general_loader(dataset, batch_size, collate_fn=None) -> DataLoader:
         # num_workers must stay 0: update_step changes the train dataset's attributes in place
-        return DataLoader(dataset, num_workers=0, batch_size=batch_size, collate_fn=collate_fn)
+        # its own generator: an iterator draws a base seed when it starts, from the global generator
+        # otherwise, which would shift every later draw of a resumed run
+        return DataLoader(dataset, num_workers=0, batch_size=batch_size, collate_fn=collate_fn,
+                          generator=torch.Generator())
 
     def train_dataloader(self) -> DataLoader:
         return self.general_loader(self.train_dataset, batch_size=None, collate_fn=self.train_dataset.collate)
