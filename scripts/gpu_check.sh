@@ -286,7 +286,8 @@ if [ -f "$OUT/03-ism-step.json" ]; then
 import json, sys
 s = json.load(open(sys.argv[1]))
 print(f"ISM step: {s['device']}, backend {s['backend']}, UNet {s['unet_dtype']}, {s['resolution']}px x {s['views']} views, "
-      f"{s['gaussians']} Gaussians: {s['median_step_seconds']} s/step (median), peak {s['peak_gib']} GiB, "
+      f"{s['gaussians']} Gaussians: {s['median_step_seconds']} s/step (median), peak "
+      f"{'-' if s['peak_gib'] is None else round(s['peak_gib'], 2)} GiB, "
       f"{s['unet_calls_per_step']} UNet calls/step, losses finite: {s['all_losses_finite']}; "
       f"{s['projected_steps']} steps at this size: {s['projected_minutes']} min (LucidDreamer: ~35 min on an A100)")
 EOF

@@ -1,42 +1,25 @@
-"""Random-number streams that make a resumed run continue exactly.
+"""Random-number state that makes a resumed run continue exactly.
 
-Lightning fetches each training batch one step ahead (its prefetcher), so cameras drawn from the
-global generator in ``collate`` interleave with the step's own draws differently in a run resumed from
-a checkpoint. Two rules keep every stream a function of the seed and the step alone:
+Training draws from the global generators only (torch, CUDA, Python, NumPy), in threestudio's order:
+cameras in the data set's ``collate``, then the step's own draws (guidance noise and timesteps,
+augmentations, densification). A checkpoint holds those generators' states (:func:`global_rng_state`,
+saved by the system), and a resumed run restores them. Two things move the generators differently
+in a resumed run, and each is undone here:
 
-- training cameras are drawn by :func:`batch_rng` from their own generator, seeded by the data set's
-  seed and the batch index (= the step that consumes it), leaving the global generators untouched;
-- everything else (guidance noise and timesteps, augmentations, densification) draws from the global
-  generators, whose states go into the checkpoint (:func:`global_rng_state`) and come back on resume.
+- Lightning draws each training batch a step ahead (its prefetcher), so when a checkpoint is written
+  the next batch is already drawn, before the step whose state the checkpoint holds. The camera data
+  set remembers the generator state before each draw (:class:`ResumableCameraStream`); the data module
+  checkpoints it for the batches drawn but not yet used, and a resumed run redraws them from those
+  states, then draws its first new batch from the checkpoint's state;
+- a DataLoader iterator draws a base seed from the global generator when it starts: the resumed run's
+  train iterator does, the uninterrupted run's did long ago (undone by the same reset), and a
+  validation's does in the uninterrupted run only (the system puts the generators back after it).
 """
-import contextlib
 import random
 from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
-
-# large odd multiplier: distinct (seed, index) pairs give distinct, well-spread seeds
-_SEED_STRIDE = 0x9E3779B97F4A7C15
-
-
-def batch_seed(seed: int, index: int) -> int:
-    return (int(seed) * _SEED_STRIDE + int(index)) % (2**63 - 1)
-
-
-@contextlib.contextmanager
-def batch_rng(seed: int, index: int):
-    """Inside: torch's CPU generator and Python's ``random`` seeded for batch ``index``; outside,
-    both are exactly as they were (CUDA generators are not touched: cameras are drawn on the CPU)."""
-    py_state = random.getstate()
-    with torch.random.fork_rng(devices=[]):
-        value = batch_seed(seed, index)
-        torch.manual_seed(value)
-        random.seed(value)
-        try:
-            yield
-        finally:
-            random.setstate(py_state)
 
 
 def global_rng_state() -> Dict[str, Any]:
@@ -71,22 +54,24 @@ def set_generator_states(module: Any, states: Dict[str, torch.Tensor]) -> None:
 
 
 class ResumableCameraStream:
-    """Mixin for an endless training-camera data set (``collate`` draws a whole batch) whose batches a
-    resumed run must redraw exactly. Subclasses implement ``_apply_step(step)`` (set the step-dependent
-    ranges / resolution; ``None``: the state before any ``update_step``) and ``_sample_batch()``.
+    """Mixin for an endless training-camera data set whose ``collate`` draws a whole batch, so that a
+    resumed run draws the same batches. Subclasses implement ``_apply_step(step)`` (set the
+    step-dependent ranges / resolution; ``None``: the state before any ``update_step``) and
+    ``_sample_batch()``.
 
-    - batch ``i`` (the ``i``-th drawn, which step ``i`` consumes) draws from ``batch_rng(seed, i)``;
-    - it uses the ranges of the latest ``update_step``, as threestudio's data sets do; Lightning draws
-      a batch before the step that updates the data set runs, so each drawn batch remembers the step
-      whose ranges it used, and ``resume_state`` hands the not yet consumed ones to the checkpoint.
+    Each batch uses the ranges of the latest ``update_step`` and the global generators, as threestudio's
+    data sets do; it also remembers that step and the generators' state before its draws, and
+    ``resume_state`` hands both to the checkpoint for the batches not yet consumed.
     """
 
-    def _init_stream(self, seed: Optional[int]) -> None:
-        self.seed = torch.initial_seed() if seed is None else int(seed)
-        self.next_index = 0
+    _KEEP = 8  # drawn batches remembered (Lightning draws one ahead)
+
+    def _init_stream(self) -> None:
+        self.next_index = 0  # the index of the next batch drawn; batch i is consumed by step i
         self.updated_step: Optional[int] = None
-        self._drawn_with: Dict[int, Optional[int]] = {}  # index -> the step whose ranges drew it
-        self._pending: Dict[int, Optional[int]] = {}  # after a resume: index -> step to draw it with
+        self._drawn: Dict[int, Dict[str, Any]] = {}  # index -> {"step", "rng"} of recent draws
+        self._replay: Dict[int, Dict[str, Any]] = {}  # after a resume: the draws to repeat
+        self._rng_after_replay: Optional[Dict[str, Any]] = None
 
     def update_step(self, epoch: int, global_step: int, on_load_weights: bool = False) -> None:
         self.updated_step = global_step
@@ -95,24 +80,37 @@ class ResumableCameraStream:
     def collate(self, batch) -> Dict[str, Any]:
         index = self.next_index
         self.next_index += 1
-        step = self._pending.pop(index, self.updated_step)
+        replay = self._replay.pop(index, None)
+        if replay is not None:  # drawn before the checkpoint was written: draw it again, the same way
+            set_global_rng_state(replay["rng"])
+            step = replay["step"]
+        else:
+            step = self.updated_step
+            if self._rng_after_replay is not None:
+                # the first new batch of a resumed run starts from the checkpoint's state, as it did in
+                # the run it continues: what the resumed run drew since (the replayed batches, its
+                # loaders' base seeds) did not happen there, or happened before the checkpoint
+                set_global_rng_state(self._rng_after_replay)
+                self._rng_after_replay = None
+        self._drawn = {i: d for i, d in self._drawn.items() if i > index - self._KEEP}
+        self._drawn[index] = {"step": step, "rng": global_rng_state()}
         self._apply_step(step)
-        self._drawn_with = {i: s for i, s in self._drawn_with.items() if i > index - 8}
-        self._drawn_with[index] = step
-        with batch_rng(self.seed, index):
-            return self._sample_batch()
+        return self._sample_batch()
 
     def resume_state(self, consumed: int) -> Dict[str, Any]:
-        """What a run resumed after ``consumed`` steps needs to draw the same batches."""
+        """What a run resumed after ``consumed`` steps needs to draw the same batches (called while
+        the checkpoint is written: the global state now is the checkpoint's)."""
         return {
             "train_batch_index": int(consumed),
             "updated_step": self.updated_step,
-            "drawn_with": {int(i): s for i, s in self._drawn_with.items() if i >= consumed},
+            "drawn": {int(i): d for i, d in self._drawn.items() if i >= consumed},
+            "rng": global_rng_state(),
         }
 
     def load_resume_state(self, state: Dict[str, Any]) -> None:
         self.next_index = int(state["train_batch_index"])
-        self._pending = {int(i): s for i, s in state.get("drawn_with", {}).items()}
+        self._replay = {int(i): d for i, d in state.get("drawn", {}).items()}
+        self._rng_after_replay = state.get("rng") if self._replay else None
         if state.get("updated_step") is not None:
             self.update_step(0, int(state["updated_step"]))
 

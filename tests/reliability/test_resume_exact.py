@@ -14,7 +14,8 @@ from threestudio_lucid.host import launch
 def run_args(config, tiny_sd_path, steps, *extra):
     return cpu_run_args(
         config, tiny_sd_path, steps,
-        "trainer.val_check_interval=3", "checkpoint.every_n_train_steps=4",
+        # a validation right after the checkpoint the resume starts from (steps 2, 4, ...)
+        "trainer.val_check_interval=2", "checkpoint.every_n_train_steps=4",
         # densify and prune every 2 steps up to step 9, with thresholds that make both happen
         "system.geometry.densify_from_iter=1", "system.geometry.densification_interval=2",
         "system.geometry.densify_until_iter=9", "system.geometry.densify_grad_threshold=0.0",

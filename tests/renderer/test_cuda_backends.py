@@ -335,7 +335,7 @@ def test_missing_library_gives_one_error_naming_the_backend_and_the_install_step
     library = OptionalLibrary("inria", "no_such_rasterizer_module", "install it from your checkout")
     assert not library.available()
     with pytest.raises(ConfigError, match=r"renderer.backend='inria' needs no_such_rasterizer_module.*"
-                                          r"ModuleNotFoundError.*install it from your checkout, or use renderer.backend=auto"):
+                                          r"ModuleNotFoundError.*install it from your checkout, or use system.renderer.backend=auto"):
         library.require(torch.zeros(1))
 
 

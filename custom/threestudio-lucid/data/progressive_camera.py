@@ -13,10 +13,9 @@ LucidDreamer's training distribution:
   ranges widen (radius x0.95, fovy x[0.75, 1.1], polar and azimuth x1.5), clamped to the ``max_*``
   ranges. ``update_step`` recomputes the ranges from the step, so it is idempotent and resumes right.
 
-Training batch ``i`` draws its random numbers from a generator seeded by the experiment seed and
-``i``, not from the global one, and the data module checkpoints which batches are drawn but not yet
-used (``rng.ResumableCameraStream``): a run resumed from a checkpoint sees the same cameras as the run
-it continues.
+The data module checkpoints the training batches drawn but not yet used, with the generator state
+they were drawn from (``rng.ResumableCameraStream``): a run resumed from a checkpoint sees the same
+cameras as the run it continues.
 
 Val/test orbits circle at ``default_radius``, ``default_polar`` and ``default_fovy``.
 """
@@ -168,10 +167,10 @@ def spherical(radius: torch.Tensor, elevation_deg: torch.Tensor, azimuth_deg: to
 
 
 class ProgressiveCameraIterableDataset(ResumableCameraStream, IterableDataset, Updateable):
-    def __init__(self, cfg: ProgressiveCameraConfig, seed: Optional[int] = None) -> None:
+    def __init__(self, cfg: ProgressiveCameraConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self._init_stream(seed)
+        self._init_stream()
         self.ranges = relaxed_ranges(cfg, 0)
 
     def _apply_step(self, step: Optional[int]) -> None:
@@ -236,7 +235,6 @@ class ProgressiveCameraDataModule(ResumableCameraDataModule, pl.LightningDataMod
     def __init__(self, cfg=None) -> None:
         super().__init__()
         self.cfg = parse_structured(ProgressiveCameraConfig, cfg)
-        self.seed = torch.initial_seed()  # the experiment seed (the launchers seed before building this)
         c = self.cfg
         for key in ("height", "width", "eval_height", "eval_width", "batch_size", "n_val_views", "n_test_views"):
             value = getattr(c, key)
@@ -256,20 +254,17 @@ class ProgressiveCameraDataModule(ResumableCameraDataModule, pl.LightningDataMod
 
     def setup(self, stage=None) -> None:
         if stage in (None, "fit"):
-            self.train_dataset = ProgressiveCameraIterableDataset(self.cfg, self.seed)
+            self.train_dataset = ProgressiveCameraIterableDataset(self.cfg)
         if stage in (None, "fit", "validate"):
             self.val_dataset = ProgressiveCameraEvalDataset(self.cfg, "val")
         if stage in (None, "test", "predict"):
             self.test_dataset = ProgressiveCameraEvalDataset(self.cfg, "test")
 
-    # Each loader gets its own generator: a DataLoader iterator draws a base seed when it starts, from
-    # the global generator otherwise, which would shift every later draw of a resumed run.
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_dataset, batch_size=None, num_workers=0, collate_fn=self.train_dataset.collate,
-                          generator=torch.Generator())
+        return DataLoader(self.train_dataset, batch_size=None, num_workers=0, collate_fn=self.train_dataset.collate)
 
     def _eval_loader(self, dataset) -> DataLoader:
-        return DataLoader(dataset, batch_size=1, num_workers=0, collate_fn=dataset.collate, generator=torch.Generator())
+        return DataLoader(dataset, batch_size=1, num_workers=0, collate_fn=dataset.collate)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self.val_dataset)

@@ -315,13 +315,14 @@ class GaussianSplattingSystem(BaseLift3DSystem):
             return
         set_global_rng_state(states["global"])
         set_generator_states(self.guidance, states.get("guidance", {}))
-
-    def on_validation_epoch_start(self) -> None:
-        # validation must not move the generators training draws from (a resumed run skips it)
-        self._rng_before_validation = global_rng_state()
+        # a checkpoint written before its step's validation: Lightning runs that validation on restart
+        self._rng_after_train_step = states["global"]
 
     def on_validation_epoch_end(self):
-        state = self.__dict__.pop("_rng_before_validation", None)
+        # validation must not move the generators training draws from (a resumed run skips the one at
+        # its checkpoint's step): back to the state after the last training step, which also undoes the
+        # base seed the validation loader's iterator drew before any validation hook ran
+        state = self.__dict__.pop("_rng_after_train_step", None)
         if state is not None:
             set_global_rng_state(state)
 
@@ -364,6 +365,7 @@ class GaussianSplattingSystem(BaseLift3DSystem):
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
         super().on_train_batch_end(outputs, batch, batch_idx)
+        self._rng_after_train_step = global_rng_state()
         if self.stop_signal is not None and self.interrupted_checkpoint is None:
             self.save_interrupted()
 

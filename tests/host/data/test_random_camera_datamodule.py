@@ -228,32 +228,35 @@ def test_same_seed_gives_the_same_batch():
     assert not torch.allclose(first["c2w"], other["c2w"])
 
 
-def test_batches_draw_from_their_own_stream_and_resume_exactly():
-    """Batch i comes from a generator seeded by the seed and i: drawing cameras leaves the global
-    generators alone, and a data set resumed from ``resume_state`` redraws the batches the first
-    one had drawn but not yet handed to a step (Lightning draws one ahead), ranges included."""
+def test_a_resumed_data_set_redraws_the_batches_drawn_before_the_checkpoint():
+    """Batches draw from the global generators, as threestudio's do. Lightning draws one batch ahead,
+    so a checkpoint is written after the next batch was drawn: ``resume_state`` holds that batch's
+    generator state and ranges, and a data set resumed from it redraws the same batches, then draws
+    its first new batch from the checkpoint's state, whatever ran in between (an iterator's base seed)."""
+    def run(ds, steps, start=0, checkpoint_after=None):
+        batches, saved = {start: ds.collate(None)}, None
+        for step in range(start, steps):  # as in training: batch step+1 is drawn before update_step(step)
+            batches[step + 1] = ds.collate(None)
+            ds.update_step(0, step)
+            torch.rand(3)  # the step's own draws
+            random.random()
+            if step == checkpoint_after:
+                saved = (ds.resume_state(consumed=step + 1), torch.get_rng_state(), random.getstate())
+        return batches, saved
+
     seed(3)
-    dm = make_module(batch_size=2, height=16, width=16, progressive_until=4)
-    ds = dm.train_dataset
-    before = (torch.get_rng_state(), random.getstate())
-    batches = [ds.collate(None)]
-    for step in range(6):  # as in training: batch step+1 is drawn before update_step(step)
-        batches.append(ds.collate(None))
-        ds.update_step(0, step)
-        if step == 2:
-            saved = ds.resume_state(consumed=3)  # the checkpoint after step 2: batch 3 is drawn, not used
-    assert torch.equal(before[0], torch.get_rng_state()) and before[1] == random.getstate()
-    seed(99)  # whatever the global state, the cameras only depend on the seed the data set was made with
+    full, (state, torch_state, py_state) = run(
+        make_module(batch_size=2, height=16, width=16, progressive_until=4).train_dataset, 6, checkpoint_after=2)
+
     resumed = make_module(batch_size=2, height=16, width=16, progressive_until=4).train_dataset
-    resumed.seed = ds.seed
-    resumed.load_resume_state(saved)
-    again = {3: resumed.collate(None)}  # the resumed loop draws batch 3 again before its first step
-    for step in (3, 4):
-        again[step + 1] = resumed.collate(None)
-        resumed.update_step(0, step)
-    for index, batch in again.items():
-        torch.testing.assert_close(batch["c2w"], batches[index]["c2w"])
-        torch.testing.assert_close(batch["elevation"], batches[index]["elevation"])
+    torch.set_rng_state(torch_state)  # what the system restores from the checkpoint
+    random.setstate(py_state)
+    torch.rand(2)  # the resumed loader's iterator draws a base seed first
+    resumed.load_resume_state(state)
+    again, _ = run(resumed, 6, start=3)
+    for index in range(3, 7):
+        torch.testing.assert_close(again[index]["c2w"], full[index]["c2w"])
+        torch.testing.assert_close(again[index]["elevation"], full[index]["elevation"])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -182,7 +182,7 @@ class RandomCameraIterableDataset(ResumableCameraStream, IterableDataset, Update
     resolution and ranges change in :meth:`update_step`, which worker processes would not see.
     """
 
-    def __init__(self, cfg: Any, seed: Optional[int] = None) -> None:
+    def __init__(self, cfg: Any) -> None:
         super().__init__()
         self.cfg: RandomCameraDataModuleConfig = cfg
         _check_config(cfg)
@@ -195,9 +195,9 @@ class RandomCameraIterableDataset(ResumableCameraStream, IterableDataset, Update
         self.azimuth_range = list(cfg.azimuth_range)
         self.camera_distance_range = list(cfg.camera_distance_range)
         self.fovy_range = list(cfg.fovy_range)
-        # batch i draws from a generator seeded by the experiment seed and i, and the data module
-        # checkpoints the batches drawn but not yet used: a resumed run sees the same cameras
-        self._init_stream(seed)
+        # the data module checkpoints the batches drawn but not yet used, with the generator state they
+        # were drawn from: a resumed run sees the same cameras
+        self._init_stream()
 
     def _set_stage(self, stage: int) -> None:
         self.height: int = self.heights[stage]
@@ -397,11 +397,10 @@ class RandomCameraDataModule(ResumableCameraDataModule, pl.LightningDataModule):
         super().__init__()
         self.cfg = parse_structured(RandomCameraDataModuleConfig, cfg)
         _check_config(self.cfg)
-        self.seed = torch.initial_seed()  # the experiment seed (the launchers seed before building this)
 
     def setup(self, stage=None) -> None:
         if stage in (None, "fit"):
-            self.train_dataset = RandomCameraIterableDataset(self.cfg, self.seed)
+            self.train_dataset = RandomCameraIterableDataset(self.cfg)
         if stage in (None, "fit", "validate"):
             self.val_dataset = RandomCameraDataset(self.cfg, "val")
         if stage in (None, "test", "predict"):
@@ -413,10 +412,7 @@ class RandomCameraDataModule(ResumableCameraDataModule, pl.LightningDataModule):
     @staticmethod
     def general_loader(dataset, batch_size, collate_fn=None) -> DataLoader:
         # num_workers must stay 0: update_step changes the train dataset's attributes in place
-        # its own generator: an iterator draws a base seed when it starts, from the global generator
-        # otherwise, which would shift every later draw of a resumed run
-        return DataLoader(dataset, num_workers=0, batch_size=batch_size, collate_fn=collate_fn,
-                          generator=torch.Generator())
+        return DataLoader(dataset, num_workers=0, batch_size=batch_size, collate_fn=collate_fn)
 
     def train_dataloader(self) -> DataLoader:
         return self.general_loader(self.train_dataset, batch_size=None, collate_fn=self.train_dataset.collate)
