@@ -89,6 +89,7 @@ def trained(tmp_path_factory, tiny_sd_path):
         ("trainer.max_steps=abc", "trainer.max_steps='abc'"),
         ("trainer.max_steps=-5", "trainer.max_steps=-5"),
         ("trainer.max_steps=0", "trainer.max_steps=0"),  # --train: 0 steps trains nothing
+        ("seed=-1", "seed=-1"),  # Lightning's seed_everything takes 0 .. 2**32 - 1
         ("data.width=0", "data.width=0"),
         ("data.batch_size=0", "data.batch_size=0"),
     ],
@@ -167,6 +168,12 @@ def test_missing_prompt_names_the_prompt_key(tmp_path):
     assert tree(tmp_path / "outputs") is None
 
 
+def test_empty_exp_root_dir_is_named(tmp_path):
+    code, stderr = launch_cli(tmp_path, "--config", ISM_CPU, "--train", PROMPT, "exp_root_dir=")
+    assert the_error(code, stderr).startswith("error: exp_root_dir=None on the command line: must name a folder")
+    assert os.listdir(tmp_path) == []
+
+
 def test_empty_prompt_names_the_prompt_key(tmp_path):
     code, stderr = launch_cli(tmp_path, "--config", ISM_CPU, "--train", "system.prompt_processor.prompt=",
                               "exp_root_dir=outputs")
@@ -183,6 +190,7 @@ def test_empty_prompt_names_the_prompt_key(tmp_path):
         ("data.fovy_range=[1]", "error: data.fovy_range=[1] must be two numbers [low, high]"),
         ("data.polar_range=[105,45]", "error: data.polar_range=[105, 45] must be two numbers [low, high]"),
         ("system.geometry.init_num_pts=0", "error: system.geometry.init_num_pts=0 must be a positive integer"),
+        ("system.renderer.scale_noise_prob=2", "error: system.renderer.scale_noise_prob must be in [0, 1]"),
     ],
 )
 def test_bad_component_values_are_one_error_line_naming_the_full_key(tmp_path, monkeypatch, capsys, tiny_sd_path,

@@ -78,6 +78,7 @@ class Plan:
 def check(args: argparse.Namespace, extras: List[str], n_gpus: int = 1) -> Plan:
     """Read and check the experiment config of a launch; raise :class:`ConfigError` with one line."""
     cfg = config_module.read_config(args.config, cli_args=extras, n_gpus=n_gpus)
+    _check_experiment(cfg)
     _check_trainer(cfg, train=args.train)
     if args.train:
         _check_checkpoint_callback(cfg)
@@ -118,6 +119,12 @@ def _whole(value: Any) -> bool:
 
 def _bad(key: str, value: Any, rule: str) -> ConfigError:
     return ConfigError(f"{key}={value!r} {config_module._where(key)}: {rule}")
+
+
+def _check_experiment(cfg: Any) -> None:
+    # Lightning's seed_everything (and NumPy under it) takes 0 .. 2**32 - 1
+    if not _whole(cfg.seed) or not 0 <= cfg.seed < 2**32:
+        raise _bad("seed", cfg.seed, "must be a whole number in [0, 4294967295] (e.g. seed=0).")
 
 
 def _check_trainer(cfg: Any, train: bool) -> None:

@@ -69,8 +69,11 @@ class GaussianRasterizer(Rasterizer):
         super().configure(geometry, material, background)
         if self.cfg.tile_size < 1:
             raise ConfigError(f"system.renderer.tile_size must be >= 1, got {self.cfg.tile_size}")
-        if not 0.0 <= self.cfg.bg_inversion_prob <= 1.0:
-            raise ConfigError(f"system.renderer.bg_inversion_prob must be in [0, 1], got {self.cfg.bg_inversion_prob}")
+        for name in ("bg_inversion_prob", "scale_noise_prob", "sh_degree_zero_prob"):
+            if not 0.0 <= getattr(self.cfg, name) <= 1.0:
+                raise ConfigError(f"system.renderer.{name} must be in [0, 1] (a probability), got {getattr(self.cfg, name)}")
+        if not self.cfg.scale_noise_std >= 0.0:
+            raise ConfigError(f"system.renderer.scale_noise_std must be >= 0, got {self.cfg.scale_noise_std}")
         self.rasterize = get_backend(self.cfg.backend)
         # CUDA backends: a missing library or a setting the library cannot honour fails now, not at step 1
         library = getattr(self.rasterize, "library", None)

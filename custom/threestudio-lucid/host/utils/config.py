@@ -112,6 +112,11 @@ class ExperimentConfig:
     checkpoint: dict = field(default_factory=dict)
 
     def __post_init__(self):
+        for key in ("exp_root_dir", "name"):  # `exp_root_dir=` on the command line is None
+            value = getattr(self, key)
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(f"{key}={value!r} {_where(key)}: must name a folder (e.g. {key}="
+                                  f"{'outputs' if key == 'exp_root_dir' else 'my-run'}).")
         if not self.tag and not self.use_timestamp:
             raise ConfigError("Either tag is specified or use_timestamp is True.")
         # the folder name is made safe; the tag itself keeps the prompt's text
