@@ -6,6 +6,7 @@ import math
 import os
 import re
 
+import pytest
 import torch
 
 from cpu_runs import cpu_run_args
@@ -102,3 +103,41 @@ def test_non_finite_guidance_gradient_entries_are_counted_and_logged(tmp_path, m
     column = header.index("train/nonfinite_grad_entries")
     values = [float(row.split(",")[column]) for row in metrics[1:] if row.split(",")[column]]
     assert values == [0.0, 0.0]
+
+
+def test_the_guard_finds_one_bad_entry_among_many_and_lets_huge_finite_values_through():
+    """The guard reduces all tensors to one norm per step; a single NaN/inf entry must still stop the
+    run, and a norm that merely overflows (finite entries above 1e19) must not."""
+    from threestudio_lucid.errors import NonFiniteError
+    from threestudio_lucid.geometry import GaussianSplatting
+    from threestudio_lucid.system.gaussian_system import GaussianSplattingSystem as System
+
+    class Stub:  # what the guard reads of the system
+        _finite_sum = staticmethod(System._finite_sum)
+        true_global_step = 7
+
+        class cfg:
+            divergence_bound = 1000.0
+
+        def last_checkpoint(self):
+            return None
+
+        stop_diverged = System.stop_diverged
+
+    stub = Stub()
+    stub.geometry = GaussianSplatting({"init_num_pts": 5000, "init_type": "ball"})
+    params = stub.geometry.gaussian_parameters()
+    for p in params.values():
+        p.grad = torch.randn_like(p)
+    System.check_loss_and_gradients(stub, torch.tensor(1.0), {})
+    System.check_parameters(stub)
+
+    params["xyz"].grad[0, 0] = 3e30  # finite, but its square overflows float32
+    System.check_loss_and_gradients(stub, torch.tensor(1.0), {})
+    params["scaling"].grad[4321, 2] = math.nan
+    with pytest.raises(NonFiniteError, match=r"step 7: non-finite gradients of the Gaussians' scaling \(1 entries\)"):
+        System.check_loss_and_gradients(stub, torch.tensor(1.0), {})
+    with torch.no_grad():
+        params["opacity"][17, 0] = math.inf
+    with pytest.raises(NonFiniteError, match=r"made Gaussian parameters non-finite: opacity \(1 entries\)"):
+        System.check_parameters(stub)
