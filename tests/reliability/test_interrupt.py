@@ -1,5 +1,6 @@
 """Ctrl-C (SIGINT) or SIGTERM during training keeps the work: after the current step a checkpoint and
-the splats are written, one line says how to resume, and resuming from that checkpoint continues."""
+the splats are written, one line says how to resume, and resuming from that checkpoint continues;
+kill -9 loses at most the steps since the last checkpoint."""
 import glob
 import os
 import signal
@@ -60,3 +61,41 @@ def test_a_stop_signal_writes_a_checkpoint_and_the_splats_and_says_how_to_resume
     assert last["global_step"] == step + 2
     assert os.path.isfile(ckpt) and os.path.isfile(ply)  # the interrupted state is kept beside it
     assert not glob.glob(os.path.join(trial, "ckpts", "last-v*.ckpt"))
+
+
+def test_kill_9_loses_at_most_the_steps_since_the_last_checkpoint(tmp_path, tiny_sd_path):
+    """SIGKILL cannot be caught: what survives is the checkpoints written every interval. Each file
+    left is either complete (and resumes) or refused by the launcher in one line as incomplete."""
+    from threestudio_lucid.errors import ConfigError
+    from threestudio_lucid.host.preflight import check_checkpoint_file
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_WAIT_POLICY="PASSIVE", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "threestudio_lucid.host.launch", *args(tiny_sd_path, 100000)],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while not glob.glob(str(tmp_path / "outputs" / "*" / "*" / "ckpts" / "epoch=0-step=4.ckpt")):
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.2)
+        proc.kill()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    (trial,) = glob.glob(str(tmp_path / "outputs" / "*" / "*"))
+    complete = []
+    for path in glob.glob(os.path.join(trial, "ckpts", "epoch=*.ckpt")):
+        try:
+            check_checkpoint_file(path)
+        except ConfigError as e:
+            assert "is not a complete checkpoint" in str(e)
+            continue
+        complete.append((torch.load(path, weights_only=False, map_location="cpu")["global_step"], path))
+    step, newest = max(complete)
+    assert step >= 4 and step % 2 == 0  # the interval is 2: at most the steps since it are lost
+    os.chdir(tmp_path)
+    assert launch.main(args(tiny_sd_path, step + 2, f"resume={newest}", "tag=continued",
+                            "use_timestamp=false")) == 0
+    last = torch.load(str(tmp_path / "outputs" / "lucid-sds-cpu" / "continued" / "ckpts" / "last.ckpt"),
+                      weights_only=False, map_location="cpu")
+    assert last["global_step"] == step + 2
