@@ -81,15 +81,23 @@ def render_and_grad(rasterize, params, cam, *, sh_degree, background=None, tile_
 
 
 def assert_images_match(out, ref, atol, same_projection=True):
-    """rgb, depth and alpha within ``atol``; with ``same_projection`` (backends that reuse the
-    reference's projection code) the per-Gaussian outputs must be equal too."""
+    """rgb, depth and alpha within ``atol``; with ``same_projection`` (backends that compute the
+    reference's float64 projection) the per-Gaussian outputs must be equal too: radii and
+    visibility exactly, means2d, depths and conics as rounded to float32. Float64 results differ in
+    the last bits with the operation order: means2d and depths agree to 1e-12, conics to 1e-6 (the
+    inverse of a needle-like Gaussian's covariance, whose determinant cancels, amplifies them)."""
     for key in ("rgb", "depth", "alpha"):
         assert out[key].shape == ref[key].shape and out[key].dtype == ref[key].dtype, key
         err = (out[key] - ref[key]).abs().max().item()
         assert err <= atol, (key, err)
     if same_projection:
-        for key in ("radii", "visibility", "means2d", "depths", "conics"):
+        for key in ("radii", "visibility"):
             assert torch.equal(out[key], ref[key]), key
+        for key in ("means2d", "depths", "conics"):
+            if ref[key].dtype == torch.float64:
+                assert torch.allclose(out[key], ref[key], rtol=1e-6 if key == "conics" else 1e-12, atol=0), key
+            else:
+                assert torch.equal(out[key], ref[key]), key
 
 
 def assert_grads_match(grads, ref_grads, rtol):

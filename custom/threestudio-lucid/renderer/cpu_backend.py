@@ -1,21 +1,21 @@
 """The fast CPU rasterizer backend ``cpu``, and the ``auto`` backend that picks the fastest one.
 
-``cpu`` renders exactly what the reference (``reference.py``, the specification) renders; one
-autograd node (``RasterizeCPU``) does the whole view, structured like inria's rasterizer:
+``cpu`` renders exactly what the reference (``reference.py``, the specification) renders. All views of
+a batch are one kernel call and one autograd node (``RasterizeViewsCPU``), structured like inria's
+rasterizer (``cpu_kernel/gaussian_rasterizer_cpu.cpp``):
 
-- forward, torch (no graph recorded): the reference's own ``project_gaussians`` (culling, EWA
-  covariances, conics, radii, means2d) and ``tile_rects`` / depth order, and the SH colours
-  (``colors_from_sh_basis``: the reference's formulas as basis x coefficients) -- so radii,
-  visibility, means2d, depths and conics are the same tensors as the reference's;
-- forward, C++ (``cpu_kernel/gaussian_rasterizer_cpu.cpp``): the (tile, Gaussian) lists by a counting
-  sort (equal to ``reference.bin_tiles``), then per pixel, front to back, the 1/255 skip and the
-  T < 1e-4 stop, saving the final T and each contribution (8 bytes each in float32: ~20 MB for 20k
-  Gaussians at 256^2, ~200 MB for 100k at 512^2);
+- forward, C++: per view and Gaussian, the reference's projection (culling, EWA covariances, conics,
+  radii, means2d, computed in float64 and rounded as the reference rounds them, so they are the
+  reference's values) and the SH colours; per view, the depth order and the (tile, Gaussian) lists
+  (equal to ``reference.bin_tiles``); then the tiles of all views, spread over the threads: per pixel,
+  front to back, the 1/255 skip and the T < 1e-4 stop, saving the final T and each contribution
+  (8 bytes each in float32: ~20 MB for 20k Gaussians at 256^2, ~200 MB for 100k at 512^2);
 - backward, C++: the contributions back to front (inria's ``backward.cu`` scheme; the gradient passes
-  straight through the 0.99 clamp) into per-(tile, Gaussian) buffers summed per Gaussian in a fixed
+  straight through the 0.99 clamp) into per-(tile, Gaussian) rows summed per Gaussian in a fixed
   order (no atomics; the same bits for any thread count), then the analytic backward of the SH
   colours and the projection, with the reference's rules (clamped EWA direction constant, culled
-  z = 1, colour clamp mask). No gradient reaches the camera (as in inria).
+  z = 1, colour clamp mask), summed over the views in order. No gradient reaches the camera (as in
+  inria).
 Outputs and gradients equal the reference's up to float rounding (``tests/renderer/test_cpu_backend.py``);
 threads are torch's intra-op threads. ``scripts/bench_rasterizers.py`` compares the speed.
 
@@ -41,7 +41,7 @@ import hashlib
 import os
 import sys
 import threading
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -50,22 +50,19 @@ from torch.autograd.function import once_differentiable
 from ..compat import info, warn
 from ..errors import ConfigError
 from .camera import GaussianCamera
-from .gaussian_rasterizer import RASTERIZER_BACKENDS, register_backend
+from .gaussian_rasterizer import RASTERIZER_BACKENDS, rasterize_views_one_by_one, register_backend
 from .reference import (
     ALPHA_MAX,
     ALPHA_MIN,
     FOV_CLAMP,
     LOW_PASS,
+    MIN_DISCRIMINANT,
     NEAR_PLANE,
-    SH_C0,
-    SH_C1,
-    SH_C2,
-    SH_C3,
+    RADIUS_SIGMAS,
     T_MIN,
     TILE_SIZE,
     TileBins,
     check_inputs,
-    project_gaussians,
     rasterize_reference,
     tile_rects,
     view_outputs,
@@ -195,8 +192,10 @@ class CompositeTilesCPU(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_image):
         width, height, tile_size = ctx.image_size
+        inputs, (final_t, row_start, spans, *buffers) = ctx.saved_tensors[:6], ctx.saved_tensors[6:]
         grads = load_kernel(strict=True).composite_backward(
-            *ctx.saved_tensors, grad_image.contiguous(), width, height, tile_size, ALPHA_MAX, ALPHA_MIN, T_MIN
+            *inputs, final_t, row_start, spans, buffers, grad_image.contiguous(), width, height, tile_size,
+            ALPHA_MAX, ALPHA_MIN, T_MIN,
         )
         return (*grads, None, None, None, None, None)
 
@@ -236,46 +235,6 @@ def composite_tiles_cpu(means2d, conics, opacities, features, bins, width, heigh
     )
 
 
-def sh_basis(degree: int, dirs: Tensor) -> Tensor:
-    """The real SH basis [N, (degree+1)^2] at unit ``dirs`` [N, 3], term for term ``reference.eval_sh``
-    (inria's constants and signs): ``eval_sh(degree, sh, dirs) == sum_k sh_basis[:, k] sh[:, k]``."""
-    if not 0 <= degree <= 3:
-        raise ValueError(f"SH degree must be in 0..3, got {degree}")
-    x, y, z = dirs.unbind(-1)
-    terms = [torch.full_like(x, SH_C0)]
-    if degree >= 1:
-        terms += [-SH_C1 * y, SH_C1 * z, -SH_C1 * x]
-    if degree >= 2:
-        xx, yy, zz, xy, yz, xz = x * x, y * y, z * z, x * y, y * z, x * z
-        terms += [SH_C2[0] * xy, SH_C2[1] * yz, SH_C2[2] * (2.0 * zz - xx - yy), SH_C2[3] * xz, SH_C2[4] * (xx - yy)]
-    if degree >= 3:
-        terms += [
-            SH_C3[0] * y * (3.0 * xx - yy),
-            SH_C3[1] * xy * z,
-            SH_C3[2] * y * (4.0 * zz - xx - yy),
-            SH_C3[3] * z * (2.0 * zz - 3.0 * xx - 3.0 * yy),
-            SH_C3[4] * x * (4.0 * zz - xx - yy),
-            SH_C3[5] * z * (xx - yy),
-            SH_C3[6] * x * (xx - 3.0 * yy),
-        ]
-    return torch.stack(terms, dim=-1)
-
-
-def colors_from_sh_basis(means: Tensor, features: Tensor, degree: int, campos: Tensor) -> Tensor:
-    """``reference.colors_from_sh`` (``max(SH(normalize(mean - campos)) + 0.5, 0)``), contracted as
-    basis [N, K] times coefficients: same values up to summation order, and a backward of a few
-    [N, K] ops where the reference's term-by-term sum allocates one full-size ``features`` gradient
-    per coefficient (forward+backward 12 ms instead of 37 ms at N = 20k, degree 3, 2 threads)."""
-    k = (degree + 1) ** 2
-    if features.shape[-2] < k:
-        raise ValueError(f"SH degree {degree} needs {k} coefficients, got {features.shape[-2]}")
-    d = means - campos.to(means)
-    norm = d.norm(dim=-1, keepdim=True)
-    dirs = d / torch.where(norm > 0, norm, torch.ones_like(norm))
-    basis = sh_basis(degree, dirs)
-    return torch.clamp_min((basis[:, :, None] * features[:, :k]).sum(dim=1) + 0.5, 0.0)
-
-
 # ---------------------------------------------------------------------------------------------
 # the backends
 # ---------------------------------------------------------------------------------------------
@@ -292,86 +251,117 @@ def _warn_fallback_once(reason: str) -> None:
         )
 
 
-def _camera_params(camera: GaussianCamera, near_plane: float) -> Tensor:
-    """The 23 float64 camera values ``preprocess_backward`` reads (see the C++ file)."""
-    wv = camera.world_view.detach().to(device="cpu", dtype=torch.float64)
-    values = [
-        *wv[:3, :3].reshape(-1).tolist(), *wv[:3, 3].tolist(),
-        *camera.campos.detach().to(device="cpu", dtype=torch.float64).reshape(-1).tolist(),
-        camera.fx, camera.fy, FOV_CLAMP * camera.tanfovx, FOV_CLAMP * camera.tanfovy, near_plane,
-        0.5 * camera.width, 0.5 * camera.height, LOW_PASS,
-    ]
-    return torch.tensor(values, dtype=torch.float64)
+def camera_params(cameras: Sequence[GaussianCamera], near_plane: float) -> Tensor:
+    """float64 [V, 25]: per camera the values the kernel reads (see ``CameraParams`` in the C++ file):
+    world-to-view rotation and translation, centre, focal lengths, EWA clamp limits, near plane, half
+    image size, low-pass, principal point. One host transfer for all views."""
+    world_view = torch.stack([c.world_view.detach() for c in cameras]).to(device="cpu", dtype=torch.float64)
+    campos = torch.stack([c.campos.detach().reshape(3) for c in cameras]).to(device="cpu", dtype=torch.float64)
+    scalars = torch.tensor(
+        [[c.fx, c.fy, FOV_CLAMP * c.tanfovx, FOV_CLAMP * c.tanfovy, near_plane, 0.5 * c.width, 0.5 * c.height,
+          LOW_PASS, c.cx, c.cy] for c in cameras],
+        dtype=torch.float64,
+    )
+    return torch.cat([world_view[:, :3, :3].reshape(-1, 9), world_view[:, :3, 3], campos, scalars], dim=1).contiguous()
 
 
-class RasterizeCPU(torch.autograd.Function):
-    """The whole ``cpu`` rasterization as one autograd node: forward = the reference's projection
-    and tile rectangles, the SH colours, C++ binning and compositing (no autograd graph is recorded);
-    backward = the C++ compositing backward, then the C++ projection / SH backward (inria's
-    structure). Outputs: image [H, W, 5] (rgb, depth, alpha sums), means2d, depths, conics, radii;
+class RasterizeViewsCPU(torch.autograd.Function):
+    """All views of a batch as one autograd node and one kernel call each way (see the module
+    docstring). Inputs: ``scales`` [S, N, 3] (S = 1 shared, or one per view), ``screen`` [V, N, 2] or
+    None, ``cameras`` from ``camera_params``, ``sh_degrees`` int64 [V]. Outputs: image [V, H, W, 5]
+    (rgb, depth, alpha sums), means2d [V, N, 2], depths [V, N], conics [V, N, 3], radii [V, N];
     gradients of means2d / depths / conics used elsewhere are added in."""
 
     @staticmethod
-    def forward(ctx, means, quats, scales, opacities, sh_or_colors, screen_points, camera, sh_degree, use_sh,
-                near_plane, tile_size):
+    def forward(ctx, means, quats, scales, opacities, sh_or_colors, screen, cameras, sh_degrees, use_sh, width,
+                height, tile_size):
         ops = load_kernel(strict=True)
-        width, height = camera.width, camera.height
-        proj = project_gaussians(means, quats, scales, camera, screen_points, near_plane, tile_size)
-        colors = colors_from_sh_basis(means, sh_or_colors, sh_degree, camera.campos) if use_sh else sh_or_colors
-        dtype = torch.promote_types(colors.dtype, proj.means2d.dtype)
-        if dtype not in (torch.float32, torch.float64):
-            dtype = torch.float32
-        per_gaussian = torch.cat([colors, proj.depths[:, None].to(colors), torch.ones_like(colors[:, :1])], dim=-1)
-        bins = bin_tiles_cpu(proj.means2d, proj.radii, proj.depths, width, height, tile_size)
-        kernel_inputs = [t.to(dtype).contiguous() for t in (proj.means2d, proj.conics, opacities, per_gaussian)]
-        kernel_inputs += [bins.gauss_ids, bins.offsets]
-        image, *pixel_state = ops.composite_forward(
-            *kernel_inputs, width, height, tile_size, ALPHA_MAX, ALPHA_MIN, T_MIN
+        dtype = means.dtype
+        inputs = [means.contiguous()] + [t.detach().to(dtype).contiguous() for t in (quats, scales, opacities, sh_or_colors)]
+        screen_in = screen.detach().to(dtype).contiguous() if screen is not None else means.new_empty(0)
+        image, means2d, depths, conics, radii, features, *state = ops.rasterize_forward(
+            inputs[0].detach(), *inputs[1:], screen_in, cameras, sh_degrees, use_sh, width, height, tile_size,
+            ALPHA_MAX, ALPHA_MIN, T_MIN, MIN_DISCRIMINANT, RADIUS_SIGMAS,
         )
-        ctx.save_for_backward(means, quats, scales, sh_or_colors, *kernel_inputs, *pixel_state)
-        ctx.settings = (camera, sh_degree, use_sh, near_plane, tile_size)
-        ctx.screen_columns = 0 if screen_points is None else screen_points.shape[1]
-        ctx.screen_dtype = None if screen_points is None else screen_points.dtype
-        ctx.opacity_dtype = opacities.dtype
-        ctx.mark_non_differentiable(proj.radii)
-        return image, proj.means2d, proj.depths, proj.conics, proj.radii
+        ctx.save_for_backward(*inputs, cameras, sh_degrees, means2d, conics, features, *state)
+        ctx.settings = (use_sh, width, height, tile_size)
+        ctx.dtypes = [t.dtype for t in (quats, scales, opacities, sh_or_colors)]
+        ctx.screen_dtype = None if screen is None else screen.dtype
+        ctx.mark_non_differentiable(radii)
+        return image, means2d, depths, conics, radii
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_image, grad_means2d, grad_depths, grad_conics, _grad_radii):
-        means, quats, scales, sh_or_colors, *kernel_state = ctx.saved_tensors
-        per_gaussian = kernel_state[3]
-        camera, sh_degree, use_sh, near_plane, tile_size = ctx.settings
-        ops = load_kernel(strict=True)
+        use_sh, width, height, tile_size = ctx.settings
+        (means, quats, scales, opacities, sh_or_colors, cameras, sh_degrees, means2d, conics, features, gauss_ids,
+         offsets, pair_start, pair_slot, final_t, row_start, spans, *buffers) = ctx.saved_tensors
         if grad_image is None:
-            grad_image = torch.zeros(camera.height, camera.width, per_gaussian.shape[1], dtype=per_gaussian.dtype)
-        g_means2d, g_conics, g_opacities, g_features = ops.composite_backward(
-            *kernel_state, grad_image.contiguous(), camera.width, camera.height, tile_size, ALPHA_MAX, ALPHA_MIN, T_MIN
+            grad_image = means.new_zeros(cameras.shape[0], height, width, 5)
+        none = means.new_empty(0)
+        g_means, g_quats, g_scales, g_opacities, g_colors, g_screen = load_kernel(strict=True).rasterize_backward(
+            means, quats, scales, opacities, sh_or_colors, cameras, sh_degrees, use_sh, means2d, conics, features,
+            gauss_ids, offsets, pair_start, pair_slot, final_t, row_start, spans, buffers, grad_image.contiguous(),
+            none if grad_means2d is None else grad_means2d, none if grad_conics is None else grad_conics,
+            none if grad_depths is None else grad_depths, width, height, tile_size, ALPHA_MAX, ALPHA_MIN, T_MIN,
         )
-        g_depths = g_features[:, 3]
-        if grad_means2d is not None:
-            g_means2d = g_means2d + grad_means2d
-        if grad_conics is not None:
-            g_conics = g_conics + grad_conics
-        if grad_depths is not None:
-            g_depths = g_depths + grad_depths
-        g_colors = g_features[:, :3]
-        dtype = means.dtype
-        g_means, g_quats, g_scales, g_sh, g_screen = ops.preprocess_backward(
-            means.contiguous(), quats.to(dtype).contiguous(), scales.to(dtype).contiguous(),
-            sh_or_colors.to(dtype).contiguous() if use_sh else torch.empty(0, dtype=dtype),
-            sh_degree, _camera_params(camera, near_plane),
-            g_means2d.to(dtype).contiguous(), g_conics.to(dtype).contiguous(), g_depths.to(dtype).contiguous(),
-            g_colors.to(dtype).contiguous(),
-        )
-        g_sh_or_colors = g_sh if use_sh else g_colors
-        g_screen_points = None
-        if ctx.screen_columns:  # d loss / d NDC xy; a third column is unused
-            g_screen_points = torch.cat(
-                [g_screen, g_screen.new_zeros(g_screen.shape[0], ctx.screen_columns - 2)], dim=1
-            ).to(ctx.screen_dtype)
-        return (g_means, g_quats.to(quats.dtype), g_scales.to(scales.dtype), g_opacities.to(ctx.opacity_dtype),
-                g_sh_or_colors.to(sh_or_colors.dtype), g_screen_points, None, None, None, None, None)
+        grads = [g.to(dtype) for g, dtype in zip((g_quats, g_scales, g_opacities, g_colors), ctx.dtypes)]
+        g_screen = None if ctx.screen_dtype is None else g_screen.to(ctx.screen_dtype)
+        return (g_means, *grads, g_screen, None, None, None, None, None, None)
+
+
+def _kernel_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
+    dtype = torch.promote_types(tensors[0].dtype, tensors[1].dtype)
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def rasterize_cpu_views(
+    means: Tensor,
+    quats: Tensor,
+    scales: Sequence[Tensor],
+    opacities: Tensor,
+    cameras: Sequence[GaussianCamera],
+    *,
+    features: Optional[Tensor] = None,
+    colors: Optional[Tensor] = None,
+    sh_degrees: Sequence[int],
+    screen_points: Optional[Sequence[Tensor]] = None,
+    near_plane: float = NEAR_PLANE,
+    tile_size: int = TILE_SIZE,
+) -> Dict[str, Any]:
+    """All views in one kernel call (the batched interface of ``gaussian_rasterizer.rasterize_views``):
+    ``scales`` and ``sh_degrees`` per view (the renderer's augmentations), ``screen_points`` per view
+    [N, 2 or 3] leaves (or None). Returns
+    ``rgb`` [V, H, W, 3] (premultiplied), ``depth`` and ``alpha`` [V, H, W, 1], and per-view lists
+    ``radii``, ``visibility``, ``means2d``, ``depths``, ``conics``."""
+    width, height = cameras[0].width, cameras[0].height
+    if any(c.width != width or c.height != height for c in cameras):
+        raise ValueError("all views of a batch must have one image size")
+    use_sh = features is not None
+    n_views = len(cameras)
+    opacities = check_inputs(means, quats, scales[0], opacities, features, colors,
+                             None if screen_points is None else screen_points[0])
+    sh_or_colors = features if use_sh else colors
+    for degree in sh_degrees:
+        if use_sh and not 0 <= degree <= 3:
+            raise ValueError(f"SH degree must be in 0..3, got {degree}")
+        if use_sh and features.shape[-2] < (degree + 1) ** 2:
+            raise ValueError(f"SH degree {degree} needs {(degree + 1) ** 2} coefficients, got {features.shape[-2]}")
+    dtype = _kernel_dtype(means, sh_or_colors)
+    shared = all(s is scales[0] for s in scales)
+    scales_in = scales[0][None] if shared else torch.stack(list(scales))
+    screen = None
+    if screen_points is not None:
+        screen = torch.stack([sp[:, :2] for sp in screen_points])  # a third column gets zero gradient
+    image, means2d, depths, conics, radii = RasterizeViewsCPU.apply(
+        means.to(dtype), quats, scales_in, opacities, sh_or_colors, screen, camera_params(cameras, near_plane),
+        torch.tensor(list(sh_degrees) if use_sh else [0] * n_views, dtype=torch.long), use_sh, int(width),
+        int(height), int(tile_size),
+    )
+    radii = list(radii.unbind(0))
+    return {"rgb": image[..., :3], "depth": image[..., 3:4], "alpha": image[..., 4:5], "radii": radii,
+            "visibility": [r > 0 for r in radii], "means2d": list(means2d.unbind(0)),
+            "depths": list(depths.unbind(0)), "conics": list(conics.unbind(0))}
 
 
 def rasterize_cpu(
@@ -402,22 +392,29 @@ def rasterize_cpu(
     if load_kernel() is None:
         _warn_fallback_once(_STATE.error)
         return rasterize_reference(means, quats, scales, opacities, camera, **kwargs)
-
-    opacities = check_inputs(means, quats, scales, opacities, features, colors, screen_points)
-    use_sh = features is not None
-    if use_sh and not 0 <= sh_degree <= 3:
-        raise ValueError(f"SH degree must be in 0..3, got {sh_degree}")
-    if use_sh and features.shape[-2] < (sh_degree + 1) ** 2:
-        raise ValueError(f"SH degree {sh_degree} needs {(sh_degree + 1) ** 2} coefficients, got {features.shape[-2]}")
-
-    image, means2d, depths, conics, radii = RasterizeCPU.apply(
-        means, quats, scales, opacities, features if use_sh else colors, screen_points, camera, sh_degree, use_sh,
-        near_plane, tile_size,
+    if screen_points is not None and (screen_points.dim() != 2 or screen_points.shape[1] not in (2, 3)):
+        check_inputs(means, quats, scales, opacities, features, colors, screen_points)  # raises
+    out = rasterize_cpu_views(
+        means, quats, [scales], opacities, [camera], features=features, colors=colors, sh_degrees=[sh_degree],
+        screen_points=None if screen_points is None else [screen_points], near_plane=near_plane, tile_size=tile_size,
     )
-    return view_outputs(image, background, radii, means2d, depths, conics)
+    image = torch.cat([out["rgb"][0], out["depth"][0], out["alpha"][0]], dim=-1)
+    return view_outputs(image, background, out["radii"][0], out["means2d"][0], out["depths"][0], out["conics"][0])
+
+
+def _views_cpu(means: Tensor, *args, **kwargs) -> Dict[str, Any]:
+    if means.device.type != "cpu":
+        raise ConfigError(
+            f"system.renderer.backend='cpu' renders CPU tensors, got {means.device}; use backend 'auto' or a CUDA backend"
+        )
+    if load_kernel() is None:
+        _warn_fallback_once(_STATE.error)
+        return rasterize_views_one_by_one(rasterize_reference, means, *args, **kwargs)
+    return rasterize_cpu_views(means, *args, **kwargs)
 
 
 rasterize_cpu.is_available = kernel_available  # consulted by "auto"
+rasterize_cpu.views = _views_cpu  # all views of a batch in one call
 
 
 def auto_backend_name(device: torch.device) -> str:
@@ -443,5 +440,14 @@ def rasterize_auto(means: Tensor, *args, **kwargs) -> Dict[str, Tensor]:
     return RASTERIZER_BACKENDS[auto_backend_name(means.device)](means, *args, **kwargs)
 
 
+def _views_auto(means: Tensor, *args, **kwargs) -> Dict[str, Any]:
+    backend = RASTERIZER_BACKENDS[auto_backend_name(means.device)]
+    views = getattr(backend, "views", None)
+    if views is not None:
+        return views(means, *args, **kwargs)
+    return rasterize_views_one_by_one(backend, means, *args, **kwargs)
+
+
+rasterize_auto.views = _views_auto
 register_backend("cpu", rasterize_cpu)
 register_backend("auto", rasterize_auto)

@@ -2,19 +2,19 @@
 
 One renderer, several rasterizer backends behind one function signature (that of
 ``reference.rasterize_reference``); the backend is a config string. The renderer owns the
-threestudio side (batch loop, camera conversion, background compositing, densification outputs);
-a backend only rasterizes one view.
+threestudio side (camera conversion, augmentations, background compositing, densification outputs);
+a backend rasterizes one view, and optionally all views of a batch in one call (its ``views``).
 """
 import random
 from dataclasses import dataclass
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from ..compat import Rasterizer, info, register
 from ..errors import ConfigError
-from .camera import camera_from_threestudio
+from .camera import GaussianCamera, camera_from_threestudio
 from .reference import rasterize_reference
 
 # name -> rasterize(means, quats, scales, opacities, camera, *, features, sh_degree, background,
@@ -27,6 +27,36 @@ def register_backend(name: str, rasterize: Callable[..., Dict[str, Tensor]]) -> 
     if name in RASTERIZER_BACKENDS:
         raise ValueError(f"rasterizer backend '{name}' is already registered")
     RASTERIZER_BACKENDS[name] = rasterize
+
+
+def rasterize_views_one_by_one(rasterize: Callable[..., Dict[str, Tensor]], means: Tensor, quats: Tensor,
+                               scales: Sequence[Tensor], opacities: Tensor, cameras: Sequence[GaussianCamera], *,
+                               features: Optional[Tensor] = None, colors: Optional[Tensor] = None,
+                               sh_degrees: Sequence[int], screen_points: Optional[Sequence[Tensor]] = None,
+                               near_plane: float, tile_size: int) -> Dict[str, Any]:
+    """The batched interface (a backend's ``views`` attribute) for a backend that renders one view
+    per call: ``scales``, ``sh_degrees`` and ``screen_points`` per view. Returns ``rgb``
+    [V, H, W, 3] (premultiplied, no background), ``depth`` and ``alpha`` [V, H, W, 1], and per-view
+    lists ``radii`` and ``visibility``."""
+    outs = [
+        rasterize(means, quats, scales[i], opacities, camera, features=features, colors=colors,
+                  sh_degree=sh_degrees[i], background=None,
+                  screen_points=None if screen_points is None else screen_points[i],
+                  near_plane=near_plane, tile_size=tile_size)
+        for i, camera in enumerate(cameras)
+    ]
+    batched = {key: torch.stack([o[key] for o in outs]) for key in ("rgb", "depth", "alpha")}
+    batched.update(radii=[o["radii"] for o in outs], visibility=[o["visibility"] for o in outs])
+    return batched
+
+
+def rasterize_views(rasterize: Callable[..., Dict[str, Tensor]], *args, **kwargs) -> Dict[str, Any]:
+    """All views of a batch with backend ``rasterize``: its own ``views`` (one call for the batch)
+    where it has one, else one call per view."""
+    views = getattr(rasterize, "views", None)
+    if views is not None:
+        return views(*args, **kwargs)
+    return rasterize_views_one_by_one(rasterize, *args, **kwargs)
 
 
 def get_backend(name: str) -> Callable[..., Dict[str, Tensor]]:
@@ -106,44 +136,44 @@ class GaussianRasterizer(Rasterizer):
         sh_degree = int(geometry.active_sh_degree)
 
         bg = self.background(dirs=rays_d)
-        rgbs, depths, masks = [], [], []
-        viewspace_points, visibility_filter, radii = [], [], []
-        for i in range(c2w.shape[0]):
-            camera = camera_from_threestudio(c2w[i], fovy[i], height, width)
-            view_scales, view_sh_degree = self._augment(scales, sh_degree)
-            screen_points = torch.zeros(
-                means.shape[0], 3, dtype=means.dtype, device=means.device, requires_grad=True
-            )
-            out = self.rasterize(
-                means,
-                quats,
-                view_scales,
-                opacities,
-                camera,
-                features=features,
-                sh_degree=view_sh_degree,
-                background=None,
-                screen_points=screen_points,
-                near_plane=self.cfg.near_plane,
-                tile_size=self.cfg.tile_size,
-            )
-            bg_i = bg[i]
-            if self.training and self.cfg.bg_inversion_prob > 0 and random.random() < self.cfg.bg_inversion_prob:
-                bg_i = 1.0 - bg_i
-            rgbs.append(out["rgb"] + (1.0 - out["alpha"]) * bg_i)
-            depths.append(out["depth"])
-            masks.append(out["alpha"])
-            viewspace_points.append(screen_points)
-            visibility_filter.append(out["visibility"])
-            radii.append(out["radii"])
-
+        n_views = c2w.shape[0]
+        # Host-device synchronisation on a GPU: the focal lengths are Python floats (the CUDA libraries take
+        # them as settings), so the batch's fovy comes to the host once here -- the renderer's only sync
+        # (one per batch, not one per view); the cpu backend reads all cameras in one transfer.
+        fovy_values = torch.as_tensor(fovy).detach().reshape(-1).tolist()
+        cameras = [camera_from_threestudio(c2w[i], fovy_values[i], height, width) for i in range(n_views)]
+        augmented, inverted = [], []  # per view, in the order the random numbers were always drawn
+        for _ in range(n_views):
+            augmented.append(self._augment(scales, sh_degree))
+            inverted.append(self.training and self.cfg.bg_inversion_prob > 0
+                            and random.random() < self.cfg.bg_inversion_prob)
+        viewspace_points = [
+            torch.zeros(means.shape[0], 3, dtype=means.dtype, device=means.device, requires_grad=True)
+            for _ in range(n_views)
+        ]
+        out = rasterize_views(
+            self.rasterize,
+            means,
+            quats,
+            [s for s, _ in augmented],
+            opacities,
+            cameras,
+            features=features,
+            sh_degrees=[d for _, d in augmented],
+            screen_points=viewspace_points,
+            near_plane=self.cfg.near_plane,
+            tile_size=self.cfg.tile_size,
+        )
+        if any(inverted):
+            bg = torch.stack([1.0 - bg[i] if inverted[i] else bg[i] for i in range(n_views)])
+        alpha = out["alpha"]
         return {
-            "comp_rgb": torch.stack(rgbs, dim=0),
-            "comp_depth": torch.stack(depths, dim=0),
-            "comp_mask": torch.stack(masks, dim=0),
+            "comp_rgb": out["rgb"] + (1.0 - alpha) * bg,
+            "comp_depth": out["depth"],
+            "comp_mask": alpha,
             "viewspace_points": viewspace_points,
-            "visibility_filter": visibility_filter,
-            "radii": radii,
+            "visibility_filter": out["visibility"],
+            "radii": out["radii"],
         }
 
     def _augment(self, scales: Tensor, sh_degree: int):

@@ -4,7 +4,7 @@ It reproduces the forward pass of the original 3D Gaussian Splatting rasterizer
 (graphdeco-inria/diff-gaussian-rasterization, with the depth output of the ashawkey fork) and is the
 oracle every faster backend is tested against, values and gradients. The stages are small functions:
 
-1. ``project_gaussians``: view transform, near cull (``z <= 0.2``), 3D covariance ``R S S^T R^T``
+1. ``project_gaussians`` (in float64, rounded to the input precision): view transform, near cull (``z <= 0.2``), 3D covariance ``R S S^T R^T``
    from the quaternion, EWA 2D covariance ``J W Sigma W^T J^T`` with ``t.x/t.z`` and ``t.y/t.z``
    clamped to ``1.3 tan(fov/2)``, low-pass ``+0.3`` on the diagonal (no opacity compensation),
    conic = inverse covariance (``det == 0`` culled), radius ``ceil(3 sqrt(lambda_max))`` with
@@ -153,9 +153,16 @@ def project_gaussians(
     near_plane: float = NEAR_PLANE,
     tile_size: int = TILE_SIZE,
 ) -> Projection:
-    """inria's ``preprocessCUDA`` minus the colours: project means, build conics and radii."""
+    """inria's ``preprocessCUDA`` minus the colours: project means, build conics and radii.
+
+    Computed in float64 and rounded to the means' dtype at the end: float32 means2d, conics and
+    depths are then the correctly rounded values, which any implementation computing in float64
+    reproduces whatever its operation order (the C++ kernel does), so culling, radii and the depth
+    order agree exactly. The tile rectangles are computed from the rounded means2d."""
+    dtype = means.dtype
+    f64 = torch.float64
     width, height = camera.width, camera.height
-    p_view = camera.world_to_camera(means)
+    p_view = camera.world_to_camera(means.to(f64))
     tx, ty, tz = p_view.unbind(-1)
     in_front = tz > near_plane
     # culled Gaussians get z = 1 so that no division below makes inf/nan (and no nan gradients)
@@ -164,9 +171,9 @@ def project_gaussians(
     u = camera.fx * tx / z + camera.cx
     v = camera.fy * ty / z + camera.cy
     if screen_points is not None:
-        u = u + screen_points[:, 0] * (0.5 * width)
-        v = v + screen_points[:, 1] * (0.5 * height)
-    means2d = torch.stack([u, v], dim=-1)
+        u = u + screen_points[:, 0].to(f64) * (0.5 * width)
+        v = v + screen_points[:, 1].to(f64) * (0.5 * height)
+    means2d = torch.stack([u, v], dim=-1).to(dtype)
 
     # EWA splatting (computeCov2D): the Jacobian at the mean, with the mean's direction clamped to
     # 1.3x the field of view; the clamped coordinate is a constant for gradients (inria backward)
@@ -186,8 +193,8 @@ def project_gaussians(
         ],
         dim=-1,
     ).reshape(-1, 2, 3)
-    m = jac @ camera.world_view[:3, :3].to(means)  # J W, [N, 2, 3]
-    cov3d = quat_scale_to_covariance(quats, scales)
+    m = jac @ camera.world_view[:3, :3].to(f64)  # J W, [N, 2, 3]
+    cov3d = quat_scale_to_covariance(quats.to(f64), scales.to(f64))
     cov = m @ cov3d @ m.transpose(-1, -2)
     a = cov[:, 0, 0] + LOW_PASS
     b = cov[:, 0, 1]
@@ -196,20 +203,22 @@ def project_gaussians(
     det = a * c - b * b
     det_ok = det != 0
     det_safe = torch.where(det_ok, det, torch.ones_like(det))
-    conics = torch.stack([c / det_safe, -b / det_safe, a / det_safe], dim=-1)
+    conics = torch.stack([c / det_safe, -b / det_safe, a / det_safe], dim=-1).to(dtype)
 
     with torch.no_grad():
         mid = 0.5 * (a + c)
         gap = torch.sqrt(torch.clamp_min(mid * mid - det, MIN_DISCRIMINANT))
         lambda_max = torch.maximum(mid + gap, mid - gap)
         radius = torch.ceil(RADIUS_SIGMAS * torch.sqrt(lambda_max))
-        radius = torch.where(in_front & det_ok, radius, torch.zeros_like(radius)).to(torch.int32)
+        # a non-finite radius (NaN inputs) or position culls; 2^30 keeps the int32 cast defined
+        keep = in_front & det_ok & torch.isfinite(radius) & torch.isfinite(means2d).all(-1)
+        radius = torch.where(keep, radius.clamp_max(2.0 ** 30), torch.zeros_like(radius)).to(torch.int32)
         x0, y0, x1, y1 = tile_rects(means2d, radius, width, height, tile_size)
         touches_tiles = (x1 - x0) * (y1 - y0) > 0
         radii = torch.where(touches_tiles & (radius > 0), radius, torch.zeros_like(radius))
 
     return Projection(
-        means2d=means2d, conics=conics, depths=tz, radii=radii, cov2d=torch.stack([a, b, c], -1)
+        means2d=means2d, conics=conics, depths=tz.to(dtype), radii=radii, cov2d=torch.stack([a, b, c], -1).to(dtype)
     )
 
 

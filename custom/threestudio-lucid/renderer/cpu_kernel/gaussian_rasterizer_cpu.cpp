@@ -1,31 +1,42 @@
-// The C++ part of the ``cpu`` rasterizer backend (renderer/cpu_backend.py): tile binning, tile
-// compositing forward and backward, and the backward of the projection and SH colours.
+// The C++ part of the ``cpu`` rasterizer backend (renderer/cpu_backend.py): all views of a batch in
+// one call -- projection, SH colours, tile rectangles, depth sort, tile binning, compositing -- and
+// its backward.
 //
 // It implements the stages of the reference rasterizer (renderer/reference.py, the specification)
-// with the original 3DGS rasterizer's per-pixel algorithm. The forward projection, colours, tile
-// rectangles and depth order stay in torch (the reference's own code, so culling, radii, means2d and
-// conics are the same tensors); this file sees 2D splats, plus the 3D inputs for the backward.
-//
-// Compositing, for each pixel of each tile (``tile_size`` square), over the tile's depth-sorted list:
+// with the original 3DGS rasterizer's per-pixel algorithm:
+// - projection (``project_one``): the reference's ``project_gaussians`` in float64 from the inputs,
+//   rounded to the input precision as the reference rounds its float64 projection, so means2d,
+//   conics, depths and radii are the reference's values (the tile rectangles are computed from the
+//   rounded means2d with the reference's float operations, so culling and binning agree too); SH
+//   colours ``max(SH(normalize(mean - campos)) + 0.5, 0)`` in float64;
+// - binning: per view, the visible Gaussians stably sorted by depth, then a counting sort by tile
+//   (the stable sort by (tile, depth) of reference.bin_tiles);
+// - compositing, for each pixel of each tile (``tile_size`` square), over the tile's depth-sorted list:
 //   power = -0.5 (a dx^2 + c dy^2) - b dx dy,  dx = mean.x - px    (skipped unless power <= 0)
 //   alpha = min(alpha_max, o exp(power))                            (skipped if alpha < alpha_min)
 //   stop before the Gaussian with T (1 - alpha) < t_min; otherwise  C += alpha T f,  T *= 1 - alpha
-// with pixel centres at integer coordinates (the reference makes the same stop test on a float64
-// sum of log(1 - alpha); T is a float64 product here: they agree to double rounding). The forward
-// saves the final T per pixel and every contribution (which Gaussian, which pixel, exp(power)); the
-// backward replays them back to front from the final T, as inria's backward.cu does from n_contrib
-// (see BackwardTile), with the gradient straight through the alpha_max clamp.
+//   with pixel centres at integer coordinates (the reference makes the same stop test on a float64
+//   sum of log(1 - alpha); T is a float64 product here: they agree to double rounding). The forward
+//   saves the final T per pixel and every contribution (which Gaussian, which pixel, exp(power)); the
+//   backward replays them back to front from the final T, as inria's backward.cu does from n_contrib
+//   (see BackwardTile), with the gradient straight through the alpha_max clamp;
+// - backward of the projection and colours per Gaussian (``preprocess_backward_one``), summed over
+//   the views in view order.
 //
 // Speed without changing a single decision: a (Gaussian, pixel) pair is only rejected early where
 // the exact tests above would reject it (see Bound): ``cut`` bounds the power below which alpha <
 // alpha_min, and a widened ellipse bounds the rows and, per row, the columns where power >= cut can
 // hold. A tile row is processed Gaussian by Gaussian over those columns, each pixel keeping its own
-// state, so every pixel still sees its Gaussians front to back with the per-pixel loop's operations.
+// state, so every pixel still sees its Gaussians front to back with the per-pixel loop's operations;
+// entries whose columns hold no unfinished pixel are skipped before any arithmetic.
 //
-// Threads (torch's intra-op count) take whole tiles from a shared counter. Gradients are summed per
+// Threads (torch's intra-op count) take whole tiles of all views from a shared counter (four 64x64
+// views are 64 tiles, one view only 16). Each thread appends the contributions of its tiles to its
+// own buffer, which the backward reads in place (they are written once). Gradients are summed per
 // (tile, Gaussian) pair -- a pair belongs to one tile, hence one thread, so no atomics -- and then per
-// Gaussian in list order: results do not depend on the thread count or the schedule. T and the sums
-// are float64; positions, conics, alphas and features keep the input precision, as in the reference.
+// Gaussian over its pairs in tile order, in parallel over Gaussians: results do not depend on the
+// thread count or the schedule. T and the sums are float64; positions, conics, alphas and features
+// keep the input precision, as in the reference.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -34,7 +45,10 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
+#include <memory>
+#include <numeric>
 #include <vector>
 
 #ifdef _OPENMP
@@ -48,7 +62,7 @@ constexpr int64_t kGeomGrads = 6;
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
 struct Settings {
-  int64_t width, height, tile_size, n_tiles_x, n_tiles;
+  int64_t width, height, tile_size, n_tiles_x, n_tiles;  // n_tiles: per view
   double alpha_max, alpha_min, t_min;
 };
 
@@ -70,26 +84,28 @@ inline int64_t ceil_i64(double v) {
 // ellipse: a pair can pass power >= cut only where the exact quadratic form q = d^T conic d is at
 // most r2 = -2 cut (1 + rel)^2: the float q differs from the exact one by at most ~1e-7 (a + c)
 // |d|^2 <= 1e-7 q (a + c) / lambda_min(conic), and rel is 100x that plus 1e-4. An entry's rows are
-// those its widened ellipse reaches (|dy| <= sqrt(r2 Sigma_yy), Sigma = conic^-1, + 1e-3 px); on a
-// row, its columns are where q(dx) = a dx^2 + 2 b dy dx + c dy^2 <= r2, i.e. dx between
-// (-b dy -+ sqrt(a r2 - det dy^2)) / a, + 1e-3 px (in float64). Pixel centres are integers, so both
-// are kept as integer ranges. An ill-conditioned or non-positive-definite conic (rel >= 0.1) gets
-// the whole tile; an entry that can reach no pixel (o < alpha_min, NaN, inf) gets nothing.
+// those its widened ellipse reaches (|dy| <= sqrt(r2 Sigma_yy), Sigma = conic^-1, + 1e-3 px), its
+// columns likewise (|dx| <= sqrt(r2 Sigma_xx) + 1e-3); on a row, its columns are where q(dx) =
+// a dx^2 + 2 b dy dx + c dy^2 <= r2, i.e. dx between (-b dy -+ sqrt(a r2 - det dy^2)) / a, + 1e-3 px
+// (in float64). Pixel centres are integers, so all are kept as integer ranges. An ill-conditioned or
+// non-positive-definite conic (rel >= 0.1) gets the whole tile; an entry that can reach no pixel
+// (o < alpha_min, NaN, inf) gets nothing.
 struct Bound {
   double cut;    // power below which alpha < alpha_min
   double r2;     // widened -2 cut of the ellipse bound; < 0: no ellipse bound
   double inv_a;  // 1 / conic a
   double det;    // conic a c - b^2
   double hy;     // half height of the rows reached: kInf = every row, < 0 = none
+  double hx;     // half width of the columns reached: kInf = every column
 };
 
-// The bound of one Gaussian (computed once per Gaussian, not per tile).
+// The bound of one Gaussian (computed once per Gaussian and view, not per tile).
 inline Bound make_bound(double x, double y, double ca, double cb, double cc, double o, double alpha_min) {
   Bound bd;
   bd.cut = o > 0.0 ? std::log(alpha_min / o) - 1e-4 : kInf;
   bd.r2 = -1.0;
   bd.inv_a = bd.det = 0.0;
-  bd.hy = kInf;
+  bd.hy = bd.hx = kInf;
   // o < alpha_min (or not > 0, or NaN), or a position whose power is NaN: no pixel passes
   if (!(bd.cut < 0.0) || !std::isfinite(x) || !std::isfinite(y)) {
     bd.hy = -1.0;
@@ -105,6 +121,7 @@ inline Bound make_bound(double x, double y, double ca, double cb, double cc, dou
   bd.inv_a = 1.0 / ca;
   bd.det = dt;
   bd.hy = std::sqrt(bd.r2 * ca / dt) + 1e-3;
+  bd.hx = std::sqrt(bd.r2 * cc / dt) + 1e-3;
   return bd;
 }
 
@@ -112,13 +129,15 @@ template <typename scalar_t>
 struct TileList {
   std::vector<scalar_t> x, y, a, b, c, o, cut, f;
   std::vector<double> r2, inv_a, det;  // r2 < 0: no ellipse bound, every column of its rows
+  std::vector<int32_t> xlo, xhi;       // the columns an entry can reach in the tile
   std::vector<int32_t> row_offsets, row_entries;  // per tile row, the entries reaching it (CSR)
   int64_t n = 0;
 
-  // The tile's entries; with bounds (the forward), also their bounds and the rows they reach.
+  // The tile's entries; with bounds (the forward), also their bounds and the rows and columns they
+  // reach in the tile [x0, x1) x [y0, y1).
   void gather(const scalar_t* means2d, const scalar_t* conics, const scalar_t* opacities,
               const scalar_t* features, const int64_t* ids, int64_t count, int64_t dim,
-              const Bound* bounds, int64_t y0, int64_t y1) {
+              const Bound* bounds, int64_t x0, int64_t x1, int64_t y0, int64_t y1) {
     n = count;
     for (auto* v : {&x, &y, &a, &b, &c, &o}) v->resize(n);
     f.resize(n * dim);
@@ -135,6 +154,8 @@ struct TileList {
     if (bounds == nullptr) return;
     for (auto* v : {&r2, &inv_a, &det}) v->resize(n);
     cut.resize(n);
+    xlo.resize(n);
+    xhi.resize(n);
     row_span_.resize(2 * n);  // [2k], [2k+1]: first and last row, clamped to the tile
     row_offsets.assign(y1 - y0 + 1, 0);
     for (int64_t k = 0; k < n; ++k) {
@@ -143,14 +164,19 @@ struct TileList {
       r2[k] = bd.r2;
       inv_a[k] = bd.inv_a;
       det[k] = bd.det;
-      const double yk = static_cast<double>(y[k]);
-      int64_t lo = y0, hi = y1 - 1;
+      const double yk = static_cast<double>(y[k]), xk = static_cast<double>(x[k]);
+      int64_t lo = y0, hi = y1 - 1, clo = x0, chi = x1 - 1;
       if (!(bd.hy >= 0.0)) {
         hi = lo - 1;  // reaches no pixel
       } else if (bd.hy < kInf) {
         lo = std::max(lo, ceil_i64(std::max(yk - bd.hy, -1e15)));
         hi = std::min(hi, floor_i64(std::min(yk + bd.hy, 1e15)));
+        clo = std::max(clo, ceil_i64(std::max(xk - bd.hx, -1e15)));
+        chi = std::min(chi, floor_i64(std::min(xk + bd.hx, 1e15)));
+        if (clo > chi) hi = lo - 1;
       }
+      xlo[k] = static_cast<int32_t>(clo);
+      xhi[k] = static_cast<int32_t>(chi);
       row_span_[2 * k] = lo;
       row_span_[2 * k + 1] = hi;
       for (int64_t r = lo; r <= hi; ++r) ++row_offsets[r - y0 + 1];
@@ -181,7 +207,8 @@ struct RowEntry {
   int32_t k, lo, hi;
 };
 
-// The row entry of list entry k on pixel row py, or false when it reaches no column of the tile.
+// The row entry of list entry k on pixel row py within columns [x0, x1), or false when it reaches
+// none of them.
 template <typename scalar_t>
 inline bool row_entry(const TileList<scalar_t>& L, int32_t k, int64_t py, int64_t x0, int64_t x1,
                       RowEntry<scalar_t>* e) {
@@ -214,7 +241,7 @@ inline bool row_entry(const TileList<scalar_t>& L, int32_t k, int64_t py, int64_
 // power not <= 0 (NaN included), power below cut (then alpha < alpha_min), alpha < alpha_min or NaN
 template <typename scalar_t>
 inline bool alpha_at(const RowEntry<scalar_t>& e, int32_t px, scalar_t alpha_max, scalar_t alpha_min,
-                     scalar_t* alpha, scalar_t* G, scalar_t* dx_out) {
+                     scalar_t* alpha, scalar_t* G) {
   const scalar_t dx = e.x - static_cast<scalar_t>(px);
   const scalar_t power = scalar_t(-0.5) * (e.a * dx * dx + e.cdy2) - e.b * dx * e.dy;
   if (!(power <= scalar_t(0)) || power < e.cut) return false;
@@ -224,21 +251,32 @@ inline bool alpha_at(const RowEntry<scalar_t>& e, int32_t px, scalar_t alpha_max
   if (!(al >= alpha_min)) return false;
   *alpha = al;
   *G = g;
-  *dx_out = dx;
   return true;
 }
 
-// Runs body(tile, scratch...) over all tiles: each thread pulls the next tile from a shared counter.
+inline int thread_index() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+// Runs body(tile, scratch) over all tiles: each thread pulls the next tile from a shared counter
+// and owns scratches[its index] (sized here; kept by the caller, e.g. for the buffers it filled).
 template <typename Body>
-void for_each_tile(int64_t n_tiles, const Body& body) {
+void for_each_tile(int64_t n_tiles, const Body& body, std::vector<typename Body::Scratch>& scratches) {
   std::atomic<int64_t> next(0);
   int n_threads = std::max<int>(1, at::get_num_threads());
   n_threads = static_cast<int>(std::min<int64_t>(n_threads, std::max<int64_t>(n_tiles, 1)));
+  scratches.resize(n_threads);
 #ifdef _OPENMP
 #pragma omp parallel num_threads(n_threads)
 #endif
   {
-    typename Body::Scratch scratch;  // reused across this thread's tiles
+    const int id = thread_index();
+    typename Body::Scratch& scratch = scratches[id];
+    scratch.thread = id;
     for (int64_t t = next.fetch_add(1); t < n_tiles; t = next.fetch_add(1)) body(t, scratch);
   }
 }
@@ -247,7 +285,7 @@ void for_each_tile(int64_t n_tiles, const Body& body) {
 // packed as k << 8 | lane, and G = exp(power) (alpha = min(alpha_max, o G) is recomputed bit for
 // bit). The forward stores a row's contributions in the order it makes them -- front to back within
 // each pixel -- and the backward replays them in reverse instead of searching the tile list and
-// evaluating exp again (which took half the backward's time): 8 bytes per contribution in float32.
+// evaluating exp again: 8 bytes per contribution in float32.
 constexpr int kLaneBits = 8;
 constexpr int64_t kMaxTileSize = int64_t(1) << kLaneBits;
 constexpr int64_t kMaxTileList = int64_t(1) << (31 - kLaneBits);
@@ -259,66 +297,90 @@ struct Contribution {
   scalar_t G;
 };
 
+// Where a tile's contributions are: thread buffer, first and one-past-last record (int64 x 3 per
+// tile; all 0 for an empty tile). Rows: ``row_start`` holds tile_size + 1 tile-local offsets per tile.
+constexpr int64_t kSpan = 3;
+
+// Pixel geometry of tile ``tile`` (of all views): its view and its pixel rectangle.
+struct TileBox {
+  int64_t view, x0, y0, x1, y1;
+};
+inline TileBox tile_box(const Settings& s, int64_t tile) {
+  TileBox t;
+  t.view = tile / s.n_tiles;
+  const int64_t local = tile - t.view * s.n_tiles;
+  t.x0 = (local % s.n_tiles_x) * s.tile_size;
+  t.y0 = (local / s.n_tiles_x) * s.tile_size;
+  t.x1 = std::min(t.x0 + s.tile_size, s.width);
+  t.y1 = std::min(t.y0 + s.tile_size, s.height);
+  return t;
+}
+
 // The forward processes a row entry by entry (front to back), each entry visiting only its
 // columns; every pixel ("lane") of the row keeps its own state, so each pixel still sees its
-// Gaussians in list order with the operations of the per-pixel loop.
+// Gaussians in list order with the operations of the per-pixel loop. Per-(view, Gaussian) inputs
+// are [V, N, .] (``n_gauss`` = N); opacities are shared by the views.
 template <typename scalar_t, int kDim>
 struct ForwardTile {
-  using scalar_type = scalar_t;
   struct Scratch {
+    int thread = 0;
     TileList<scalar_t> list;
     std::vector<double> lanes;
-    std::vector<Contribution<scalar_t>> added;  // this tile's, then copied out at its size
+    std::vector<Contribution<scalar_t>> added;  // every tile of this thread, in the order done
   };
   const Settings& s;
   const scalar_t *means2d, *conics, *opacities, *features;
   const int64_t *gauss_ids, *offsets;
-  int64_t dim_;
-  scalar_t* image;
-  double* final_t;
-  int64_t* row_start;  // per tile row (tile * tile_size + row): tile-local here, made global by the caller
-  std::vector<std::vector<Contribution<scalar_t>>>* tile_contributions;
-  const Bound* bounds;
+  int64_t dim_, n_gauss;
+  scalar_t* image;        // [V, H, W, dim]
+  double* final_t;        // [V, H, W]
+  int64_t* row_start;     // [n_tiles_all, tile_size + 1], tile-local
+  int64_t* spans;         // [n_tiles_all, kSpan]
+  const Bound* bounds;    // [V, N]
 
   void operator()(int64_t tile, Scratch& scratch) const {
     const int64_t dim = kDim > 0 ? kDim : dim_;
     const int64_t r0 = offsets[tile], r1 = offsets[tile + 1];
     if (r1 == r0) return;  // the outputs are initialised to an empty pixel
-    const int64_t x0 = (tile % s.n_tiles_x) * s.tile_size, y0 = (tile / s.n_tiles_x) * s.tile_size;
-    const int64_t x1 = std::min(x0 + s.tile_size, s.width), y1 = std::min(y0 + s.tile_size, s.height);
-    const int64_t width = x1 - x0;
+    const TileBox box = tile_box(s, tile);
+    const int64_t x0 = box.x0, x1 = box.x1, y0 = box.y0, y1 = box.y1;
+    const int64_t width = x1 - x0, go = box.view * n_gauss, pix0 = box.view * s.width * s.height;
     const scalar_t alpha_max = static_cast<scalar_t>(s.alpha_max);
     const scalar_t alpha_min = static_cast<scalar_t>(s.alpha_min);
     const double t_min = s.t_min;
     TileList<scalar_t>& L = scratch.list;
-    L.gather(means2d, conics, opacities, features, gauss_ids + r0, r1 - r0, dim, bounds, y0, y1);
+    L.gather(means2d + 2 * go, conics + 3 * go, opacities, features + dim * go, gauss_ids + r0, r1 - r0, dim,
+             bounds + go, x0, x1, y0, y1);
     const scalar_t* f = L.f.data();
     scratch.lanes.resize(width * (dim + 1));
     double* __restrict T = scratch.lanes.data();  // [width]; 0 marks a finished pixel
     double* __restrict acc = T + width;           // [width, dim]
     std::vector<Contribution<scalar_t>>& out = scratch.added;
-    out.clear();
+    const int64_t begin = static_cast<int64_t>(out.size());
+    int64_t* rows = row_start + tile * (s.tile_size + 1);
     for (int64_t py = y0; py < y1; ++py) {
       std::fill(T, T + width, 1.0);
       std::fill(acc, acc + width * dim, 0.0);
-      row_start[tile * s.tile_size + (py - y0)] = static_cast<int64_t>(out.size());
-      int64_t open = width;
+      rows[py - y0] = static_cast<int64_t>(out.size()) - begin;
+      int64_t first = x0, last = x1 - 1;  // the unfinished pixels lie in [first, last]
       const int32_t* ks = L.row_entries.data() + L.row_offsets[py - y0];
       const int32_t* ks_end = L.row_entries.data() + L.row_offsets[py - y0 + 1];
-      for (; ks != ks_end && open > 0; ++ks) {
+      for (; ks != ks_end && first <= last; ++ks) {
+        if (L.xhi[*ks] < first || L.xlo[*ks] > last) continue;
         RowEntry<scalar_t> e;
-        if (!row_entry(L, *ks, py, x0, x1, &e)) continue;
+        if (!row_entry(L, *ks, py, first, last + 1, &e)) continue;
         const scalar_t* fk = f + e.k * dim;
         for (int32_t px = e.lo; px <= e.hi; ++px) {
           const int64_t lane = px - x0;
           if (T[lane] == 0.0) continue;
-          scalar_t alpha, G, dx;
-          if (!alpha_at(e, px, alpha_max, alpha_min, &alpha, &G, &dx)) continue;
+          scalar_t alpha, G;
+          if (!alpha_at(e, px, alpha_max, alpha_min, &alpha, &G)) continue;
           const double next_t = T[lane] * (1.0 - static_cast<double>(alpha));
           if (next_t < t_min) {  // this Gaussian is not added, nor any later one
-            final_t[py * s.width + px] = T[lane];
+            final_t[pix0 + py * s.width + px] = T[lane];
             T[lane] = 0.0;
-            --open;
+            while (first <= last && T[first - x0] == 0.0) ++first;
+            while (last >= first && T[last - x0] == 0.0) --last;
             continue;
           }
           const double w = static_cast<double>(alpha) * T[lane];
@@ -329,12 +391,16 @@ struct ForwardTile {
         }
       }
       for (int64_t lane = 0; lane < width; ++lane) {
-        const int64_t pix = py * s.width + x0 + lane;
+        const int64_t pix = pix0 + py * s.width + x0 + lane;
         for (int64_t d = 0; d < dim; ++d) image[pix * dim + d] = static_cast<scalar_t>(acc[lane * dim + d]);
         if (T[lane] != 0.0) final_t[pix] = T[lane];
       }
     }
-    (*tile_contributions)[tile].assign(out.begin(), out.end());
+    const int64_t count = static_cast<int64_t>(out.size()) - begin;
+    for (int64_t r = y1 - y0; r <= s.tile_size; ++r) rows[r] = count;
+    spans[kSpan * tile] = scratch.thread;
+    spans[kSpan * tile + 1] = begin;
+    spans[kSpan * tile + 2] = begin + count;
   }
 };
 
@@ -342,39 +408,44 @@ struct ForwardTile {
 // -- from the saved final T, recovering T_i = T_{i+1} / (1 - alpha_i) (inria's backward.cu scheme):
 //   dL/df_i     = alpha_i T_i dL/dC
 //   dL/dalpha_i = T_i (f_i - A_i) . dL/dC,   A_i = alpha_{i+1} f_{i+1} + (1 - alpha_{i+1}) A_{i+1}
-// with the gradient straight through the alpha_max clamp (dalpha/do = G, dalpha/dG = o).
+// with the gradient straight through the alpha_max clamp (dalpha/do = G, dalpha/dG = o). The
+// per-entry sums of a tile are float64 and go out as one row per (tile, Gaussian) pair.
 template <typename scalar_t, int kDim>
 struct BackwardTile {
-  using scalar_type = scalar_t;
   struct Scratch {
+    int thread = 0;
     TileList<scalar_t> list;
     std::vector<double> grads, lanes;
   };
   const Settings& s;
   const scalar_t *means2d, *conics, *opacities, *features;
   const int64_t *gauss_ids, *offsets;
-  int64_t dim_;
+  int64_t dim_, n_gauss;
   const double* final_t;
   const int64_t* row_start;
-  const int32_t* contrib_k_lane;
-  const scalar_t* contrib_g;
+  const int64_t* spans;
+  const Contribution<scalar_t>* const* buffers;  // per forward thread
   const scalar_t* grad_image;
+  const int64_t* pair_slots;  // pair -> its row of pair_grads (grouped by Gaussian)
   scalar_t* pair_grads;
 
   void operator()(int64_t tile, Scratch& scratch) const {
     const int64_t dim = kDim > 0 ? kDim : dim_;
     const int64_t r0 = offsets[tile], r1 = offsets[tile + 1];
     if (r1 == r0) return;
-    const int64_t x0 = (tile % s.n_tiles_x) * s.tile_size, y0 = (tile / s.n_tiles_x) * s.tile_size;
-    const int64_t x1 = std::min(x0 + s.tile_size, s.width), y1 = std::min(y0 + s.tile_size, s.height);
-    const int64_t width = x1 - x0;
+    const TileBox box = tile_box(s, tile);
+    const int64_t x0 = box.x0, x1 = box.x1, y0 = box.y0, y1 = box.y1;
+    const int64_t width = x1 - x0, go = box.view * n_gauss, pix0 = box.view * s.width * s.height;
     const scalar_t alpha_max = static_cast<scalar_t>(s.alpha_max);
     const int64_t stride = kGeomGrads + dim;
     TileList<scalar_t>& L = scratch.list;
-    L.gather(means2d, conics, opacities, features, gauss_ids + r0, r1 - r0, dim, nullptr, y0, y1);
+    L.gather(means2d + 2 * go, conics + 3 * go, opacities, features + dim * go, gauss_ids + r0, r1 - r0, dim,
+             nullptr, x0, x1, y0, y1);
     const scalar_t* f = L.f.data();
     std::vector<double>& grads = scratch.grads;
     grads.assign(L.n * stride, 0.0);
+    const Contribution<scalar_t>* contrib = buffers[spans[kSpan * tile]] + spans[kSpan * tile + 1];
+    const int64_t* rows = row_start + tile * (s.tile_size + 1);
     // per lane: T, the alpha of the Gaussian added after the current one, dL/dC, A and the features
     // of the Gaussian added after the current one
     scratch.lanes.resize(width * (2 + 3 * dim));
@@ -384,11 +455,10 @@ struct BackwardTile {
     double* __restrict behind = g + width * dim;
     double* __restrict next_f = behind + width * dim;
     for (int64_t py = y0; py < y1; ++py) {
-      const int64_t segment = tile * s.tile_size + (py - y0);
-      const int64_t c0 = row_start[segment], c1 = row_start[segment + 1];
+      const int64_t c0 = rows[py - y0], c1 = rows[py - y0 + 1];
       if (c1 == c0) continue;
       for (int64_t lane = 0; lane < width; ++lane) {
-        const int64_t pix = py * s.width + x0 + lane;
+        const int64_t pix = pix0 + py * s.width + x0 + lane;
         T[lane] = final_t[pix];
         next_alpha[lane] = 0.0;
         for (int64_t d = 0; d < dim; ++d) {
@@ -399,9 +469,9 @@ struct BackwardTile {
       }
       const scalar_t py_s = static_cast<scalar_t>(py);
       for (int64_t j = c1 - 1; j >= c0; --j) {
-        const int32_t k = contrib_k_lane[j] >> kLaneBits;
-        const int64_t lane = contrib_k_lane[j] & (kMaxTileSize - 1);
-        const scalar_t G = contrib_g[j];
+        const int32_t k = contrib[j].k_lane >> kLaneBits;
+        const int64_t lane = contrib[j].k_lane & (kMaxTileSize - 1);
+        const scalar_t G = contrib[j].G;
         const scalar_t dx = L.x[k] - static_cast<scalar_t>(x0 + lane);
         const scalar_t dy = L.y[k] - py_s;
         scalar_t alpha_s = L.o[k] * G;
@@ -440,14 +510,19 @@ struct BackwardTile {
         gk[5] += dl_dalpha * Gd;
       }
     }
-    scalar_t* out = pair_grads + r0 * stride;
-    for (int64_t j = 0; j < L.n * stride; ++j) out[j] = static_cast<scalar_t>(grads[j]);
+    // each pair's row goes where the per-Gaussian sum reads it in sequence
+    for (int64_t k = 0; k < L.n; ++k) {
+      scalar_t* out = pair_grads + pair_slots[r0 + k] * stride;
+      const double* src = &grads[k * stride];
+      for (int64_t j = 0; j < stride; ++j) out[j] = static_cast<scalar_t>(src[j]);
+    }
   }
 };
 
 Settings make_settings(int64_t width, int64_t height, int64_t tile_size, double alpha_max,
                        double alpha_min, double t_min) {
   TORCH_CHECK(width > 0 && height > 0 && tile_size > 0, "width, height and tile_size must be positive");
+  TORCH_CHECK(tile_size <= kMaxTileSize, "tile_size must be at most ", kMaxTileSize);
   Settings s;
   s.width = width;
   s.height = height;
@@ -458,6 +533,24 @@ Settings make_settings(int64_t width, int64_t height, int64_t tile_size, double 
   s.alpha_min = alpha_min;
   s.t_min = t_min;
   return s;
+}
+
+void check_tile_lists(const at::Tensor& gauss_ids, const at::Tensor& offsets, int64_t n_tiles_all, int64_t n) {
+  TORCH_CHECK(gauss_ids.scalar_type() == at::kLong && offsets.scalar_type() == at::kLong,
+              "gauss_ids and offsets must be int64");
+  TORCH_CHECK(offsets.dim() == 1 && offsets.size(0) == n_tiles_all + 1, "offsets must be [n_tiles + 1]");
+  TORCH_CHECK(gauss_ids.dim() == 1 && gauss_ids.size(0) < (int64_t(1) << 31),
+              "gauss_ids must be [M] with M < 2^31");
+  const int64_t* off = offsets.data_ptr<int64_t>();
+  TORCH_CHECK(off[0] == 0 && off[n_tiles_all] == gauss_ids.size(0), "offsets must run from 0 to len(gauss_ids)");
+  for (int64_t t = 0; t < n_tiles_all; ++t) {
+    TORCH_CHECK(off[t] <= off[t + 1], "offsets must not decrease");
+    TORCH_CHECK(off[t + 1] - off[t] < kMaxTileList, "a tile lists more than ", kMaxTileList, " Gaussians");
+  }
+  if (gauss_ids.numel() > 0) {
+    TORCH_CHECK(gauss_ids.min().item<int64_t>() >= 0 && gauss_ids.max().item<int64_t>() < n,
+                "gauss_ids must index the N Gaussians");
+  }
 }
 
 void check_inputs(const at::Tensor& means2d, const at::Tensor& conics, const at::Tensor& opacities,
@@ -475,27 +568,107 @@ void check_inputs(const at::Tensor& means2d, const at::Tensor& conics, const at:
   for (const auto* t : {&conics, &opacities, &features}) {
     TORCH_CHECK(t->scalar_type() == means2d.scalar_type(), "all float inputs must share one dtype");
   }
-  TORCH_CHECK(gauss_ids.scalar_type() == at::kLong && offsets.scalar_type() == at::kLong,
-              "gauss_ids and offsets must be int64");
-  TORCH_CHECK(offsets.dim() == 1 && offsets.size(0) == s.n_tiles + 1, "offsets must be [n_tiles + 1]");
-  TORCH_CHECK(gauss_ids.dim() == 1 && gauss_ids.size(0) < (int64_t(1) << 31),
-              "gauss_ids must be [M] with M < 2^31");
-  const int64_t* off = offsets.data_ptr<int64_t>();
-  TORCH_CHECK(off[0] == 0 && off[s.n_tiles] == gauss_ids.size(0), "offsets must run from 0 to len(gauss_ids)");
-  for (int64_t t = 0; t < s.n_tiles; ++t) TORCH_CHECK(off[t] <= off[t + 1], "offsets must not decrease");
-  if (gauss_ids.numel() > 0) {
-    TORCH_CHECK(gauss_ids.min().item<int64_t>() >= 0 && gauss_ids.max().item<int64_t>() < n,
-                "gauss_ids must index the N Gaussians");
+  check_tile_lists(gauss_ids, offsets, s.n_tiles, n);
+}
+
+// Per-Gaussian bounds [count], from [count, 2] means2d, [count, 3] conics and the opacities
+// (``op_of(i)``: the opacity of entry i).
+template <typename scalar_t, typename Opacity>
+std::vector<Bound> make_bounds(const scalar_t* m2, const scalar_t* co, Opacity op_of, int64_t count, double alpha_min) {
+  std::vector<Bound> bounds(count);
+  at::parallel_for(0, count, 4096, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+      bounds[i] = make_bound(m2[2 * i], m2[2 * i + 1], co[3 * i], co[3 * i + 1], co[3 * i + 2], op_of(i), alpha_min);
+    }
+  });
+  return bounds;
+}
+
+// The forward's thread buffers as byte tensors that own them (no copy).
+template <typename scalar_t, typename Scratch>
+std::vector<at::Tensor> buffers_as_tensors(std::vector<Scratch>& scratches) {
+  std::vector<at::Tensor> out;
+  for (auto& sc : scratches) {
+    auto* owned = new std::vector<Contribution<scalar_t>>(std::move(sc.added));
+    const int64_t bytes = static_cast<int64_t>(owned->size() * sizeof(Contribution<scalar_t>));
+    out.push_back(at::from_blob(owned->data(), {bytes}, [owned](void*) { delete owned; },
+                                at::TensorOptions().dtype(at::kByte)));
+  }
+  return out;
+}
+
+template <typename scalar_t>
+std::vector<const Contribution<scalar_t>*> buffer_pointers(const std::vector<at::Tensor>& buffers) {
+  std::vector<const Contribution<scalar_t>*> out;
+  for (const auto& b : buffers) {
+    TORCH_CHECK(b.scalar_type() == at::kByte && b.is_contiguous() && b.numel() % sizeof(Contribution<scalar_t>) == 0,
+                "contribution buffers must be the forward's byte tensors");
+    out.push_back(reinterpret_cast<const Contribution<scalar_t>*>(b.data_ptr<uint8_t>()));
+  }
+  return out;
+}
+
+void check_pixel_state(const at::Tensor& final_t, const at::Tensor& row_start, const at::Tensor& spans,
+                       const std::vector<at::Tensor>& buffers, int64_t n_tiles_all, const Settings& s,
+                       int64_t n_views, size_t record) {
+  TORCH_CHECK(final_t.scalar_type() == at::kDouble && final_t.is_contiguous() &&
+                  final_t.numel() == n_views * s.height * s.width,
+              "final_t must be float64 [V, H, W]");
+  TORCH_CHECK(row_start.scalar_type() == at::kLong && row_start.is_contiguous() &&
+                  row_start.numel() == n_tiles_all * (s.tile_size + 1),
+              "row_start must be int64 [n_tiles, tile_size + 1]");
+  TORCH_CHECK(spans.scalar_type() == at::kLong && spans.is_contiguous() && spans.numel() == n_tiles_all * kSpan,
+              "spans must be int64 [n_tiles, 3]");
+  const int64_t* sp = spans.data_ptr<int64_t>();
+  for (int64_t t = 0; t < n_tiles_all; ++t) {
+    const int64_t th = sp[kSpan * t], b = sp[kSpan * t + 1], e = sp[kSpan * t + 2];
+    if (e == b) continue;
+    TORCH_CHECK(th >= 0 && th < static_cast<int64_t>(buffers.size()) && 0 <= b && b <= e &&
+                    e * static_cast<int64_t>(record) <= buffers[th].numel(),
+                "spans must point into the contribution buffers");
+  }
+}
+
+// Sums the per-pair gradient rows [M, stride], grouped by (view, Gaussian) g in rows
+// pair_start[g]:pair_start[g + 1] (in tile order), into out[g] (float64), in parallel over g.
+template <typename scalar_t>
+void reduce_pairs(const scalar_t* pair_grads, int64_t stride, const int64_t* pair_start, int64_t count, double* out) {
+  at::parallel_for(0, count, 256, [&](int64_t g0, int64_t g1) {
+    for (int64_t g = g0; g < g1; ++g) {
+      double* dst = out + g * stride;
+      for (int64_t j = pair_start[g]; j < pair_start[g + 1]; ++j) {
+        const scalar_t* src = pair_grads + j * stride;
+        for (int64_t d = 0; d < stride; ++d) dst[d] += static_cast<double>(src[d]);
+      }
+    }
+  });
+}
+
+// The pairs of each entry of ``ids`` (tile lists over n_tiles_all tiles of V views) grouped by
+// g = view * n + id in list order: pair_start [V n + 1] and each pair's row, slot [M].
+void pairs_by_gaussian(const int64_t* ids, const int64_t* off, int64_t n_tiles_all, int64_t n_tiles, int64_t n,
+                       int64_t n_views, std::vector<int64_t>* start, std::vector<int64_t>* slot) {
+  start->assign(n_views * n + 1, 0);
+  for (int64_t t = 0; t < n_tiles_all; ++t) {
+    const int64_t base = (t / n_tiles) * n;
+    for (int64_t k = off[t]; k < off[t + 1]; ++k) ++(*start)[base + ids[k] + 1];
+  }
+  for (int64_t g = 0; g < n_views * n; ++g) (*start)[g + 1] += (*start)[g];
+  slot->resize(off[n_tiles_all]);
+  std::vector<int64_t> cursor(start->begin(), start->end() - 1);
+  for (int64_t t = 0; t < n_tiles_all; ++t) {
+    const int64_t base = (t / n_tiles) * n;
+    for (int64_t k = off[t]; k < off[t + 1]; ++k) (*slot)[k] = cursor[base + ids[k]]++;
   }
 }
 
 // ---------------------------------------------------------------------------------------------
-// Backward of the projection and of the SH colours (reference.project_gaussians,
-// cpu_backend.colors_from_sh_basis), per Gaussian, in float64. Forward values are recomputed from
-// the inputs; the rules are the reference's (autograd of its torch code, with its deliberate
-// exceptions): culled Gaussians (z <= near) use z = 1, a clamped t.x/t.z (t.y/t.z) makes t.x (t.y)
-// a constant in the EWA Jacobian, det == 0 uses det = 1, the colour clamp at 0 passes the gradient
-// where SH + 0.5 >= 0 (torch.clamp_min), and a zero direction is not normalised.
+// Projection and SH colours, forward (per view and Gaussian) and backward (per Gaussian, summed over
+// the views), in float64 from the inputs. The rules are the reference's (autograd of its torch code,
+// with its deliberate exceptions): culled Gaussians (z <= near) use z = 1, a clamped t.x/t.z
+// (t.y/t.z) makes t.x (t.y) a constant in the EWA Jacobian, det == 0 uses det = 1, the colour clamp
+// at 0 passes the gradient where SH + 0.5 >= 0 (torch.clamp_min), and a zero direction is not
+// normalised.
 // ---------------------------------------------------------------------------------------------
 constexpr double kShC0 = 0.28209479177387814;
 constexpr double kShC1 = 0.4886025119029199;
@@ -539,17 +712,125 @@ int sh_basis(int degree, double x, double y, double z, double* Y, double (*dY)[3
   return 16;
 }
 
+// A view's camera: float64 [25] = R (9, row-major world-to-view rotation), t (3), campos (3), fx, fy,
+// lim_x, lim_y (1.3 tan(fov/2)), near, W/2, H/2, low_pass, cx, cy.
+constexpr int64_t kCameraValues = 25;
 struct CameraParams {
   double R[9], t[3], campos[3];
-  double fx, fy, lim_x, lim_y, near, half_w, half_h, low_pass;
+  double fx, fy, lim_x, lim_y, near, half_w, half_h, low_pass, cx, cy;
 };
 
+CameraParams read_camera(const double* cp) {
+  CameraParams cam;
+  std::copy(cp, cp + 9, cam.R);
+  std::copy(cp + 9, cp + 12, cam.t);
+  std::copy(cp + 12, cp + 15, cam.campos);
+  cam.fx = cp[15]; cam.fy = cp[16]; cam.lim_x = cp[17]; cam.lim_y = cp[18]; cam.near = cp[19];
+  cam.half_w = cp[20]; cam.half_h = cp[21]; cam.low_pass = cp[22]; cam.cx = cp[23]; cam.cy = cp[24];
+  return cam;
+}
+
+struct ProjectionSettings {
+  double min_discriminant, radius_sigmas;
+  int64_t tile_size, n_tiles_x, n_tiles_y;
+};
+
+// The reference's project_gaussians for one Gaussian in one view (see reference.py for the
+// formulas), plus its tile rectangle [x0, x1) x [y0, y1) (inria's getRect on the rounded means2d,
+// in the input precision as the reference computes it). Writes means2d, conic, depth (rounded) and
+// returns the radius (0: culled, or touching no tile).
+template <typename scalar_t>
+int32_t project_one(const CameraParams& cam, const ProjectionSettings& ps, const scalar_t* m_in, const scalar_t* q_in,
+                    const scalar_t* s_in, const scalar_t* sp, scalar_t* means2d, scalar_t* conic, scalar_t* depth,
+                    int32_t* rect) {
+  const double* R = cam.R;
+  const double m[3] = {double(m_in[0]), double(m_in[1]), double(m_in[2])};
+  double t[3];
+  for (int i = 0; i < 3; ++i) t[i] = R[3 * i] * m[0] + R[3 * i + 1] * m[1] + R[3 * i + 2] * m[2] + cam.t[i];
+  const bool in_front = t[2] > cam.near;
+  const double z = in_front ? t[2] : 1.0;
+  double u = cam.fx * t[0] / z + cam.cx;
+  double v = cam.fy * t[1] / z + cam.cy;
+  if (sp != nullptr) {
+    u = u + double(sp[0]) * cam.half_w;
+    v = v + double(sp[1]) * cam.half_h;
+  }
+  // EWA Jacobian at the mean with the direction clamped to lim (the clamped value, times z)
+  const double txtz = t[0] / z, tytz = t[1] / z;
+  const double jx = (txtz < -cam.lim_x || txtz > cam.lim_x) ? std::min(std::max(txtz, -cam.lim_x), cam.lim_x) * z : t[0];
+  const double jy = (tytz < -cam.lim_y || tytz > cam.lim_y) ? std::min(std::max(tytz, -cam.lim_y), cam.lim_y) * z : t[1];
+  const double J[2][3] = {{cam.fx / z, 0.0, -cam.fx * jx / (z * z)}, {0.0, cam.fy / z, -cam.fy * jy / (z * z)}};
+  double M[2][3];  // J W
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 3; ++j) M[i][j] = J[i][0] * R[j] + J[i][1] * R[3 + j] + J[i][2] * R[6 + j];
+  const double qr = q_in[0], qx = q_in[1], qy = q_in[2], qz = q_in[3];
+  const double Rq[3][3] = {
+      {1.0 - 2.0 * (qy * qy + qz * qz), 2.0 * (qx * qy - qr * qz), 2.0 * (qx * qz + qr * qy)},
+      {2.0 * (qx * qy + qr * qz), 1.0 - 2.0 * (qx * qx + qz * qz), 2.0 * (qy * qz - qr * qx)},
+      {2.0 * (qx * qz - qr * qy), 2.0 * (qy * qz + qr * qx), 1.0 - 2.0 * (qx * qx + qy * qy)}};
+  const double sc[3] = {double(s_in[0]), double(s_in[1]), double(s_in[2])};
+  double MA[2][3];  // M R(q) S: cov = (M A)(M A)^T with A = R(q) S
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 3; ++j) MA[i][j] = (M[i][0] * Rq[0][j] + M[i][1] * Rq[1][j] + M[i][2] * Rq[2][j]) * sc[j];
+  const double a = MA[0][0] * MA[0][0] + MA[0][1] * MA[0][1] + MA[0][2] * MA[0][2] + cam.low_pass;
+  const double b = MA[0][0] * MA[1][0] + MA[0][1] * MA[1][1] + MA[0][2] * MA[1][2];
+  const double c = MA[1][0] * MA[1][0] + MA[1][1] * MA[1][1] + MA[1][2] * MA[1][2] + cam.low_pass;
+  const double det = a * c - b * b;
+  const bool det_ok = det != 0.0;
+  const double det_safe = det_ok ? det : 1.0;
+  conic[0] = static_cast<scalar_t>(c / det_safe);
+  conic[1] = static_cast<scalar_t>(-b / det_safe);
+  conic[2] = static_cast<scalar_t>(a / det_safe);
+  means2d[0] = static_cast<scalar_t>(u);
+  means2d[1] = static_cast<scalar_t>(v);
+  *depth = static_cast<scalar_t>(t[2]);
+
+  const double mid = 0.5 * (a + c);
+  const double gap = std::sqrt(std::max(mid * mid - det, ps.min_discriminant));
+  const double radius_d = std::ceil(ps.radius_sigmas * std::sqrt(std::max(mid + gap, mid - gap)));
+  // the reference: 0 unless in front, det != 0 and finite; clamped to 2^30 before the int cast
+  int32_t radius = 0;
+  if (in_front && det_ok && std::isfinite(radius_d)) radius = static_cast<int32_t>(std::min(radius_d, 1073741824.0));
+  // getRect on the rounded position, in the input precision: trunc((u -+ r [+ ts] - 1) / ts) in [0, n]
+  const scalar_t us = means2d[0], vs = means2d[1], rs = static_cast<scalar_t>(radius);
+  const scalar_t ts = static_cast<scalar_t>(ps.tile_size);
+  auto cell = [](scalar_t q, int64_t n) -> int32_t {
+    const double tq = std::trunc(static_cast<double>(q));
+    return static_cast<int32_t>(std::min(std::max(tq, 0.0), static_cast<double>(n)));
+  };
+  const bool finite = std::isfinite(static_cast<double>(us)) && std::isfinite(static_cast<double>(vs));
+  rect[0] = finite ? cell((us - rs) / ts, ps.n_tiles_x) : 0;
+  rect[1] = finite ? cell((vs - rs) / ts, ps.n_tiles_y) : 0;
+  rect[2] = finite ? cell((((us + rs) + ts) - scalar_t(1)) / ts, ps.n_tiles_x) : 0;
+  rect[3] = finite ? cell((((vs + rs) + ts) - scalar_t(1)) / ts, ps.n_tiles_y) : 0;
+  if (radius <= 0 || rect[2] <= rect[0] || rect[3] <= rect[1]) radius = 0;
+  return radius;
+}
+
+// max(SH(normalize(mean - campos)) + 0.5, 0) at ``degree`` (the reference's colors_from_sh), float64
+template <typename scalar_t>
+void sh_color(const CameraParams& cam, int degree, const scalar_t* m_in, const scalar_t* sh, scalar_t* rgb) {
+  const double d[3] = {double(m_in[0]) - cam.campos[0], double(m_in[1]) - cam.campos[1], double(m_in[2]) - cam.campos[2]};
+  const double norm = std::sqrt(d[0] * d[0] + d[1] * d[1] + d[2] * d[2]);
+  const double inv = norm > 0.0 ? 1.0 / norm : 1.0;
+  double Y[16], dY[16][3];
+  const int k_used = sh_basis(degree, d[0] * inv, d[1] * inv, d[2] * inv, Y, dY);
+  for (int c = 0; c < 3; ++c) {
+    double val = 0.5;
+    for (int k = 0; k < k_used; ++k) val += Y[k] * double(sh[k * 3 + c]);
+    rgb[c] = static_cast<scalar_t>(std::max(val, 0.0));
+  }
+}
+
+// The backward of project_one's means2d / conic / depth and of sh_color for one Gaussian in one
+// view, added into the float64 accumulators gm_out [3], gq_out [4], gs_out [3] and gsh_out [K, 3]
+// (SH only); gsp_out [2] (d loss / d NDC xy of this view) is written.
 template <typename scalar_t>
 void preprocess_backward_one(const CameraParams& cam, int sh_degree, int64_t n_coeffs, const scalar_t* m_in,
                              const scalar_t* q_in, const scalar_t* s_in, const scalar_t* sh_in,
-                             const scalar_t* g_uv, const scalar_t* g_conic, double g_depth,
-                             const scalar_t* g_color, scalar_t* gm_out, scalar_t* gq_out, scalar_t* gs_out,
-                             scalar_t* gsh_out, scalar_t* gsp_out) {
+                             const double* g_uv, const double* g_conic, double g_depth,
+                             const double* g_color, double* gm_out, double* gq_out, double* gs_out,
+                             double* gsh_out, double* gsp_out) {
   const double* R = cam.R;
   const double m[3] = {double(m_in[0]), double(m_in[1]), double(m_in[2])};
   double gm[3] = {0.0, 0.0, 0.0};
@@ -570,7 +851,7 @@ void preprocess_backward_one(const CameraParams& cam, int sh_degree, int64_t n_c
     }
     double g_dir[3] = {0.0, 0.0, 0.0};
     for (int k = 0; k < n_coeffs; ++k) {
-      for (int c = 0; c < 3; ++c) gsh_out[k * 3 + c] = k < k_used ? scalar_t(Y[k] * g_val[c]) : scalar_t(0);
+      for (int c = 0; c < 3; ++c) if (k < k_used) gsh_out[k * 3 + c] += Y[k] * g_val[c];
     }
     for (int k = 1; k < k_used; ++k) {
       const double gy = double(sh_in[k * 3]) * g_val[0] + double(sh_in[k * 3 + 1]) * g_val[1] +
@@ -591,8 +872,8 @@ void preprocess_backward_one(const CameraParams& cam, int sh_degree, int64_t n_c
   const bool in_front = t[2] > cam.near;
   const double z = in_front ? t[2] : 1.0;
   const double gu = double(g_uv[0]), gv = double(g_uv[1]);
-  gsp_out[0] = scalar_t(gu * cam.half_w);
-  gsp_out[1] = scalar_t(gv * cam.half_h);
+  gsp_out[0] = gu * cam.half_w;
+  gsp_out[1] = gv * cam.half_h;
   double gt[3] = {gu * cam.fx / z, gv * cam.fy / z, 0.0};
   double gz = -gu * cam.fx * t[0] / (z * z) - gv * cam.fy * t[1] / (z * z);
   double g_tz = g_depth;
@@ -661,15 +942,15 @@ void preprocess_backward_one(const CameraParams& cam, int sh_degree, int64_t n_c
       gR[i][j] = gA3[i][j] * sc[j];
       gsj += gA3[i][j] * Rq[i][j];
     }
-    gs_out[j] = scalar_t(gsj);
+    gs_out[j] += gsj;
   }
-  gq_out[0] = scalar_t(2.0 * (-qz * gR[0][1] + qy * gR[0][2] + qz * gR[1][0] - qx * gR[1][2] - qy * gR[2][0] +
+  gq_out[0] += (2.0 * (-qz * gR[0][1] + qy * gR[0][2] + qz * gR[1][0] - qx * gR[1][2] - qy * gR[2][0] +
                               qx * gR[2][1]));
-  gq_out[1] = scalar_t(2.0 * (qy * gR[0][1] + qz * gR[0][2] + qy * gR[1][0] - 2.0 * qx * gR[1][1] -
+  gq_out[1] += (2.0 * (qy * gR[0][1] + qz * gR[0][2] + qy * gR[1][0] - 2.0 * qx * gR[1][1] -
                               qr * gR[1][2] + qz * gR[2][0] + qr * gR[2][1] - 2.0 * qx * gR[2][2]));
-  gq_out[2] = scalar_t(2.0 * (-2.0 * qy * gR[0][0] + qx * gR[0][1] + qr * gR[0][2] + qx * gR[1][0] +
+  gq_out[2] += (2.0 * (-2.0 * qy * gR[0][0] + qx * gR[0][1] + qr * gR[0][2] + qx * gR[1][0] +
                               qz * gR[1][2] - qr * gR[2][0] + qz * gR[2][1] - 2.0 * qy * gR[2][2]));
-  gq_out[3] = scalar_t(2.0 * (-2.0 * qz * gR[0][0] - qr * gR[0][1] + qx * gR[0][2] + qr * gR[1][0] -
+  gq_out[3] += (2.0 * (-2.0 * qz * gR[0][0] - qr * gR[0][1] + qx * gR[0][2] + qr * gR[1][0] -
                               2.0 * qz * gR[1][1] + qy * gR[1][2] + qx * gR[2][0] + qy * gR[2][1]));
 
   // M = J W -> J -> view-space mean
@@ -683,71 +964,275 @@ void preprocess_backward_one(const CameraParams& cam, int sh_degree, int64_t n_c
   if (!clamp_y) gt[1] += -gJ[1][2] * cam.fy / z2;
   gt[2] = (in_front ? gz : 0.0) + g_tz;
   for (int j = 0; j < 3; ++j) gm[j] += R[j] * gt[0] + R[3 + j] * gt[1] + R[6 + j] * gt[2];
-  for (int j = 0; j < 3; ++j) gm_out[j] = scalar_t(gm[j]);
+  for (int j = 0; j < 3; ++j) gm_out[j] += gm[j];
 }
 
-// -> (grad means [N,3], grad quats [N,4], grad scales [N,3], grad sh [N,K,3] (empty without SH),
-//     grad screen xy [N,2]); camera = float64 [R (9), t (3), campos (3), fx, fy, lim_x, lim_y, near,
-//     W/2, H/2, low_pass]
-std::vector<at::Tensor> preprocess_backward(at::Tensor means, at::Tensor quats, at::Tensor scales,
-                                            at::Tensor sh, int64_t sh_degree, at::Tensor camera,
-                                            at::Tensor grad_means2d, at::Tensor grad_conics,
-                                            at::Tensor grad_depths, at::Tensor grad_colors) {
-  const int64_t n = means.size(0);
-  const bool with_sh = sh.numel() > 0;
-  for (const auto* t : {&means, &quats, &scales, &grad_means2d, &grad_conics, &grad_depths, &grad_colors}) {
-    TORCH_CHECK(t->device().is_cpu() && t->is_contiguous() && t->scalar_type() == means.scalar_type(),
-                "preprocess_backward takes contiguous CPU tensors of one float dtype");
-    TORCH_CHECK(t->size(0) == n, "every input must have N rows");
-  }
-  TORCH_CHECK(means.dim() == 2 && means.size(1) == 3 && quats.size(1) == 4 && scales.size(1) == 3,
-              "means [N,3], quats [N,4], scales [N,3]");
-  TORCH_CHECK(grad_means2d.numel() == 2 * n && grad_conics.numel() == 3 * n && grad_depths.numel() == n &&
-                  grad_colors.numel() == 3 * n,
-              "gradients must be [N,2], [N,3], [N], [N,3]");
-  TORCH_CHECK(sh_degree >= 0 && sh_degree <= 3, "SH degree must be in 0..3");
-  int64_t n_coeffs = 0;
-  if (with_sh) {
-    TORCH_CHECK(sh.is_contiguous() && sh.scalar_type() == means.scalar_type() && sh.dim() == 3 &&
-                    sh.size(0) == n && sh.size(2) == 3,
-                "sh must be contiguous [N, K, 3] of the means' dtype");
-    n_coeffs = sh.size(1);
-    TORCH_CHECK(n_coeffs >= (sh_degree + 1) * (sh_degree + 1), "too few SH coefficients for the degree");
-  }
-  TORCH_CHECK(camera.scalar_type() == at::kDouble && camera.numel() == 23 && camera.is_contiguous(),
-              "camera must be 23 float64 values");
-  CameraParams cam;
-  const double* cp = camera.data_ptr<double>();
-  std::copy(cp, cp + 9, cam.R);
-  std::copy(cp + 9, cp + 12, cam.t);
-  std::copy(cp + 12, cp + 15, cam.campos);
-  cam.fx = cp[15]; cam.fy = cp[16]; cam.lim_x = cp[17]; cam.lim_y = cp[18]; cam.near = cp[19];
-  cam.half_w = cp[20]; cam.half_h = cp[21]; cam.low_pass = cp[22];
+// ---------------------------------------------------------------------------------------------
+// the ops
+// ---------------------------------------------------------------------------------------------
+void check_float_input(const at::Tensor& t, const at::Tensor& like, const char* what) {
+  TORCH_CHECK(t.device().is_cpu() && t.is_contiguous() && t.scalar_type() == like.scalar_type(), what,
+              " must be a contiguous CPU tensor of the means' dtype");
+}
 
-  auto gm = at::zeros_like(means), gq = at::zeros_like(quats), gs = at::zeros_like(scales);
-  auto gsh = with_sh ? at::zeros_like(sh) : at::empty({0}, means.options());
-  auto gsp = at::zeros({n, 2}, means.options());
-  AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "lucid_preprocess_backward", [&] {
-    const scalar_t *m = means.data_ptr<scalar_t>(), *q = quats.data_ptr<scalar_t>(), *s = scales.data_ptr<scalar_t>();
-    const scalar_t* shp = with_sh ? sh.data_ptr<scalar_t>() : nullptr;
-    const scalar_t *guv = grad_means2d.data_ptr<scalar_t>(), *gco = grad_conics.data_ptr<scalar_t>(),
-                   *gde = grad_depths.data_ptr<scalar_t>(), *gcl = grad_colors.data_ptr<scalar_t>();
-    scalar_t *om = gm.data_ptr<scalar_t>(), *oq = gq.data_ptr<scalar_t>(), *os = gs.data_ptr<scalar_t>(),
-             *osh = with_sh ? gsh.data_ptr<scalar_t>() : nullptr, *osp = gsp.data_ptr<scalar_t>();
-    at::parallel_for(0, n, 2048, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        bool any = gde[i] != scalar_t(0);
-        for (int j = 0; j < 2; ++j) any |= guv[2 * i + j] != scalar_t(0);
-        for (int j = 0; j < 3; ++j) any |= gco[3 * i + j] != scalar_t(0) || gcl[3 * i + j] != scalar_t(0);
-        if (!any) continue;  // culled or unseen: all zero, as autograd gives (no 0 * inf)
-        preprocess_backward_one<scalar_t>(cam, static_cast<int>(sh_degree), n_coeffs, m + 3 * i, q + 4 * i,
-                                          s + 3 * i, with_sh ? shp + i * n_coeffs * 3 : nullptr, guv + 2 * i,
-                                          gco + 3 * i, double(gde[i]), gcl + 3 * i, om + 3 * i, oq + 4 * i,
-                                          os + 3 * i, with_sh ? osh + i * n_coeffs * 3 : nullptr, osp + 2 * i);
+// All views of a batch: V cameras, N Gaussians. means [N,3], quats [N,4] (w,x,y,z, not normalised),
+// scales [S,N,3] (S = 1: shared, or V: per view), opacities [N], sh_or_colors [N,K,3] SH (use_sh) or
+// [N,3] colours, screen [V,N,2] (or empty: no densification leaf), cameras float64 [V,25],
+// sh_degrees int64 [V].
+// -> image [V,H,W,5] (rgb, depth, alpha sums), means2d [V,N,2], depths [V,N], conics [V,N,3],
+//    radii [V,N] int32, features [V,N,5], gauss_ids [M], offsets [V n_tiles + 1], pair_start [V N + 1],
+//    pair_slot [M] (each pair's row in Gaussian order), final_t [V,H,W] float64, row_start, spans, then one contribution buffer per thread
+std::vector<at::Tensor> rasterize_forward(at::Tensor means, at::Tensor quats, at::Tensor scales, at::Tensor opacities,
+                                          at::Tensor sh_or_colors, at::Tensor screen, at::Tensor cameras,
+                                          at::Tensor sh_degrees, bool use_sh, int64_t width, int64_t height,
+                                          int64_t tile_size, double alpha_max, double alpha_min, double t_min,
+                                          double min_discriminant, double radius_sigmas) {
+  const Settings s = make_settings(width, height, tile_size, alpha_max, alpha_min, t_min);
+  TORCH_CHECK(means.dim() == 2 && means.size(1) == 3, "means must be [N, 3]");
+  const int64_t n = means.size(0), n_views = cameras.size(0), n_tiles_all = n_views * s.n_tiles;
+  TORCH_CHECK(means.device().is_cpu() && means.is_contiguous() && at::isFloatingType(means.scalar_type()),
+              "means must be a contiguous CPU float tensor");
+  check_float_input(quats, means, "quats");
+  check_float_input(scales, means, "scales");
+  check_float_input(opacities, means, "opacities");
+  check_float_input(sh_or_colors, means, "sh_or_colors");
+  TORCH_CHECK(quats.dim() == 2 && quats.size(0) == n && quats.size(1) == 4, "quats must be [N, 4]");
+  TORCH_CHECK(scales.dim() == 3 && (scales.size(0) == 1 || scales.size(0) == n_views) && scales.size(1) == n &&
+                  scales.size(2) == 3, "scales must be [1 or V, N, 3]");
+  TORCH_CHECK(opacities.dim() == 1 && opacities.size(0) == n, "opacities must be [N]");
+  if (use_sh) {
+    TORCH_CHECK(sh_or_colors.dim() == 3 && sh_or_colors.size(0) == n && sh_or_colors.size(2) == 3, "sh must be [N, K, 3]");
+  } else {
+    TORCH_CHECK(sh_or_colors.dim() == 2 && sh_or_colors.size(0) == n && sh_or_colors.size(1) == 3, "colors must be [N, 3]");
+  }
+  const bool with_screen = screen.numel() > 0;
+  if (with_screen) {
+    check_float_input(screen, means, "screen");
+    TORCH_CHECK(screen.dim() == 3 && screen.size(0) == n_views && screen.size(1) == n && screen.size(2) == 2,
+                "screen must be [V, N, 2]");
+  }
+  TORCH_CHECK(cameras.scalar_type() == at::kDouble && cameras.is_contiguous() && cameras.dim() == 2 &&
+                  cameras.size(1) == kCameraValues, "cameras must be float64 [V, 25]");
+  TORCH_CHECK(sh_degrees.scalar_type() == at::kLong && sh_degrees.is_contiguous() && sh_degrees.numel() == n_views,
+              "sh_degrees must be int64 [V]");
+  const int64_t n_coeffs = use_sh ? sh_or_colors.size(1) : 0;
+  const int64_t* degrees = sh_degrees.data_ptr<int64_t>();
+  for (int64_t v = 0; v < n_views; ++v) {
+    TORCH_CHECK(!use_sh || (degrees[v] >= 0 && degrees[v] <= 3 && n_coeffs >= (degrees[v] + 1) * (degrees[v] + 1)),
+                "each SH degree must be in 0..3 with enough coefficients");
+  }
+  constexpr int64_t dim = 5;
+  const auto fopt = means.options();
+  auto image = at::zeros({n_views, height, width, dim}, fopt);
+  auto means2d = at::empty({n_views, n, 2}, fopt);
+  auto depths = at::empty({n_views, n}, fopt);
+  auto conics = at::empty({n_views, n, 3}, fopt);
+  auto radii = at::empty({n_views, n}, fopt.dtype(at::kInt));
+  auto features = at::empty({n_views, n, dim}, fopt);
+  auto offsets = at::zeros({n_tiles_all + 1}, fopt.dtype(at::kLong));
+  auto pair_start = at::zeros({n_views * n + 1}, fopt.dtype(at::kLong));
+  auto final_t = at::ones({n_views, height, width}, fopt.dtype(at::kDouble));
+  auto row_start = at::zeros({n_tiles_all, tile_size + 1}, fopt.dtype(at::kLong));
+  auto spans = at::zeros({n_tiles_all, kSpan}, fopt.dtype(at::kLong));
+  at::Tensor gauss_ids, pair_slot;
+  std::vector<at::Tensor> buffers;
+  std::vector<CameraParams> cams(n_views);
+  for (int64_t v = 0; v < n_views; ++v) cams[v] = read_camera(cameras.data_ptr<double>() + v * kCameraValues);
+  const ProjectionSettings ps{min_discriminant, radius_sigmas, tile_size, s.n_tiles_x, s.n_tiles / s.n_tiles_x};
+
+  AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "lucid_rasterize_forward", [&] {
+    const scalar_t *mp = means.data_ptr<scalar_t>(), *qp = quats.data_ptr<scalar_t>(), *sp = scales.data_ptr<scalar_t>(),
+                   *op = opacities.data_ptr<scalar_t>(), *cp = sh_or_colors.data_ptr<scalar_t>();
+    const scalar_t* scr = with_screen ? screen.data_ptr<scalar_t>() : nullptr;
+    scalar_t *m2 = means2d.data_ptr<scalar_t>(), *de = depths.data_ptr<scalar_t>(), *co = conics.data_ptr<scalar_t>(),
+             *fe = features.data_ptr<scalar_t>();
+    int32_t* ra = radii.data_ptr<int32_t>();
+    const int64_t scale_stride = scales.size(0) == 1 ? 0 : n * 3;
+    std::vector<int32_t> rects(n_views * n * 4);
+    // 1. projection and colours, per (view, Gaussian)
+    at::parallel_for(0, n_views * n, 1024, [&](int64_t g0, int64_t g1) {
+      for (int64_t g = g0; g < g1; ++g) {
+        const int64_t v = g / n, i = g - v * n;
+        ra[g] = project_one<scalar_t>(cams[v], ps, mp + 3 * i, qp + 4 * i, sp + v * scale_stride + 3 * i,
+                                      scr ? scr + 2 * g : nullptr, m2 + 2 * g, co + 3 * g, de + g, &rects[4 * g]);
+        scalar_t* f = fe + dim * g;
+        if (use_sh) {
+          sh_color<scalar_t>(cams[v], static_cast<int>(degrees[v]), mp + 3 * i, cp + n_coeffs * 3 * i, f);
+        } else {
+          f[0] = cp[3 * i]; f[1] = cp[3 * i + 1]; f[2] = cp[3 * i + 2];
+        }
+        f[3] = de[g];
+        f[4] = scalar_t(1);
+      }
+    });
+    // 2. binning: per view, the visible Gaussians by depth (stable), then counted into tiles
+    int64_t* off = offsets.data_ptr<int64_t>();
+    int64_t* pst = pair_start.data_ptr<int64_t>();
+    std::vector<std::vector<int32_t>> order(n_views);
+    at::parallel_for(0, n_views, 1, [&](int64_t v0, int64_t v1) {
+      for (int64_t v = v0; v < v1; ++v) {
+        std::vector<int32_t>& ord = order[v];
+        const int32_t* rv = ra + v * n;
+        const scalar_t* dv = de + v * n;
+        for (int64_t i = 0; i < n; ++i) if (rv[i] > 0) ord.push_back(static_cast<int32_t>(i));
+        std::stable_sort(ord.begin(), ord.end(), [dv](int32_t p, int32_t q) { return dv[p] < dv[q]; });
+        int64_t* counts = off + v * s.n_tiles + 1;
+        for (int32_t i : ord) {
+          const int32_t* r = &rects[4 * (v * n + i)];
+          for (int64_t ty = r[1]; ty < r[3]; ++ty)
+            for (int64_t tx = r[0]; tx < r[2]; ++tx) ++counts[ty * s.n_tiles_x + tx];
+          pst[v * n + i + 1] = int64_t(r[2] - r[0]) * (r[3] - r[1]);
+        }
+      }
+    });
+    for (int64_t t = 0; t < n_tiles_all; ++t) {
+      off[t + 1] += off[t];
+      TORCH_CHECK(off[t + 1] - off[t] < kMaxTileList, "a tile lists more than ", kMaxTileList, " Gaussians");
+    }
+    for (int64_t g = 0; g < n_views * n; ++g) pst[g + 1] += pst[g];
+    const int64_t m = off[n_tiles_all];
+    TORCH_CHECK(m < (int64_t(1) << 31), "more than 2^31 (tile, Gaussian) pairs");
+    gauss_ids = at::empty({m}, fopt.dtype(at::kLong));
+    pair_slot = at::empty({m}, fopt.dtype(at::kLong));
+    int64_t *gid = gauss_ids.data_ptr<int64_t>(), *slot = pair_slot.data_ptr<int64_t>();
+    at::parallel_for(0, n_views, 1, [&](int64_t v0, int64_t v1) {
+      for (int64_t v = v0; v < v1; ++v) {
+        std::vector<int64_t> cursor(off + v * s.n_tiles, off + (v + 1) * s.n_tiles);
+        for (int32_t i : order[v]) {
+          const int32_t* r = &rects[4 * (v * n + i)];
+          int64_t j = pst[v * n + i];
+          for (int64_t ty = r[1]; ty < r[3]; ++ty) {
+            for (int64_t tx = r[0]; tx < r[2]; ++tx) {
+              const int64_t k = cursor[ty * s.n_tiles_x + tx]++;
+              gid[k] = i;
+              slot[k] = j++;
+            }
+          }
+        }
+      }
+    });
+    // 3. compositing over the tiles of all views
+    const std::vector<Bound> bounds = make_bounds<scalar_t>(m2, co, [&](int64_t g) { return op[g % n]; }, n_views * n,
+                                                            s.alpha_min);
+    std::vector<typename ForwardTile<scalar_t, dim>::Scratch> scratches;
+    for_each_tile(n_tiles_all,
+                  ForwardTile<scalar_t, dim>{s, m2, co, op, fe, gid, off, dim, n, image.data_ptr<scalar_t>(),
+                                             final_t.data_ptr<double>(), row_start.data_ptr<int64_t>(),
+                                             spans.data_ptr<int64_t>(), bounds.data()},
+                  scratches);
+    buffers = buffers_as_tensors<scalar_t>(scratches);
+  });
+  std::vector<at::Tensor> out = {image, means2d, depths, conics, radii, features, gauss_ids, offsets,
+                                 pair_start, pair_slot, final_t, row_start, spans};
+  out.insert(out.end(), buffers.begin(), buffers.end());
+  return out;
+}
+
+// -> grad means [N,3], quats [N,4], scales [S,N,3], opacities [N], sh_or_colors (its shape), screen [V,N,2]
+std::vector<at::Tensor> rasterize_backward(
+    at::Tensor means, at::Tensor quats, at::Tensor scales, at::Tensor opacities, at::Tensor sh_or_colors,
+    at::Tensor cameras, at::Tensor sh_degrees, bool use_sh, at::Tensor means2d, at::Tensor conics,
+    at::Tensor features, at::Tensor gauss_ids, at::Tensor offsets, at::Tensor pair_start, at::Tensor pair_slot,
+    at::Tensor final_t, at::Tensor row_start, at::Tensor spans, std::vector<at::Tensor> buffers,
+    at::Tensor grad_image, at::Tensor grad_means2d, at::Tensor grad_conics, at::Tensor grad_depths, int64_t width,
+    int64_t height, int64_t tile_size, double alpha_max, double alpha_min, double t_min) {
+  const Settings s = make_settings(width, height, tile_size, alpha_max, alpha_min, t_min);
+  const int64_t n = means.size(0), n_views = cameras.size(0), n_tiles_all = n_views * s.n_tiles;
+  constexpr int64_t dim = 5;
+  const int64_t stride = kGeomGrads + dim;
+  for (const auto* t : {&quats, &scales, &opacities, &sh_or_colors, &means2d, &conics, &features}) {
+    check_float_input(*t, means, "every float input");
+  }
+  TORCH_CHECK(means2d.numel() == n_views * n * 2 && conics.numel() == n_views * n * 3 &&
+                  features.numel() == n_views * n * dim, "per-view inputs must be [V, N, .]");
+  TORCH_CHECK(cameras.scalar_type() == at::kDouble && cameras.is_contiguous() && cameras.size(1) == kCameraValues,
+              "cameras must be float64 [V, 25]");
+  check_tile_lists(gauss_ids, offsets, n_tiles_all, n);
+  TORCH_CHECK(pair_start.scalar_type() == at::kLong && pair_start.numel() == n_views * n + 1 &&
+                  pair_slot.scalar_type() == at::kLong && pair_slot.numel() == gauss_ids.numel(),
+              "pair_start / pair_slot must come from the forward");
+  TORCH_CHECK(grad_image.numel() == n_views * height * width * dim, "grad_image must be [V, H, W, 5]");
+  grad_image = grad_image.to(means.scalar_type()).contiguous();
+  const bool with_g2 = grad_means2d.numel() > 0, with_gc = grad_conics.numel() > 0, with_gd = grad_depths.numel() > 0;
+  if (with_g2) grad_means2d = grad_means2d.to(means.scalar_type()).contiguous();
+  if (with_gc) grad_conics = grad_conics.to(means.scalar_type()).contiguous();
+  if (with_gd) grad_depths = grad_depths.to(means.scalar_type()).contiguous();
+  TORCH_CHECK((!with_g2 || grad_means2d.numel() == n_views * n * 2) && (!with_gc || grad_conics.numel() == n_views * n * 3) &&
+                  (!with_gd || grad_depths.numel() == n_views * n), "output gradients must be [V, N, .]");
+  const int64_t m = gauss_ids.numel();
+  const int64_t n_coeffs = use_sh ? sh_or_colors.size(1) : 0;
+  const int64_t* degrees = sh_degrees.data_ptr<int64_t>();
+  std::vector<CameraParams> cams(n_views);
+  for (int64_t v = 0; v < n_views; ++v) cams[v] = read_camera(cameras.data_ptr<double>() + v * kCameraValues);
+
+  auto g_means = at::empty_like(means), g_quats = at::empty_like(quats), g_scales = at::zeros_like(scales);
+  auto g_opac = at::empty_like(opacities), g_color = at::empty_like(sh_or_colors);
+  auto g_screen = at::zeros({n_views, n, 2}, means.options());
+  AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "lucid_rasterize_backward", [&] {
+    check_pixel_state(final_t, row_start, spans, buffers, n_tiles_all, s, n_views, sizeof(Contribution<scalar_t>));
+    const auto pointers = buffer_pointers<scalar_t>(buffers);
+    const scalar_t *m2 = means2d.data_ptr<scalar_t>(), *co = conics.data_ptr<scalar_t>(),
+                   *op = opacities.data_ptr<scalar_t>(), *fe = features.data_ptr<scalar_t>();
+    // 1. compositing, per (tile, Gaussian) pair, then summed per (view, Gaussian)
+    auto pair_grads = at::empty({m, stride}, means.options());
+    std::vector<typename BackwardTile<scalar_t, dim>::Scratch> scratches;
+    for_each_tile(n_tiles_all,
+                  BackwardTile<scalar_t, dim>{s, m2, co, op, fe, gauss_ids.data_ptr<int64_t>(), offsets.data_ptr<int64_t>(),
+                                              dim, n, final_t.data_ptr<double>(), row_start.data_ptr<int64_t>(),
+                                              spans.data_ptr<int64_t>(), pointers.data(), grad_image.data_ptr<scalar_t>(),
+                                              pair_slot.data_ptr<int64_t>(), pair_grads.data_ptr<scalar_t>()},
+                  scratches);
+    std::vector<double> per_view(n_views * n * stride, 0.0);
+    reduce_pairs<scalar_t>(pair_grads.data_ptr<scalar_t>(), stride, pair_start.data_ptr<int64_t>(), n_views * n,
+                           per_view.data());
+    pair_grads = at::Tensor();
+    // 2. projection and colours, per Gaussian over the views in order
+    const scalar_t *mp = means.data_ptr<scalar_t>(), *qp = quats.data_ptr<scalar_t>(), *sp = scales.data_ptr<scalar_t>(),
+                   *cp = sh_or_colors.data_ptr<scalar_t>();
+    const scalar_t* g2 = with_g2 ? grad_means2d.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* gc = with_gc ? grad_conics.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* gd = with_gd ? grad_depths.data_ptr<scalar_t>() : nullptr;
+    scalar_t *om = g_means.data_ptr<scalar_t>(), *oq = g_quats.data_ptr<scalar_t>(), *os = g_scales.data_ptr<scalar_t>(),
+             *oo = g_opac.data_ptr<scalar_t>(), *oc = g_color.data_ptr<scalar_t>(), *osp = g_screen.data_ptr<scalar_t>();
+    const int64_t n_scales = scales.size(0), scale_stride = n_scales == 1 ? 0 : n * 3;
+    const int64_t color_size = use_sh ? n_coeffs * 3 : 3;
+    at::parallel_for(0, n, 512, [&](int64_t i0, int64_t i1) {
+      std::vector<double> gsh(color_size), gs(n_scales * 3);
+      for (int64_t i = i0; i < i1; ++i) {
+        double gm[3] = {0.0, 0.0, 0.0}, gq[4] = {0.0, 0.0, 0.0, 0.0}, go = 0.0;
+        std::fill(gsh.begin(), gsh.end(), 0.0);
+        std::fill(gs.begin(), gs.end(), 0.0);
+        for (int64_t v = 0; v < n_views; ++v) {
+          const int64_t g = v * n + i;
+          const double* pv = &per_view[g * stride];
+          double guv[2] = {pv[0], pv[1]}, gco[3] = {pv[2], pv[3], pv[4]}, gcl[3] = {pv[6], pv[7], pv[8]};
+          double gde = pv[9];
+          go += pv[5];
+          if (g2) { guv[0] += double(g2[2 * g]); guv[1] += double(g2[2 * g + 1]); }
+          if (gc) for (int j = 0; j < 3; ++j) gco[j] += double(gc[3 * g + j]);
+          if (gd) gde += double(gd[g]);
+          if (!use_sh) for (int j = 0; j < 3; ++j) gsh[j] += gcl[j];
+          bool any = gde != 0.0 || guv[0] != 0.0 || guv[1] != 0.0;
+          for (int j = 0; j < 3; ++j) any |= gco[j] != 0.0 || (use_sh && gcl[j] != 0.0);
+          if (!any) continue;  // culled or unseen in this view: all zero, as autograd gives (no 0 * inf)
+          double gsp[2];
+          preprocess_backward_one<scalar_t>(cams[v], static_cast<int>(degrees[v]), n_coeffs, mp + 3 * i, qp + 4 * i,
+                                            sp + v * scale_stride + 3 * i, use_sh ? cp + color_size * i : nullptr,
+                                            guv, gco, gde, gcl, gm, gq, &gs[n_scales == 1 ? 0 : 3 * v],
+                                            use_sh ? gsh.data() : nullptr, gsp);
+          osp[2 * g] = static_cast<scalar_t>(gsp[0]);
+          osp[2 * g + 1] = static_cast<scalar_t>(gsp[1]);
+        }
+        for (int j = 0; j < 3; ++j) om[3 * i + j] = static_cast<scalar_t>(gm[j]);
+        for (int j = 0; j < 4; ++j) oq[4 * i + j] = static_cast<scalar_t>(gq[j]);
+        for (int64_t v = 0; v < n_scales; ++v)
+          for (int j = 0; j < 3; ++j) os[v * n * 3 + 3 * i + j] = static_cast<scalar_t>(gs[3 * v + j]);
+        oo[i] = static_cast<scalar_t>(go);
+        for (int64_t j = 0; j < color_size; ++j) oc[color_size * i + j] = static_cast<scalar_t>(gsh[j]);
       }
     });
   });
-  return {gm, gq, gs, gsh, gsp};
+  return {g_means, g_quats, g_scales, g_opac, g_color, g_screen};
 }
 
 // Tile lists from the tile rectangles [x0, x1) x [y0, y1) of the Gaussians in ``order`` (visible
@@ -796,131 +1281,67 @@ std::vector<at::Tensor> bin_tiles(at::Tensor order, at::Tensor x0, at::Tensor y0
   return {gauss_ids, tile_ids, offsets};
 }
 
-// -> (image [H, W, D], final_t [H, W] float64, row_start [n_tiles * tile_size + 1] int64,
-//     contrib_k_lane [C] int32, contrib_g [C]): the C (Gaussian, pixel) contributions, tile row by
-//     tile row (row_start), in the order they were made
+// One view, any channel count D (reference.composite_tiles): -> (image [H, W, D], final_t [H, W]
+// float64, row_start, spans, then the contribution buffers)
 std::vector<at::Tensor> composite_forward(at::Tensor means2d, at::Tensor conics, at::Tensor opacities,
                                           at::Tensor features, at::Tensor gauss_ids, at::Tensor offsets,
                                           int64_t width, int64_t height, int64_t tile_size,
                                           double alpha_max, double alpha_min, double t_min) {
   const Settings s = make_settings(width, height, tile_size, alpha_max, alpha_min, t_min);
   check_inputs(means2d, conics, opacities, features, gauss_ids, offsets, s);
-  const int64_t dim = features.size(1);
-  const int64_t n_segments = s.n_tiles * tile_size;
+  const int64_t dim = features.size(1), n = means2d.size(0);
   auto image = at::zeros({height, width, dim}, features.options());
   auto final_t = at::ones({height, width}, features.options().dtype(at::kDouble));
-  auto row_start = at::zeros({n_segments + 1}, features.options().dtype(at::kLong));
-  TORCH_CHECK(tile_size <= kMaxTileSize, "tile_size must be at most ", kMaxTileSize);
-  {
-    const int64_t* off = offsets.data_ptr<int64_t>();
-    for (int64_t t = 0; t < s.n_tiles; ++t) {
-      TORCH_CHECK(off[t + 1] - off[t] < kMaxTileList, "a tile lists more than ", kMaxTileList, " Gaussians");
-    }
-  }
-  at::Tensor contrib_k_lane, contrib_g;
+  auto row_start = at::zeros({s.n_tiles, tile_size + 1}, features.options().dtype(at::kLong));
+  auto spans = at::zeros({s.n_tiles, kSpan}, features.options().dtype(at::kLong));
+  std::vector<at::Tensor> buffers;
   AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "lucid_composite_forward", [&] {
     const scalar_t *m2 = means2d.data_ptr<scalar_t>(), *co = conics.data_ptr<scalar_t>(),
                    *op = opacities.data_ptr<scalar_t>(), *fe = features.data_ptr<scalar_t>();
-    const int64_t *ids = gauss_ids.data_ptr<int64_t>(), *off = offsets.data_ptr<int64_t>();
-    scalar_t* im = image.data_ptr<scalar_t>();
-    double* ft = final_t.data_ptr<double>();
-    int64_t* rs = row_start.data_ptr<int64_t>();
-    const int64_t n = means2d.size(0);
-    std::vector<Bound> bounds(n);
-    at::parallel_for(0, n, 4096, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        bounds[i] = make_bound(m2[2 * i], m2[2 * i + 1], co[3 * i], co[3 * i + 1], co[3 * i + 2], op[i], s.alpha_min);
-      }
-    });
-    std::vector<std::vector<Contribution<scalar_t>>> per_tile(s.n_tiles);
-    const Bound* bd = bounds.data();
-    if (dim == 5) {
-      for_each_tile(s.n_tiles, ForwardTile<scalar_t, 5>{s, m2, co, op, fe, ids, off, dim, im, ft, rs, &per_tile, bd});
-    } else {
-      for_each_tile(s.n_tiles, ForwardTile<scalar_t, 0>{s, m2, co, op, fe, ids, off, dim, im, ft, rs, &per_tile, bd});
-    }
-    // concatenate the tiles' contributions; row starts become global (rows a tile never reached, and
-    // those of empty tiles, start where the next row starts)
-    std::vector<int64_t> base(s.n_tiles + 1, 0);
-    for (int64_t t = 0; t < s.n_tiles; ++t) base[t + 1] = base[t] + static_cast<int64_t>(per_tile[t].size());
-    contrib_k_lane = at::empty({base[s.n_tiles]}, features.options().dtype(at::kInt));
-    contrib_g = at::empty({base[s.n_tiles]}, features.options());
-    int32_t* ckl = contrib_k_lane.data_ptr<int32_t>();
-    scalar_t* cg = contrib_g.data_ptr<scalar_t>();
-    at::parallel_for(0, s.n_tiles, 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        const auto& v = per_tile[t];
-        for (size_t i = 0; i < v.size(); ++i) {
-          ckl[base[t] + i] = v[i].k_lane;
-          cg[base[t] + i] = v[i].G;
-        }
-        std::vector<Contribution<scalar_t>>().swap(per_tile[t]);  // release as we go: a lower peak
-        const bool filled = offsets.data_ptr<int64_t>()[t + 1] > offsets.data_ptr<int64_t>()[t];
-        const int64_t rows = std::min(s.tile_size, s.height - (t / s.n_tiles_x) * s.tile_size);
-        for (int64_t r = 0; r < s.tile_size; ++r) {
-          int64_t& start = rs[t * s.tile_size + r];
-          start = (filled && r < rows) ? start + base[t] : base[t + 1];
-        }
-      }
-    });
-    rs[n_segments] = base[s.n_tiles];
+    const std::vector<Bound> bounds = make_bounds<scalar_t>(m2, co, [&](int64_t g) { return op[g]; }, n, s.alpha_min);
+    std::vector<typename ForwardTile<scalar_t, 0>::Scratch> scratches;
+    for_each_tile(s.n_tiles,
+                  ForwardTile<scalar_t, 0>{s, m2, co, op, fe, gauss_ids.data_ptr<int64_t>(), offsets.data_ptr<int64_t>(),
+                                           dim, n, image.data_ptr<scalar_t>(), final_t.data_ptr<double>(),
+                                           row_start.data_ptr<int64_t>(), spans.data_ptr<int64_t>(), bounds.data()},
+                  scratches);
+    buffers = buffers_as_tensors<scalar_t>(scratches);
   });
-  return {image, final_t, row_start, contrib_k_lane, contrib_g};
+  std::vector<at::Tensor> out = {image, final_t, row_start, spans};
+  out.insert(out.end(), buffers.begin(), buffers.end());
+  return out;
 }
 
 // -> (grad means2d [N, 2], grad conics [N, 3], grad opacities [N], grad features [N, D])
 std::vector<at::Tensor> composite_backward(at::Tensor means2d, at::Tensor conics, at::Tensor opacities,
                                            at::Tensor features, at::Tensor gauss_ids, at::Tensor offsets,
-                                           at::Tensor final_t, at::Tensor row_start, at::Tensor contrib_k_lane,
-                                           at::Tensor contrib_g, at::Tensor grad_image,
+                                           at::Tensor final_t, at::Tensor row_start, at::Tensor spans,
+                                           std::vector<at::Tensor> buffers, at::Tensor grad_image,
                                            int64_t width, int64_t height, int64_t tile_size,
                                            double alpha_max, double alpha_min, double t_min) {
   const Settings s = make_settings(width, height, tile_size, alpha_max, alpha_min, t_min);
   check_inputs(means2d, conics, opacities, features, gauss_ids, offsets, s);
   const int64_t n = means2d.size(0), dim = features.size(1), m = gauss_ids.size(0);
   const int64_t stride = kGeomGrads + dim;
-  TORCH_CHECK(final_t.scalar_type() == at::kDouble && final_t.numel() == height * width, "final_t must be float64 [H, W]");
-  TORCH_CHECK(row_start.scalar_type() == at::kLong && row_start.numel() == s.n_tiles * tile_size + 1,
-              "row_start must be int64 [n_tiles * tile_size + 1]");
-  TORCH_CHECK(contrib_k_lane.scalar_type() == at::kInt && contrib_g.scalar_type() == features.scalar_type() &&
-                  contrib_k_lane.numel() == contrib_g.numel(),
-              "contrib_k_lane / contrib_g must be int32 / the features' dtype, of one length");
-  TORCH_CHECK(row_start.data_ptr<int64_t>()[s.n_tiles * tile_size] == contrib_g.numel(),
-              "row_start must end at the number of contributions");
   TORCH_CHECK(grad_image.numel() == height * width * dim, "grad_image must be [H, W, D]");
   grad_image = grad_image.to(features.scalar_type()).contiguous();
-  final_t = final_t.contiguous();
-  row_start = row_start.contiguous();
-  contrib_k_lane = contrib_k_lane.contiguous();
-  contrib_g = contrib_g.contiguous();
-
-  auto pair_grads = at::empty({m, stride}, features.options());
   auto grads = at::zeros({n, stride}, features.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "lucid_composite_backward", [&] {
-    const scalar_t *m2 = means2d.data_ptr<scalar_t>(), *co = conics.data_ptr<scalar_t>(),
-                   *op = opacities.data_ptr<scalar_t>(), *fe = features.data_ptr<scalar_t>();
-    const int64_t *ids0 = gauss_ids.data_ptr<int64_t>(), *off = offsets.data_ptr<int64_t>();
-    const double* ft = final_t.data_ptr<double>();
-    const int64_t* rs = row_start.data_ptr<int64_t>();
-    const int32_t* ckl = contrib_k_lane.data_ptr<int32_t>();
-    const scalar_t* cg = contrib_g.data_ptr<scalar_t>();
-    const scalar_t* gi = grad_image.data_ptr<scalar_t>();
-    scalar_t* pgr = pair_grads.data_ptr<scalar_t>();
-    if (dim == 5) {
-      for_each_tile(s.n_tiles, BackwardTile<scalar_t, 5>{s, m2, co, op, fe, ids0, off, dim, ft, rs, ckl, cg, gi, pgr});
-    } else {
-      for_each_tile(s.n_tiles, BackwardTile<scalar_t, 0>{s, m2, co, op, fe, ids0, off, dim, ft, rs, ckl, cg, gi, pgr});
-    }
-    // every pair row belongs to a non-empty tile, so all were written; sum them per Gaussian in
-    // list order (deterministic whatever the threads did)
-    const scalar_t* pg = pair_grads.data_ptr<scalar_t>();
-    const int64_t* ids = gauss_ids.data_ptr<int64_t>();
-    double* out = grads.data_ptr<double>();
-    for (int64_t k = 0; k < m; ++k) {
-      double* dst = out + ids[k] * stride;
-      const scalar_t* src = pg + k * stride;
-      for (int64_t j = 0; j < stride; ++j) dst[j] += static_cast<double>(src[j]);
-    }
+    check_pixel_state(final_t, row_start, spans, buffers, s.n_tiles, s, 1, sizeof(Contribution<scalar_t>));
+    const auto pointers = buffer_pointers<scalar_t>(buffers);
+    auto pair_grads = at::empty({m, stride}, features.options());
+    const int64_t *ids = gauss_ids.data_ptr<int64_t>(), *off = offsets.data_ptr<int64_t>();
+    std::vector<int64_t> start, slot;
+    pairs_by_gaussian(ids, off, s.n_tiles, s.n_tiles, n, 1, &start, &slot);
+    std::vector<typename BackwardTile<scalar_t, 0>::Scratch> scratches;
+    for_each_tile(s.n_tiles,
+                  BackwardTile<scalar_t, 0>{s, means2d.data_ptr<scalar_t>(), conics.data_ptr<scalar_t>(),
+                                            opacities.data_ptr<scalar_t>(), features.data_ptr<scalar_t>(), ids, off, dim,
+                                            n, final_t.data_ptr<double>(), row_start.data_ptr<int64_t>(),
+                                            spans.data_ptr<int64_t>(), pointers.data(), grad_image.data_ptr<scalar_t>(),
+                                            slot.data(), pair_grads.data_ptr<scalar_t>()},
+                  scratches);
+    reduce_pairs<scalar_t>(pair_grads.data_ptr<scalar_t>(), stride, start.data(), n, grads.data_ptr<double>());
   });
   auto grads_t = grads.to(features.scalar_type());
   return {grads_t.narrow(1, 0, 2).contiguous(), grads_t.narrow(1, 2, 3).contiguous(),
@@ -931,8 +1352,9 @@ std::vector<at::Tensor> composite_backward(at::Tensor means2d, at::Tensor conics
 
 // Loaded with torch.ops.load_library; no pybind11, which keeps the build at ~15 s instead of ~50 s.
 TORCH_LIBRARY(lucid_rasterizer_cpu, m) {
+  m.def("rasterize_forward", &rasterize_forward);
+  m.def("rasterize_backward", &rasterize_backward);
   m.def("bin_tiles", &bin_tiles);
   m.def("composite_forward", &composite_forward);
   m.def("composite_backward", &composite_backward);
-  m.def("preprocess_backward", &preprocess_backward);
 }
