@@ -14,6 +14,7 @@ THREESTUDIO_DIR = os.environ.get("THREESTUDIO_DIR", "")  # set: the contract als
 CONFIGS = "custom/threestudio-lucid/configs"
 SHORT_RUN = (
     "trainer.max_steps=3",
+    "trainer.log_every_n_steps=1",  # the CPU and toy configs log every 10 steps; these checks read each step
     "trainer.val_check_interval=2",
     "data.n_val_views=1",
     "data.n_test_views=2",

@@ -13,6 +13,6 @@ def cpu_run_args(config, tiny_sd_path, steps, *extra, gaussians=200):
         f"system.guidance.pretrained_model_name_or_path={tiny_sd_path}",
         "data.width=16", "data.height=16", "data.eval_width=16", "data.eval_height=16",
         "data.n_val_views=1", "data.n_test_views=2", f"system.geometry.init_num_pts={gaussians}",
-        f"trainer.max_steps={steps}",
+        f"trainer.max_steps={steps}", "trainer.log_every_n_steps=1",
         *extra,
     ]

@@ -4,6 +4,7 @@ import os
 import time
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from threestudio_lucid.host import launch
@@ -28,7 +29,7 @@ def small_run_args(tiny_sd_path, steps, *extra):
         "data.width=16", "data.height=16", "data.eval_width=16", "data.eval_height=16",
         "data.n_val_views=1", "data.n_test_views=4",
         "system.geometry.init_num_pts=300",
-        f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}",
+        f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}", "trainer.log_every_n_steps=1",
         f"checkpoint.every_n_train_steps={steps}",
         *extra,
     ]
@@ -148,3 +149,21 @@ def test_system_accepts_a_guidance_that_is_not_a_torch_module(run_dir, tiny_sd_p
     (trial,) = trial_dirs(run_dir)
     assert os.path.isfile(os.path.join(trial, "save", "point_cloud.ply"))
     assert "train/loss_sds" in open(os.path.join(trial, "csv_logs", "version_0", "metrics.csv")).readline()
+
+
+def test_metrics_are_logged_every_log_every_n_steps_in_one_call(run_dir, tiny_sd_path, monkeypatch):
+    # Lightning's self.log costs more than a small step's compositing: the system logs only on the steps
+    # Lightning writes, all values in one log_dict
+    calls = []
+    real_log_dict = pl.LightningModule.log_dict
+    monkeypatch.setattr(pl.LightningModule, "log_dict",
+                        lambda self, values, **kw: calls.append(sorted(values)) or real_log_dict(self, values, **kw))
+    assert launch.main(small_run_args(tiny_sd_path, 6, "trainer.log_every_n_steps=3")) == 0
+    (trial,) = trial_dirs(run_dir)
+    rows = open(os.path.join(trial, "csv_logs", "version_0", "metrics.csv")).read().splitlines()
+    header = rows[0].split(",")
+    steps = [int(dict(zip(header, r.split(",")))["step"]) for r in rows[1:] if dict(zip(header, r.split(",")))["train/loss"]]
+    assert steps == [2, 5]
+    assert len(calls) == 4  # two logged steps, each: the values, then the progress-bar pair
+    assert calls[1] == calls[3] == ["gauss_num", "train/loss"]
+    assert {"train/loss_sds", "train_params/lambda_sds"} <= set(calls[0]) and calls[0] == calls[2]

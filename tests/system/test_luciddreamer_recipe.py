@@ -94,7 +94,7 @@ def test_ism_cpu_variant_runs_end_to_end_with_finite_loss(tmp_path, monkeypatch,
         f"system.guidance.pretrained_model_name_or_path={tiny_sd_path}",
         "data.width=16", "data.height=16", "data.eval_width=16", "data.eval_height=16",
         "data.n_val_views=1", "data.n_test_views=2", "system.geometry.init_num_pts=300",
-        "trainer.max_steps=4", "trainer.val_check_interval=4", "checkpoint.every_n_train_steps=4",
+        "trainer.max_steps=4", "trainer.log_every_n_steps=1", "trainer.val_check_interval=4", "checkpoint.every_n_train_steps=4",
         "system.guidance.warmup_iter=2", "system.depth_as_latent_prob=0.5",
     ]
     assert launch.main(args) == 0

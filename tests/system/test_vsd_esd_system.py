@@ -23,7 +23,7 @@ def tiny_overrides(tiny_sd_path, steps=2):
         "data.batch_size=2", "data.width=16", "data.height=16", "data.eval_width=16", "data.eval_height=16",
         "data.n_val_views=1", "data.n_test_views=2",
         "system.geometry.init_num_pts=200",
-        f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}",
+        f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}", "trainer.log_every_n_steps=1",
         f"checkpoint.every_n_train_steps={steps}",
     ]
 

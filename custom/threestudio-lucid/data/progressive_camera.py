@@ -174,7 +174,10 @@ class ProgressiveCameraIterableDataset(ResumableCameraStream, IterableDataset, U
         self.ranges = relaxed_ranges(cfg, 0)
 
     def _apply_step(self, step: Optional[int]) -> None:
-        self.ranges = relaxed_ranges(self.cfg, step or 0)
+        step = step or 0
+        if self.__dict__.get("_ranges_step") != step:  # reached several times a step; reading the config is slow
+            self.ranges = relaxed_ranges(self.cfg, step)
+            self._ranges_step = step
 
     def __iter__(self):
         while True:

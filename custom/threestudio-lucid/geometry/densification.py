@@ -153,13 +153,14 @@ class DensificationStats:
         if vis.shape[0] != self.num_points:
             raise ValueError(f"densification stats track {self.num_points} points but got a visibility mask "
                              f"of {vis.shape[0]}: call update_states before changing the point count")
+        # masks, not boolean indexing: the same values without a nonzero() (a host-device sync on a GPU)
         if radii is not None:
             r = radii.reshape(-1).to(self.max_radii2D.device, self.max_radii2D.dtype)
-            self.max_radii2D[vis] = torch.maximum(self.max_radii2D[vis], r[vis])
+            self.max_radii2D = torch.where(vis, torch.maximum(self.max_radii2D, r), self.max_radii2D)
         if viewspace_grad is not None:
             g = viewspace_grad.reshape(self.num_points, -1)[:, :2].to(self.grad_accum.device, self.grad_accum.dtype)
-            self.grad_accum[vis] += g[vis].norm(dim=-1)
-            self.denom[vis] += 1
+            self.grad_accum += torch.where(vis, g.norm(dim=-1), torch.zeros((), dtype=g.dtype, device=g.device))
+            self.denom += vis.to(self.denom.dtype)
 
     def mean_grad(self) -> torch.Tensor:
         # never-seen points (denom 0) have no gradient; NaN cannot get here (the system's numerical guard)

@@ -47,6 +47,44 @@ def test_do_update_step_recurses_through_attributes_and_properties():
     assert c.steps[-1] == (2, 20, False)
 
 
+class Expensive(Updateable):
+    """Properties evaluated by the walk: one cheap Updateable alias, one costly tensor, one that
+    becomes evaluable later."""
+
+    def __init__(self, child):
+        self.child = None
+        self.evaluations = 0
+        self.ready = False
+        self.late = child
+
+    @property
+    def activations(self):  # like a geometry's get_xyz: a tensor, costly to evaluate
+        self.evaluations += 1
+        return torch.zeros(3)
+
+    @property
+    def later(self):  # raises until configured, then gives a component
+        if not self.ready:
+            raise RuntimeError("not configured yet")
+        return self.late
+
+
+def test_the_walk_evaluates_other_properties_once_and_still_sees_new_components():
+    c, d = Counter(), Counter()
+    e = Expensive(d)
+    e.late = None  # the component behind `later` comes in with `ready`
+    for step in range(3):
+        e.do_update_step(0, step)
+    assert e.evaluations == 1  # first walk only, not per step
+    assert c.steps == [] and d.steps == []
+    e.child = c  # an attribute assigned later is walked
+    e.ready, e.late = True, d  # a property that raised is tried again
+    e.do_update_step(0, 3)
+    assert c.steps == [(0, 3, False)]
+    assert d.steps == [(0, 3, False), (0, 3, False)]  # via .later and .late
+    assert e.evaluations == 1
+
+
 class Thing(BaseObject):
     @dataclass
     class Config:
