@@ -106,6 +106,9 @@ class ISMGuidance(StableDiffusionGuidanceBase):
     def configure(self) -> None:
         super().configure()
         self.timestep_table = self.ddim_timestep_table()
+        # the same table as host ints: DDIM steps index alphas_cumprod by int, and int() of a device
+        # tensor would synchronise host and device at every inversion step
+        self.timestep_values = [int(t) for t in self.timestep_table.tolist()]
         self.noise_generator = torch.Generator(device=self.device)
         self.noise_generator.manual_seed(self.cfg.noise_seed)
         self._fixed_noise: Optional[torch.Tensor] = None
@@ -143,6 +146,8 @@ class ISMGuidance(StableDiffusionGuidanceBase):
         return self.min_step, min(max(high, self.min_step + 1), len(self.timestep_table) - 1)
 
     def sample_index(self) -> int:
+        # the one host-device synchronisation of an ISM step (on a GPU): the index decides how many
+        # inversion steps the Python loop runs; drawn on the noise generator's device to keep its stream
         low, high = self.index_bounds
         return int(torch.randint(low, high, (1,), generator=self.noise_generator, device=self.device).item())
 
@@ -181,10 +186,10 @@ class ISMGuidance(StableDiffusionGuidanceBase):
             if cur >= i_to:
                 break
             nxt = min(cur + step, i_to)
-            t_cur, t_nxt = self.timestep_table[cur], self.timestep_table[nxt]
-            eps = self.inversion_eps(x, t_cur, uncond)
+            eps = self.inversion_eps(x, self.timestep_table[cur], uncond)
             preds.append((cur, eps))
-            x = self.ddim_step(x, eps, int(t_cur), int(t_nxt), eta=self.cfg.xs_eta, generator=self.noise_generator)
+            x = self.ddim_step(x, eps, self.timestep_values[cur], self.timestep_values[nxt], eta=self.cfg.xs_eta,
+                               generator=self.noise_generator)
             cur = nxt
         return x, preds
 
@@ -222,7 +227,7 @@ class ISMGuidance(StableDiffusionGuidanceBase):
                 x_start = self.scheduler.add_noise(latents, noise, self.timestep_table[start].reshape(1).expand(batch_size))
                 x_s, _ = self.invert(x_start, start, i_s, self.cfg.xs_delta_t, self.cfg.xs_inv_steps, uncond)
                 e_s = self.inversion_eps(x_s, s, uncond)
-                latents_noisy = self.ddim_step(x_s, e_s, int(s), int(t), eta=0.0)
+                latents_noisy = self.ddim_step(x_s, e_s, self.timestep_values[i_s], self.timestep_values[i_t], eta=0.0)
                 target = e_s
                 n_inversion_steps = math.ceil((i_s - start) / self.cfg.xs_delta_t) if i_s > start else 0
             pred = self.predict_noise(
@@ -241,8 +246,8 @@ class ISMGuidance(StableDiffusionGuidanceBase):
         return {
             "loss_ism": self.gradient_as_loss(latents, grad, batch_mean=False),
             "grad_norm": grad.norm(),
-            "timestep": int(t),
-            "timestep_s": int(s),
+            "timestep": self.timestep_values[i_t],
+            "timestep_s": self.timestep_values[i_s],
             "delta_t": delta,
             "min_step": low,
             "max_step": high,
