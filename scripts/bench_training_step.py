@@ -134,7 +134,8 @@ def worker(args):
     trainer = pl.Trainer(callbacks=[StepTimer()], logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, inference_mode=False,
                          accelerator="cpu", devices=1, max_steps=total, num_sanity_val_steps=0,
-                         val_check_interval=cfg.trainer.get("val_check_interval"))
+                         val_check_interval=cfg.trainer.get("val_check_interval"),
+                         log_every_n_steps=cfg.trainer.get("log_every_n_steps", 50))
     trainer.fit(system, datamodule=dm)
     timed_steps = records[args.warmup:]
     result = {key: statistics.median(r[key] for r in timed_steps) for key in PARTS + ("step",)}
