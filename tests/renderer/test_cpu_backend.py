@@ -141,6 +141,24 @@ def test_all_views_in_one_call_match_the_reference_view_by_view(cpu_kernel, shar
     assert_grads_match(grads, ref_grads, rtol=1e-3)
 
 
+@pytest.mark.parametrize("near_plane", [0.2, -1.0])
+def test_depth_order_with_ties_and_a_near_plane_below_zero(cpu_kernel, near_plane):
+    # the kernel sorts float32 depths by their bits (a radix sort), which orders positive floats only: equal
+    # depths must keep the index order (torch's stable sort) and negative ones (near plane < 0) the values
+    params = scene(200, seed=17, near=True)
+    params[0][100:] = params[0][:100]  # exact duplicates: equal depths, different colours and opacities
+    cam = camera(40, 36, focal=38.0)
+    results = []
+    for rasterize in (cpu_backend.rasterize_cpu, rasterize_reference):
+        leaves = [t.clone() for t in params]
+        results.append(rasterize(*leaves[:4], cam, features=leaves[4], sh_degree=1, near_plane=near_plane))
+    got, ref = results
+    assert int(ref["visibility"].sum()) > 100
+    if near_plane < 0:
+        assert bool((ref["depths"][ref["visibility"]] < 0).any())
+    assert_images_match(got, ref, atol=1e-4)
+
+
 def test_per_gaussian_outputs_carry_gradients_too(cpu_kernel):
     # means2d, depths and conics are differentiable outputs, as in the reference
     params = scene(60, seed=13, dtype=F64)

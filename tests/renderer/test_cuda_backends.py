@@ -55,12 +55,14 @@ gsplat_torch = pytest.importorskip(
 # ---------------------------------------------------------------------------------------------
 # gsplat on the CPU: gsplat's torch implementation + its kernel's compositing rules
 # ---------------------------------------------------------------------------------------------
-def composite_like_gsplat(means2d, conics, features, opacities, width, height, tile_size, offsets, flatten_ids):
+def composite_like_gsplat(means2d, conics, features, opacities, width, height, tile_size, offsets, flatten_ids,
+                          end=None):
     """gsplat's ``rasterize_to_pixels`` for one image: per tile, its depth-sorted Gaussians front to
-    back; returns (premultiplied features [H,W,D], alpha [H,W,1]); differentiable by autograd."""
+    back; returns (premultiplied features [H,W,D], alpha [H,W,1]); differentiable by autograd.
+    ``end``: where the image's last tile list ends in ``flatten_ids`` (default: its end)."""
     n_tx = math.ceil(width / tile_size)
     n_ty = math.ceil(height / tile_size)
-    ends = offsets.flatten().tolist()[1:] + [flatten_ids.numel()]
+    ends = offsets.flatten().tolist()[1:] + [flatten_ids.numel() if end is None else end]
     pixel_index, values = [], []
     for tile, (start, end) in enumerate(zip(offsets.flatten().tolist(), ends)):
         if end <= start:
@@ -106,10 +108,17 @@ class GsplatOnCPU:
     @staticmethod
     def rasterize_to_pixels(means2d, conics, colors, opacities, width, height, tile_size, isect_offsets, flatten_ids,
                             packed):
-        assert packed is False and means2d.shape[0] == 1 and isect_offsets.shape[0] == 1
-        render, alpha = composite_like_gsplat(means2d[0], conics[0], colors[0], opacities[0], width, height, tile_size,
-                                              isect_offsets[0], flatten_ids)
-        return render[None], alpha[None]
+        # C images: flatten_ids index the [C * N] Gaussians; image c's lists end where image c + 1's begin
+        assert packed is False and means2d.shape[0] == isect_offsets.shape[0]
+        n_images = means2d.shape[0]
+        flat = [t.reshape(-1, *t.shape[2:]) for t in (means2d, conics, colors, opacities)]
+        renders, alphas = [], []
+        for c in range(n_images):
+            end = int(isect_offsets[c + 1].flatten()[0]) if c + 1 < n_images else flatten_ids.numel()
+            render, alpha = composite_like_gsplat(*flat, width, height, tile_size, isect_offsets[c], flatten_ids, end)
+            renders.append(render)
+            alphas.append(alpha)
+        return torch.stack(renders), torch.stack(alphas)
 
 
 def gsplat_on_cpu(*args, **kwargs):
@@ -159,6 +168,38 @@ def test_gsplat_adapter_matches_the_reference_through_gsplats_torch_implementati
     assert_grads_match(grads, ref_grads, rtol=1e-3)
     if screen_cols == 3:
         assert torch.all(grads["screen_points"][:, 2] == 0)
+
+
+def test_gsplat_all_views_in_one_call_equal_one_call_per_view():
+    # the batched path hands gsplat [C, N, .] inputs; through gsplat's torch implementation it renders
+    # each view as the single-view path does, values and gradients
+    params = scene(150, seed=8)
+    cams = [camera(40, 32, focal=36.0, angle=a) for a in (0.1, 0.6, -0.3)]
+    degrees = [1, 0, 2]
+    g = torch.Generator().manual_seed(2)
+    weights = [torch.rand(32, 40, 5, generator=g) for _ in cams]
+    results = []
+    for batched in (True, False):
+        leaves = [t.clone().requires_grad_() for t in params]
+        screens = [torch.zeros(150, 3, requires_grad=True) for _ in cams]
+        if batched:
+            out = gsplat_backend.render_views_with_gsplat(GsplatOnCPU, *leaves[:2], [leaves[2]] * 3, leaves[3], cams,
+                                                          features=leaves[4], sh_degrees=degrees, screen_points=screens)
+            images = torch.cat([out["rgb"], out["depth"], out["alpha"]], dim=-1).unbind(0)
+            radii = out["radii"]
+        else:
+            outs = [gsplat_on_cpu(*leaves[:4], cam, features=leaves[4], sh_degree=d, screen_points=sp)
+                    for cam, d, sp in zip(cams, degrees, screens)]
+            images = [torch.cat([o["rgb"], o["depth"], o["alpha"]], dim=-1) for o in outs]
+            radii = [o["radii"] for o in outs]
+        sum((img * w).sum() for img, w in zip(images, weights)).backward()
+        grads = [t.grad for t in leaves] + [sp.grad for sp in screens]
+        results.append(([img.detach() for img in images], radii, grads))
+    (images, radii, grads), (ref_images, ref_radii, ref_grads) = results
+    for img, ref, r, rr in zip(images, ref_images, radii, ref_radii):
+        assert torch.allclose(img, ref, atol=1e-6) and torch.equal(r, rr)
+    for got, ref in zip(grads, ref_grads):
+        assert torch.allclose(got, ref, rtol=1e-5, atol=1e-6 * float(ref.abs().max()))
 
 
 def test_gsplat_tile_lists_are_the_references_bins():

@@ -8,8 +8,9 @@ rasterizer (``cpu_kernel/gaussian_rasterizer_cpu.cpp``):
   radii, means2d, computed in float64 and rounded as the reference rounds them, so they are the
   reference's values) and the SH colours; per view, the depth order and the (tile, Gaussian) lists
   (equal to ``reference.bin_tiles``); then the tiles of all views, spread over the threads: per pixel,
-  front to back, the 1/255 skip and the T < 1e-4 stop, saving the final T and each contribution
-  (8 bytes each in float32: ~20 MB for 20k Gaussians at 256^2, ~200 MB for 100k at 512^2);
+  front to back, the 1/255 skip and the T < 1e-4 stop, saving each contribution (12 bytes in
+  float32: ~30 MB for 20k Gaussians at 256^2, ~300 MB for 100k at 512^2; the buffers are recycled
+  from one call to the next);
 - backward, C++: the contributions back to front (inria's ``backward.cu`` scheme; the gradient passes
   straight through the 0.99 clamp) into per-(tile, Gaussian) rows summed per Gaussian in a fixed
   order (no atomics; the same bits for any thread count), then the analytic backward of the SH
@@ -192,9 +193,9 @@ class CompositeTilesCPU(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_image):
         width, height, tile_size = ctx.image_size
-        inputs, (final_t, row_start, spans, *buffers) = ctx.saved_tensors[:6], ctx.saved_tensors[6:]
+        inputs, (row_start, spans, *buffers) = ctx.saved_tensors[:6], ctx.saved_tensors[6:]
         grads = load_kernel(strict=True).composite_backward(
-            *inputs, final_t, row_start, spans, buffers, grad_image.contiguous(), width, height, tile_size,
+            *inputs, row_start, spans, buffers, grad_image.contiguous(), width, height, tile_size,
             ALPHA_MAX, ALPHA_MIN, T_MIN,
         )
         return (*grads, None, None, None, None, None)
@@ -279,11 +280,11 @@ class RasterizeViewsCPU(torch.autograd.Function):
         dtype = means.dtype
         inputs = [means.contiguous()] + [t.detach().to(dtype).contiguous() for t in (quats, scales, opacities, sh_or_colors)]
         screen_in = screen.detach().to(dtype).contiguous() if screen is not None else means.new_empty(0)
-        image, means2d, depths, conics, radii, features, *state = ops.rasterize_forward(
+        image, means2d, depths, conics, radii, *state = ops.rasterize_forward(
             inputs[0].detach(), *inputs[1:], screen_in, cameras, sh_degrees, use_sh, width, height, tile_size,
             ALPHA_MAX, ALPHA_MIN, T_MIN, MIN_DISCRIMINANT, RADIUS_SIGMAS,
         )
-        ctx.save_for_backward(*inputs, cameras, sh_degrees, means2d, conics, features, *state)
+        ctx.save_for_backward(*inputs, cameras, sh_degrees, *state)
         ctx.settings = (use_sh, width, height, tile_size)
         ctx.dtypes = [t.dtype for t in (quats, scales, opacities, sh_or_colors)]
         ctx.screen_dtype = None if screen is None else screen.dtype
@@ -294,14 +295,14 @@ class RasterizeViewsCPU(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_image, grad_means2d, grad_depths, grad_conics, _grad_radii):
         use_sh, width, height, tile_size = ctx.settings
-        (means, quats, scales, opacities, sh_or_colors, cameras, sh_degrees, means2d, conics, features, gauss_ids,
-         offsets, pair_start, pair_slot, final_t, row_start, spans, *buffers) = ctx.saved_tensors
+        means, quats, scales, opacities, sh_or_colors, cameras, sh_degrees, *state = ctx.saved_tensors
+        entries, (row_start, spans, *buffers) = state[:10], state[10:]
         if grad_image is None:
             grad_image = means.new_zeros(cameras.shape[0], height, width, 5)
         none = means.new_empty(0)
         g_means, g_quats, g_scales, g_opacities, g_colors, g_screen = load_kernel(strict=True).rasterize_backward(
-            means, quats, scales, opacities, sh_or_colors, cameras, sh_degrees, use_sh, means2d, conics, features,
-            gauss_ids, offsets, pair_start, pair_slot, final_t, row_start, spans, buffers, grad_image.contiguous(),
+            means, quats, scales, opacities, sh_or_colors, cameras, sh_degrees, use_sh, *entries, row_start, spans,
+            buffers, grad_image.contiguous(),
             none if grad_means2d is None else grad_means2d, none if grad_conics is None else grad_conics,
             none if grad_depths is None else grad_depths, width, height, tile_size, ALPHA_MAX, ALPHA_MIN, T_MIN,
         )

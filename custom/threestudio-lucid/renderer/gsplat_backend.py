@@ -22,10 +22,12 @@ What remains different is gsplat's compositing kernel itself: ``alpha = min(0.99
 ``o exp(power)`` exceeds 0.99 the outputs equal the reference's up to float rounding
 (``tests/renderer/test_cuda_backends.py``); near-opaque splats differ at the pixels they cover.
 
-``render_with_gsplat`` takes gsplat's functions as an argument (the tests hand it CPU stand-ins made
-of gsplat's torch implementation).
+All views of a batch go to gsplat in one call of each function (``render_views_with_gsplat``; gsplat's
+functions take [C, N, .] inputs), after the per-view projection on the GPU (no host sync).
+``render_with_gsplat`` (one view) and ``render_views_with_gsplat`` take gsplat's functions as an
+argument (the tests hand them CPU stand-ins made of gsplat's torch implementation).
 """
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -67,6 +69,72 @@ GSPLAT = OptionalLibrary(
 )
 
 
+def render_views_with_gsplat(
+    gsplat: Any,
+    means: Tensor,
+    quats: Tensor,
+    scales: Sequence[Tensor],
+    opacities: Tensor,
+    cameras: Sequence[GaussianCamera],
+    *,
+    features: Optional[Tensor] = None,
+    colors: Optional[Tensor] = None,
+    sh_degrees: Sequence[int],
+    screen_points: Optional[Sequence[Tensor]] = None,
+    near_plane: float = NEAR_PLANE,
+    tile_size: int = TILE_SIZE,
+) -> Dict[str, Any]:
+    """All views of a batch: the reference's projection and colours per view (GPU kernels queued
+    without a host sync), then one ``isect_tiles``, one ``isect_offset_encode`` and one
+    ``rasterize_to_pixels`` call for the C views ([C, N, .] inputs). ``gsplat`` provides those three
+    functions. Returns ``rgb`` [C, H, W, 3] (premultiplied), ``depth``, ``alpha`` [C, H, W, 1] and
+    per-view lists ``radii``, ``visibility``, ``means2d``, ``depths``, ``conics``."""
+    width, height = cameras[0].width, cameras[0].height
+    if any(c.width != width or c.height != height for c in cameras):
+        raise ValueError("all views of a batch must have one image size")
+    opacities = check_inputs(means, quats, scales[0], opacities, features, colors,
+                             None if screen_points is None else screen_points[0])
+    n_tiles_x = (width + tile_size - 1) // tile_size
+    n_tiles_y = (height + tile_size - 1) // tile_size
+    projections, per_gaussian, centres, halves = [], [], [], []
+    for i, camera in enumerate(cameras):
+        proj = project_gaussians(means, quats, scales[i], camera, None if screen_points is None else screen_points[i],
+                                 near_plane, tile_size)
+        view_colors = colors if colors is not None else colors_from_sh(means, features, sh_degrees[i], camera.campos)
+        projections.append(proj)
+        per_gaussian.append(torch.cat([view_colors, proj.depths[:, None].to(view_colors)], dim=-1))
+        with torch.no_grad():
+            x0, y0, x1, y1 = tile_rects(proj.means2d, proj.radii, width, height, tile_size)
+            centres.append(torch.stack([x0 + x1, y0 + y1], dim=-1).to(means.dtype) * (0.5 * tile_size))
+            # floor: for an odd tile_size the box ends half a pixel inside the rectangle's edges
+            half = torch.stack([x1 - x0, y1 - y0], dim=-1) * tile_size // 2
+            halves.append(torch.where(proj.radii[:, None] > 0, half, torch.zeros_like(half)).to(torch.int32))
+    with torch.no_grad():
+        depths = torch.stack([p.depths.detach() for p in projections]).contiguous()
+        _, isect_ids, flatten_ids = gsplat.isect_tiles(
+            torch.stack(centres), torch.stack(halves), depths, tile_size, n_tiles_x, n_tiles_y, packed=False,
+        )
+        isect_offsets = gsplat.isect_offset_encode(isect_ids, len(cameras), n_tiles_x, n_tiles_y)
+    image, alpha = gsplat.rasterize_to_pixels(
+        torch.stack([p.means2d + 0.5 for p in projections]).contiguous(),
+        torch.stack([p.conics for p in projections]).contiguous(),
+        torch.stack(per_gaussian).contiguous(),
+        opacities[None].expand(len(cameras), -1).contiguous(),
+        width,
+        height,
+        tile_size,
+        isect_offsets,
+        flatten_ids,
+        packed=False,
+    )
+    leaves = [means, quats, *scales, opacities, features, colors, *(screen_points or [])]
+    image = keep_in_graph(torch.cat([image, alpha], dim=-1), *leaves)
+    radii = [p.radii for p in projections]
+    return {"rgb": image[..., :3], "depth": image[..., 3:4], "alpha": image[..., 4:5], "radii": radii,
+            "visibility": [r > 0 for r in radii], "means2d": [p.means2d for p in projections],
+            "depths": [p.depths for p in projections], "conics": [p.conics for p in projections]}
+
+
 def render_with_gsplat(
     gsplat: Any,
     means: Tensor,
@@ -83,44 +151,13 @@ def render_with_gsplat(
     near_plane: float = NEAR_PLANE,
     tile_size: int = TILE_SIZE,
 ) -> Dict[str, Tensor]:
-    """One view; ``gsplat`` provides ``isect_tiles``, ``isect_offset_encode`` and
-    ``rasterize_to_pixels`` (the gsplat module). The reference's arguments and outputs."""
-    opacities = check_inputs(means, quats, scales, opacities, features, colors, screen_points)
-    width, height = camera.width, camera.height
-    proj = project_gaussians(means, quats, scales, camera, screen_points, near_plane, tile_size)
-    if colors is None:
-        colors = colors_from_sh(means, features, sh_degree, camera.campos)
-
-    n_tiles_x = (width + tile_size - 1) // tile_size
-    n_tiles_y = (height + tile_size - 1) // tile_size
-    with torch.no_grad():
-        x0, y0, x1, y1 = tile_rects(proj.means2d, proj.radii, width, height, tile_size)
-        tile_box_centre = torch.stack([x0 + x1, y0 + y1], dim=-1).to(means.dtype) * (0.5 * tile_size)
-        # floor: for an odd tile_size the box ends half a pixel inside the rectangle's edges
-        tile_box_half = torch.stack([x1 - x0, y1 - y0], dim=-1) * tile_size // 2
-        tile_box_half = torch.where(proj.radii[:, None] > 0, tile_box_half, torch.zeros_like(tile_box_half))
-        _, isect_ids, flatten_ids = gsplat.isect_tiles(
-            tile_box_centre[None], tile_box_half.to(torch.int32)[None], proj.depths.detach()[None].contiguous(),
-            tile_size, n_tiles_x, n_tiles_y, packed=False,
-        )
-        isect_offsets = gsplat.isect_offset_encode(isect_ids, 1, n_tiles_x, n_tiles_y)
-
-    per_gaussian = torch.cat([colors, proj.depths[:, None].to(colors)], dim=-1)
-    image, alpha = gsplat.rasterize_to_pixels(
-        (proj.means2d + 0.5)[None].contiguous(),
-        proj.conics[None].contiguous(),
-        per_gaussian[None].contiguous(),
-        opacities[None].contiguous(),
-        width,
-        height,
-        tile_size,
-        isect_offsets,
-        flatten_ids,
-        packed=False,
+    """One view (``render_views_with_gsplat`` with one camera); the reference's arguments and outputs."""
+    out = render_views_with_gsplat(
+        gsplat, means, quats, [scales], opacities, [camera], features=features, colors=colors, sh_degrees=[sh_degree],
+        screen_points=None if screen_points is None else [screen_points], near_plane=near_plane, tile_size=tile_size,
     )
-    image = keep_in_graph(torch.cat([image[0], alpha[0]], dim=-1), means, quats, scales, opacities, features,
-                          colors, screen_points)
-    return view_outputs(image, background, proj.radii, proj.means2d, proj.depths, proj.conics)
+    image = torch.cat([out["rgb"][0], out["depth"][0], out["alpha"][0]], dim=-1)
+    return view_outputs(image, background, out["radii"][0], out["means2d"][0], out["depths"][0], out["conics"][0])
 
 
 def rasterize_gsplat(means: Tensor, *args, **kwargs) -> Dict[str, Tensor]:
@@ -128,6 +165,12 @@ def rasterize_gsplat(means: Tensor, *args, **kwargs) -> Dict[str, Tensor]:
     return render_with_gsplat(GSPLAT.require(means), means, *args, **kwargs)
 
 
+def rasterize_gsplat_views(means: Tensor, *args, **kwargs) -> Dict[str, Any]:
+    """All views of a batch with gsplat's batched kernels (the renderer's ``views`` interface)."""
+    return render_views_with_gsplat(GSPLAT.require(means), means, *args, **kwargs)
+
+
 rasterize_gsplat.is_available = GSPLAT.available  # consulted by "auto"
+rasterize_gsplat.views = rasterize_gsplat_views  # all views of a batch in one call
 rasterize_gsplat.library = GSPLAT  # checked when the renderer is configured
 register_backend("gsplat", rasterize_gsplat)

@@ -21,6 +21,10 @@ a CPU stand-in that checks the calls against the library's conventions). What it
   assume. Its values are ignored by the library (zeros in practice), as the reference documents.
 - background: composited here, ``rgb + (1 - alpha) bg``, the library's ``C + T bg``.
 
+Cost: the library renders one camera per call, so a batch is a loop over its views (no host sync in
+it), each rasterized twice (the passes above). One pass would do only with a fork whose depth and
+alpha outputs carry gradients, which the installed library cannot be relied on to have; gsplat (the
+``auto`` choice) renders all views in one call instead.
 The library hard-codes the near plane (0.2) and 16-pixel tiles, so other values of
 ``renderer.near_plane`` / ``renderer.tile_size`` are an error here rather than silently ignored.
 """
