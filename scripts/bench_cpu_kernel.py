@@ -14,6 +14,13 @@ median over rounds of the best of ``--repeats`` calls.
 
 A blend is one (Gaussian, pixel) contribution composited (counted by the working tree's kernel on the
 same inputs; both trees composite the same ones). ns/blend is per thread: time x threads / blends.
+
+The stated per-blend limit ("limit" rows): a blend's arithmetic with nothing else -- forward: exp of the
+power, alpha = min(0.99, o G), T (1 - alpha) in float64, w = alpha T and the five multiply-adds of
+colour, depth and alpha; backward: the same plus dL/dalpha over five channels and the six
+geometry terms -- done by torch's vectorised kernels over that many independent blends with the
+same threads, memory traffic included. The kernel cannot beat it by much (it must also find, order
+and record the blends); the gap is what its per-pixel control flow costs.
 The working tree's outputs are also checked against the reference backend (images within 1e-4,
 gradients within 1e-3 relative) on the first case where that is affordable.
 """
@@ -98,7 +105,7 @@ def count_blends_and_check(n, res, n_views, check):
         params[0], params[1], params[2][None].contiguous(), params[3], params[4], params[0].new_empty(0),
         cpu_backend.camera_params(cameras, 0.2), torch.full((n_views,), 3, dtype=torch.long), True, res, res, 16,
         ALPHA_MAX, ALPHA_MIN, T_MIN, MIN_DISCRIMINANT, RADIUS_SIGMAS)
-    spans = out[12]
+    spans = out[16]
     blends = int((spans[:, 2] - spans[:, 1]).sum())
     verdict = None
     if check:
@@ -116,6 +123,47 @@ def count_blends_and_check(n, res, n_views, check):
                    f"largest relative gradient error {grad_err:.1e} (limit 1e-3): "
                    f"{'ok' if image_err <= 1e-4 and grad_err <= 1e-3 else 'FAILED'}")
     return blends, verdict
+
+
+def blend_limit(blends, repeats):
+    """ns per blend per thread of a blend's arithmetic alone, vectorised by torch (see the docstring)."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    power = -5.0 * torch.rand(blends, generator=g)
+    opacity = torch.rand(blends, generator=g)
+    features = torch.rand(blends, 5, generator=g)
+    t_before = torch.rand(blends, generator=g, dtype=torch.float64)
+    grad = torch.rand(blends, 5, generator=g, dtype=torch.float64)
+    behind = torch.rand(blends, 5, generator=g, dtype=torch.float64)
+    dx, dy = torch.rand(blends, generator=g, dtype=torch.float64), torch.rand(blends, generator=g, dtype=torch.float64)
+
+    def forward():
+        alpha = (opacity * torch.exp(power)).clamp_max(0.99).double()
+        next_t = t_before * (1.0 - alpha)
+        w = alpha * t_before
+        return w[:, None] * features.double(), next_t
+
+    def backward():
+        alpha = (opacity * torch.exp(power)).clamp_max(0.99).double()
+        w = alpha * t_before
+        g_features = w[:, None] * grad
+        dl_dalpha = ((features.double() - behind) * grad).sum(dim=1) * t_before
+        dl_dpower = dl_dalpha * alpha
+        geometry = torch.stack([dl_dpower * dx, dl_dpower * dy, dl_dpower * dx * dx, dl_dpower * dx * dy,
+                                dl_dpower * dy * dy, dl_dalpha], dim=1)
+        return g_features, geometry
+
+    times = []
+    for fn in (forward, backward):
+        fn()
+        runs = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            runs.append(time.perf_counter() - start)
+        times.append(min(runs) * 1e9 * torch.get_num_threads() / blends)
+    return times
 
 
 def main():
@@ -172,6 +220,8 @@ def main():
                         print(f"{n:>7} {res:>4} {n_views:>5} {blends / 1e6:>7.2f}M | {name[:14]:>14} | "
                               f"{t['fwd'] * 1e3:>8.1f} {t['bwd'] * 1e3:>8.1f} {t['fwd'] * ns:>9.1f} {t['bwd'] * ns:>9.1f} | "
                               f"{ref_total / (t['fwd'] + t['bwd']):>5.2f}x", flush=True)
+                    limit_fwd, limit_bwd = blend_limit(blends, args.repeats)
+                    print(f"{'':>29} | {'limit':>14} | {'':>8} {'':>8} {limit_fwd:>9.1f} {limit_bwd:>9.1f} |")
                     if verdict:
                         print(f"  {verdict}")
 

@@ -222,6 +222,12 @@ class GaussianSplattingSystem(BaseLift3DSystem):
         return image
 
     def training_step(self, batch, batch_idx):
+        # Host-device synchronisations of a step on a GPU, all unavoidable (each commented where it is):
+        # the renderer reads the batch's fovy once (focal lengths are settings of the CUDA libraries); ISM
+        # draws its timestep index (it sets the number of inversion steps); the numerical guard reads one
+        # fused norm after backward and one after the optimizer step (the run must stop before either the
+        # optimizer step or a checkpoint). Logging steps (every trainer.log_every_n_steps) and
+        # densification steps (their masks) add theirs.
         out = self.renderer(**batch)
         guidance_out = self.guidance(self.guidance_input(out), self.prompt_utils, **batch)
 
