@@ -15,12 +15,11 @@ median over rounds of the best of ``--repeats`` calls.
 A blend is one (Gaussian, pixel) contribution composited (counted by the working tree's kernel on the
 same inputs; both trees composite the same ones). ns/blend is per thread: time x threads / blends.
 
-The stated per-blend limit ("limit" rows): a blend's arithmetic with nothing else -- forward: exp of the
-power, alpha = min(0.99, o G), T (1 - alpha) in float64, w = alpha T and the five multiply-adds of
-colour, depth and alpha; backward: the same plus dL/dalpha over five channels and the six
-geometry terms -- done by torch's vectorised kernels over that many independent blends with the
-same threads, memory traffic included. The kernel cannot beat it by much (it must also find, order
-and record the blends); the gap is what its per-pixel control flow costs.
+The stated per-blend limit ("limit" rows): ``scripts/blend_limit.cpp``, the arithmetic and memory
+traffic of that many blends and nothing else (forward: exp, alpha, the float64 transmittance, five
+sums, the 12-byte record; backward: the record replayed into feature, alpha and geometry gradients),
+over blends laid out contiguously, compiled like the kernel and run on the same threads. The kernel
+also has to find the blends (tile lists, bounds, rows, early termination); the gap is that search.
 The working tree's outputs are also checked against the reference backend (images within 1e-4,
 gradients within 1e-3 relative) on the first case where that is affordable.
 """
@@ -126,44 +125,18 @@ def count_blends_and_check(n, res, n_views, check):
 
 
 def blend_limit(blends, repeats):
-    """ns per blend per thread of a blend's arithmetic alone, vectorised by torch (see the docstring)."""
+    """ns per blend per thread of ``scripts/blend_limit.cpp``: a blend's arithmetic and memory traffic
+    alone (see the docstring), built here with torch's cpp_extension; best of ``repeats``."""
     import torch
+    from torch.utils import cpp_extension
 
-    g = torch.Generator().manual_seed(0)
-    power = -5.0 * torch.rand(blends, generator=g)
-    opacity = torch.rand(blends, generator=g)
-    features = torch.rand(blends, 5, generator=g)
-    t_before = torch.rand(blends, generator=g, dtype=torch.float64)
-    grad = torch.rand(blends, 5, generator=g, dtype=torch.float64)
-    behind = torch.rand(blends, 5, generator=g, dtype=torch.float64)
-    dx, dy = torch.rand(blends, generator=g, dtype=torch.float64), torch.rand(blends, generator=g, dtype=torch.float64)
-
-    def forward():
-        alpha = (opacity * torch.exp(power)).clamp_max(0.99).double()
-        next_t = t_before * (1.0 - alpha)
-        w = alpha * t_before
-        return w[:, None] * features.double(), next_t
-
-    def backward():
-        alpha = (opacity * torch.exp(power)).clamp_max(0.99).double()
-        w = alpha * t_before
-        g_features = w[:, None] * grad
-        dl_dalpha = ((features.double() - behind) * grad).sum(dim=1) * t_before
-        dl_dpower = dl_dalpha * alpha
-        geometry = torch.stack([dl_dpower * dx, dl_dpower * dy, dl_dpower * dx * dx, dl_dpower * dx * dy,
-                                dl_dpower * dy * dy, dl_dalpha], dim=1)
-        return g_features, geometry
-
-    times = []
-    for fn in (forward, backward):
-        fn()
-        runs = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            runs.append(time.perf_counter() - start)
-        times.append(min(runs) * 1e9 * torch.get_num_threads() / blends)
-    return times
+    source = os.path.join(REPO, "scripts", "blend_limit.cpp")
+    if not hasattr(torch.ops.lucid_blend_limit, "blend_limit"):
+        cpp_extension.load(name="lucid_blend_limit", sources=[source], extra_cflags=["-O3", "-fopenmp"],
+                           extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
+    runs = [torch.ops.lucid_blend_limit.blend_limit(blends) for _ in range(repeats + 1)][1:]
+    scale = 1e9 * torch.get_num_threads() / blends
+    return min(r[0] for r in runs) * scale, min(r[1] for r in runs) * scale
 
 
 def main():
