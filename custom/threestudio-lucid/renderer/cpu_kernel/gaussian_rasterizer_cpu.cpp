@@ -303,6 +303,20 @@ class BufferPool {
     buffer->clear();
     return buffer;
   }
+  // a buffer of at least ``size`` elements, contents unspecified
+  std::vector<Record>* take_sized(size_t size) {
+    std::vector<Record>* buffer = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (!free_.empty()) {
+        buffer = free_.back();
+        free_.pop_back();
+      }
+    }
+    if (buffer == nullptr) buffer = new std::vector<Record>();
+    if (buffer->size() < size) buffer->resize(size);
+    return buffer;
+  }
   void give(std::vector<Record>* buffer) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (free_.size() < kPooled) {
@@ -315,6 +329,21 @@ class BufferPool {
  private:
   std::mutex mutex_;
   std::vector<std::vector<Record>*> free_;
+};
+
+// A scratch array kept between calls (the backward's per-pair gradient rows: ~100 MB at 100k Gaussians,
+// 4 views of 256^2). A fresh allocation that large is mapped and faulted in page by page at every
+// step, which cost the heavy training step ~20 ms. The contents are not cleared: every row is written
+// before it is read. One lease at a time per element type; a concurrent caller gets its own array.
+template <typename T>
+class ScratchArray {
+ public:
+  explicit ScratchArray(size_t size) : array_(BufferPool<T>::instance().take_sized(size)) {}
+  ~ScratchArray() { BufferPool<T>::instance().give(array_); }
+  T* data() { return array_->data(); }
+
+ private:
+  std::vector<T>* array_;
 };
 
 // Where a tile's contributions are: thread buffer, first and one-past-last record (int64 x 3 per
@@ -685,12 +714,13 @@ void check_pixel_state(const at::Tensor& row_start, const at::Tensor& spans,
 }
 
 // Sums the per-pair gradient rows [M, stride], grouped by (view, Gaussian) g in rows
-// pair_start[g]:pair_start[g + 1] (in tile order), into out[g] (float64), in parallel over g.
+// pair_start[g]:pair_start[g + 1] (in tile order), into out[g] (float64, overwritten), in parallel over g.
 template <typename scalar_t>
 void reduce_pairs(const scalar_t* pair_grads, int64_t stride, const int64_t* pair_start, int64_t count, double* out) {
   at::parallel_for(0, count, 256, [&](int64_t g0, int64_t g1) {
     for (int64_t g = g0; g < g1; ++g) {
       double* dst = out + g * stride;
+      std::fill(dst, dst + stride, 0.0);
       for (int64_t j = pair_start[g]; j < pair_start[g + 1]; ++j) {
         const scalar_t* src = pair_grads + j * stride;
         for (int64_t d = 0; d < stride; ++d) dst[d] += static_cast<double>(src[d]);
@@ -1302,7 +1332,7 @@ std::vector<at::Tensor> rasterize_backward(
     check_pixel_state(row_start, spans, buffers, n_tiles_all, s, sizeof(Contribution<scalar_t>));
     const auto pointers = buffer_pointers<scalar_t>(buffers);
     // 1. compositing, per (tile, entry) pair, then summed per entry
-    auto pair_grads = at::empty({m, stride}, means.options());
+    ScratchArray<scalar_t> pair_grads(static_cast<size_t>(m * stride));
     std::vector<typename BackwardTile<scalar_t, dim>::Scratch> scratches;
     for_each_tile(n_tiles_all,
                   BackwardTile<scalar_t, dim>{s, s_means2d.data_ptr<scalar_t>(), s_conics.data_ptr<scalar_t>(),
@@ -1310,12 +1340,11 @@ std::vector<at::Tensor> rasterize_backward(
                                               gauss_ids.data_ptr<int64_t>(), offsets.data_ptr<int64_t>(), dim, vb,
                                               row_start.data_ptr<int64_t>(),
                                               spans.data_ptr<int64_t>(), pointers.data(), grad_image.data_ptr<scalar_t>(),
-                                              pair_slot.data_ptr<int64_t>(), pair_grads.data_ptr<scalar_t>()},
+                                              pair_slot.data_ptr<int64_t>(), pair_grads.data()},
                   scratches);
-    std::vector<double> per_entry(n_entries * stride, 0.0);
-    reduce_pairs<scalar_t>(pair_grads.data_ptr<scalar_t>(), stride, pair_start.data_ptr<int64_t>(), n_entries,
+    ScratchArray<double> per_entry(static_cast<size_t>(n_entries * stride));
+    reduce_pairs<scalar_t>(pair_grads.data(), stride, pair_start.data_ptr<int64_t>(), n_entries,
                            per_entry.data());
-    pair_grads = at::Tensor();
     std::vector<int64_t> entry_of(n_views * n, -1);  // (view, Gaussian) -> entry; -1: not visible there
     const int64_t* eid = entry_ids.data_ptr<int64_t>();
     for (int64_t v = 0; v < n_views; ++v)
@@ -1339,7 +1368,7 @@ std::vector<at::Tensor> rasterize_backward(
         std::fill(gs.begin(), gs.end(), 0.0);
         for (int64_t v = 0; v < n_views; ++v) {
           const int64_t g = v * n + i;
-          const double* pv = entry_of[g] >= 0 ? &per_entry[entry_of[g] * stride] : nothing.data();
+          const double* pv = entry_of[g] >= 0 ? per_entry.data() + entry_of[g] * stride : nothing.data();
           double guv[2] = {pv[0], pv[1]}, gco[3] = {pv[2], pv[3], pv[4]}, gcl[3] = {pv[6], pv[7], pv[8]};
           double gde = pv[9];
           go += pv[5];
