@@ -14,8 +14,6 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from omegaconf import ListConfig, OmegaConf
-
 import torch
 import torch.nn as nn
 
@@ -301,13 +299,12 @@ class GaussianSplatting(BaseGeometry):
     def learning_rates(self, global_step: int, epoch: int = 0) -> dict:
         """Learning rate of each group at ``global_step`` (exp-interpolated C() values)."""
         specs = self.__dict__.get("_lr_specs")
-        if specs is None:  # plain values once: reading the config (and C() converting lists) costs every step
+        if specs is None:  # read the config once: its attribute access costs every step. The schedules stay
+            # config lists: threestudio's C() accepts nothing else (it converts them itself)
             c = self.cfg
             spatial = c.position_lr_spatial_scale if c.position_lr_spatial_scale is not None else c.scene_extent
-            specs = {name: OmegaConf.to_container(v) if isinstance(v, ListConfig) else v for name, v in (
-                ("position", c.position_lr), ("feature", c.feature_lr), ("opacity", c.opacity_lr),
-                ("scaling", c.scaling_lr), ("rotation", c.rotation_lr))}
-            specs["spatial"] = float(spatial)
+            specs = {"position": c.position_lr, "feature": c.feature_lr, "opacity": c.opacity_lr,
+                     "scaling": c.scaling_lr, "rotation": c.rotation_lr, "spatial": float(spatial)}
             self.__dict__["_lr_specs"] = specs
 
         def lr(value):

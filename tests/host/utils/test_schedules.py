@@ -62,3 +62,11 @@ def test_c_max():
     assert C_max(3.0) == 3.0
     assert C_max(L(0, 1.0, 100)) == 1.0
     assert C_max(L(0, 0.0, 1.0, 100, 3.0, 300, 0.0, 400)) == 3.0
+
+
+def test_a_plain_list_is_refused_as_threestudio_refuses_it():
+    # threestudio's C() runs config_to_primitive on every non-number, which refuses a plain list; a
+    # component that passed one worked on this host and failed inside threestudio (found by the
+    # conformance suite: the geometry's cached learning-rate schedules)
+    with pytest.raises(ValueError, match="ListConfig"):
+        C([1.0, 0.0, 100], 0, 50)

@@ -43,7 +43,12 @@ def C(value: Any, epoch: int, global_step: int, interpolation: str = "linear") -
     """
     if isinstance(value, (int, float)):
         return value
-    value = config_to_primitive(value) if isinstance(value, ListConfig) else value
+    if not isinstance(value, ListConfig):
+        # threestudio's C() converts every non-number with config_to_primitive, which refuses plain lists:
+        # so does this one, or a component that works here would fail inside threestudio
+        raise ValueError(f"C() takes a number or a config list (ListConfig), got {type(value).__name__} {value!r}; "
+                         "threestudio's C() refuses anything else")
+    value = config_to_primitive(value)
     if not isinstance(value, list):
         raise TypeError("Scalar specification only supports list, got", type(value))
     if len(value) >= 6:
