@@ -29,13 +29,19 @@ class Updateable:
     geometry's properties activate all its parameters) twice a step cost ~10% of a small training
     step. The first walk of an object evaluates its class attributes once and remembers those that
     gave an Updateable or raised (tried again every time); the instance's own attributes and
-    submodules are always looked at, so assigning a component later is seen. A property that starts
+    submodules are always looked at, so assigning a component later is seen (the list of names is
+    rebuilt when an attribute or submodule is added). A property that starts
     returning an Updateable only after the first walk is not (none of threestudio's do).
     """
 
     def _updateable_names(self):
+        modules = self.__dict__.get("_modules") or {}
+        key = (len(self.__dict__), len(modules))  # a new attribute or submodule changes one of these
+        known = self.__dict__.get("_updateable_names_cache")
+        if known is not None and known[0] == key:
+            return known[1]
         instance = [name for name in vars(self) if not name.startswith("_")]
-        instance += [name for name in getattr(self, "_modules", {}) if not name.startswith("_")]
+        instance += [name for name in modules if not name.startswith("_")]
         cache = self.__dict__.get("_updateable_class_names")
         if cache is None:
             cache = []
@@ -50,7 +56,10 @@ class Updateable:
                 if isinstance(value, Updateable):
                     cache.append(name)
             object.__setattr__(self, "_updateable_class_names", cache)
-        return sorted(set(instance).union(cache))  # dir()'s order, as threestudio walks
+        names = sorted(set(instance).union(cache))  # dir()'s order, as threestudio walks
+        object.__setattr__(self, "_updateable_names_cache", (None, names))
+        self.__dict__["_updateable_names_cache"] = ((len(self.__dict__), len(modules)), names)
+        return names
 
     def _updateable_children(self):
         for attr in self._updateable_names():
