@@ -146,6 +146,8 @@ def load_kernel(strict: bool = False):
     is unavailable. Raises ``ConfigError`` instead when ``strict`` or ``LUCID_CPU_KERNEL=require``.
     The build is tried once per process."""
     state = _STATE
+    if state.ops is not None:  # loaded: no lock, no environment lookup (called several times a step)
+        return state.ops
     switch = os.environ.get(KERNEL_SWITCH, "1").strip().lower()
     with state.lock:
         if not state.tried:
