@@ -815,6 +815,38 @@ CameraParams read_camera(const double* cp) {
   return cam;
 }
 
+// The EWA Jacobian at view-space point t (z: t.z, or 1 when culled) with the direction clamped to
+// lim (the clamped t.x/t.z times z; the backward treats it as a constant), times the view rotation:
+// M = J W. Sets jx, jy (the t.x, t.y used in J) and whether each was clamped.
+struct Ewa {
+  double M[2][3];
+  double jx, jy;
+  bool clamp_x, clamp_y;
+};
+inline Ewa ewa_jacobian(const CameraParams& cam, const double* t, double z) {
+  Ewa e;
+  const double txtz = t[0] / z, tytz = t[1] / z;
+  e.clamp_x = txtz < -cam.lim_x || txtz > cam.lim_x;
+  e.clamp_y = tytz < -cam.lim_y || tytz > cam.lim_y;
+  e.jx = e.clamp_x ? std::min(std::max(txtz, -cam.lim_x), cam.lim_x) * z : t[0];
+  e.jy = e.clamp_y ? std::min(std::max(tytz, -cam.lim_y), cam.lim_y) * z : t[1];
+  const double J[2][3] = {{cam.fx / z, 0.0, -cam.fx * e.jx / (z * z)}, {0.0, cam.fy / z, -cam.fy * e.jy / (z * z)}};
+  const double* R = cam.R;
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 3; ++j) e.M[i][j] = J[i][0] * R[j] + J[i][1] * R[3 + j] + J[i][2] * R[6 + j];
+  return e;
+}
+
+// The rotation matrix of an unnormalised quaternion (w, x, y, z) by the 3DGS formula.
+inline void quat_rotation(double qr, double qx, double qy, double qz, double Rq[3][3]) {
+  const double rows[3][3] = {
+      {1.0 - 2.0 * (qy * qy + qz * qz), 2.0 * (qx * qy - qr * qz), 2.0 * (qx * qz + qr * qy)},
+      {2.0 * (qx * qy + qr * qz), 1.0 - 2.0 * (qx * qx + qz * qz), 2.0 * (qy * qz - qr * qx)},
+      {2.0 * (qx * qz - qr * qy), 2.0 * (qy * qz + qr * qx), 1.0 - 2.0 * (qx * qx + qy * qy)}};
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 3; ++j) Rq[i][j] = rows[i][j];
+}
+
 struct ProjectionSettings {
   double min_discriminant, radius_sigmas;
   int64_t tile_size, n_tiles_x, n_tiles_y;
@@ -840,19 +872,10 @@ int32_t project_one(const CameraParams& cam, const ProjectionSettings& ps, const
     u = u + double(sp[0]) * cam.half_w;
     v = v + double(sp[1]) * cam.half_h;
   }
-  // EWA Jacobian at the mean with the direction clamped to lim (the clamped value, times z)
-  const double txtz = t[0] / z, tytz = t[1] / z;
-  const double jx = (txtz < -cam.lim_x || txtz > cam.lim_x) ? std::min(std::max(txtz, -cam.lim_x), cam.lim_x) * z : t[0];
-  const double jy = (tytz < -cam.lim_y || tytz > cam.lim_y) ? std::min(std::max(tytz, -cam.lim_y), cam.lim_y) * z : t[1];
-  const double J[2][3] = {{cam.fx / z, 0.0, -cam.fx * jx / (z * z)}, {0.0, cam.fy / z, -cam.fy * jy / (z * z)}};
-  double M[2][3];  // J W
-  for (int i = 0; i < 2; ++i)
-    for (int j = 0; j < 3; ++j) M[i][j] = J[i][0] * R[j] + J[i][1] * R[3 + j] + J[i][2] * R[6 + j];
-  const double qr = q_in[0], qx = q_in[1], qy = q_in[2], qz = q_in[3];
-  const double Rq[3][3] = {
-      {1.0 - 2.0 * (qy * qy + qz * qz), 2.0 * (qx * qy - qr * qz), 2.0 * (qx * qz + qr * qy)},
-      {2.0 * (qx * qy + qr * qz), 1.0 - 2.0 * (qx * qx + qz * qz), 2.0 * (qy * qz - qr * qx)},
-      {2.0 * (qx * qz - qr * qy), 2.0 * (qy * qz + qr * qx), 1.0 - 2.0 * (qx * qx + qy * qy)}};
+  const Ewa ewa = ewa_jacobian(cam, t, z);
+  const auto& M = ewa.M;
+  double Rq[3][3];
+  quat_rotation(q_in[0], q_in[1], q_in[2], q_in[3], Rq);
   const double sc[3] = {double(s_in[0]), double(s_in[1]), double(s_in[2])};
   double MA[2][3];  // M R(q) S: cov = (M A)(M A)^T with A = R(q) S
   for (int i = 0; i < 2; ++i)
@@ -964,22 +987,15 @@ void preprocess_backward_one(const CameraParams& cam, int sh_degree, int64_t n_c
   double g_tz = g_depth;
 
   // EWA Jacobian with the clamped direction a constant
-  const double txtz = t[0] / z, tytz = t[1] / z;
-  const bool clamp_x = txtz < -cam.lim_x || txtz > cam.lim_x;
-  const bool clamp_y = tytz < -cam.lim_y || tytz > cam.lim_y;
-  const double jx = clamp_x ? std::min(std::max(txtz, -cam.lim_x), cam.lim_x) * z : t[0];
-  const double jy = clamp_y ? std::min(std::max(tytz, -cam.lim_y), cam.lim_y) * z : t[1];
-  const double J[2][3] = {{cam.fx / z, 0.0, -cam.fx * jx / (z * z)}, {0.0, cam.fy / z, -cam.fy * jy / (z * z)}};
-  double M[2][3];  // J W
-  for (int i = 0; i < 2; ++i)
-    for (int j = 0; j < 3; ++j) M[i][j] = J[i][0] * R[j] + J[i][1] * R[3 + j] + J[i][2] * R[6 + j];
+  const Ewa ewa = ewa_jacobian(cam, t, z);
+  const auto& M = ewa.M;
+  const double jx = ewa.jx, jy = ewa.jy;
+  const bool clamp_x = ewa.clamp_x, clamp_y = ewa.clamp_y;
 
   // 3D covariance A A^T, A = R(q) diag(s), with the unnormalised quaternion formula
   const double qr = q_in[0], qx = q_in[1], qy = q_in[2], qz = q_in[3];
-  const double Rq[3][3] = {
-      {1.0 - 2.0 * (qy * qy + qz * qz), 2.0 * (qx * qy - qr * qz), 2.0 * (qx * qz + qr * qy)},
-      {2.0 * (qx * qy + qr * qz), 1.0 - 2.0 * (qx * qx + qz * qz), 2.0 * (qy * qz - qr * qx)},
-      {2.0 * (qx * qz - qr * qy), 2.0 * (qy * qz + qr * qx), 1.0 - 2.0 * (qx * qx + qy * qy)}};
+  double Rq[3][3];
+  quat_rotation(qr, qx, qy, qz, Rq);
   const double sc[3] = {double(s_in[0]), double(s_in[1]), double(s_in[2])};
   double A[3][3], S3[3][3];
   for (int i = 0; i < 3; ++i)
