@@ -307,6 +307,10 @@ def test_failed_build_falls_back_to_the_reference_with_one_warning(failing_build
     assert len(failing_build["warn"]) == 1 and "Ninja is required" in failing_build["warn"][0]
     assert "'reference'" in failing_build["warn"][0]
     assert len(failing_build["build_calls"]) == 1  # tried once per process
+    # the batched entry the renderer uses falls back the same way, view by view
+    views = RASTERIZER_BACKENDS["cpu"].views(*params[:2], [params[2]] * 2, params[3], [cam, cam],
+                                              features=params[4], sh_degrees=[3, 3], near_plane=0.2, tile_size=16)
+    assert torch.equal(views["rgb"][1], ref["rgb"]) and len(failing_build["warn"]) == 1
 
     RASTERIZER_BACKENDS["auto"](*params[:4], cam, features=params[4], sh_degree=3)
     assert cpu_backend.auto_backend_name(torch.device("cpu")) == "reference"

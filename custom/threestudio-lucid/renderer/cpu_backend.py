@@ -18,7 +18,8 @@ rasterizer (``cpu_kernel/gaussian_rasterizer_cpu.cpp``):
   z = 1, colour clamp mask), summed over the views in order. No gradient reaches the camera (as in
   inria).
 Outputs and gradients equal the reference's up to float rounding (``tests/renderer/test_cpu_backend.py``);
-threads are torch's intra-op threads. ``scripts/bench_rasterizers.py`` compares the speed.
+threads are torch's intra-op threads. ``scripts/bench_rasterizers.py`` compares the speed with the
+other backends, ``scripts/bench_cpu_kernel.py`` with a git ref's kernel (ns per blend, and a limit).
 
 Build: the kernel is compiled by ``torch.utils.cpp_extension.load`` on first use (``-O3 -fopenmp``,
 ~15 s with g++ and ninja) and cached in torch's extensions folder (``TORCH_EXTENSIONS_DIR``, default
