@@ -28,7 +28,6 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -140,7 +139,7 @@ def blend_limit(blends, repeats):
 
 
 def main():
-    from bench_training_step import export_ref
+    from bench_training_step import export_ref, run_script_worker
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ref", default="98d61b7", help="git ref whose kernel to compare with")
@@ -175,16 +174,8 @@ def main():
                     results = {name: [] for name in trees}
                     for _ in range(args.rounds):
                         for name, (tree, shim) in trees.items():
-                            env = dict(os.environ)
-                            if shim:
-                                env["PYTHONPATH"] = shim + os.pathsep + env.get("PYTHONPATH", "")
-                            proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", "--tree", tree,
-                                                   "--scene", scene, "--repeats", str(args.repeats)],
-                                                  env=env, capture_output=True, text=True, cwd=tmp)
-                            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-                            if proc.returncode != 0 or not lines:
-                                raise SystemExit(f"error: the worker for {name} failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
-                            results[name].append(json.loads(lines[-1][len("RESULT "):]))
+                            results[name].append(run_script_worker(
+                                __file__, ["--scene", scene, "--repeats", str(args.repeats)], tree, shim, tmp, name))
                     table = {name: {k: statistics.median(r[k] for r in runs) for k in ("fwd", "bwd", "threads")}
                              for name, runs in results.items()}
                     ref_total = table[args.ref]["fwd"] + table[args.ref]["bwd"]

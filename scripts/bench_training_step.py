@@ -157,18 +157,24 @@ def export_ref(ref, folder):
     return tree, shim
 
 
-def run_worker(tree, shim, case, args, scratch):
+def run_script_worker(script, worker_args, tree, shim, cwd, what):
+    """Run ``script --worker --tree TREE worker_args`` in a fresh process (the ref's tree importable
+    ahead of the installed package through ``shim``) and return the JSON of its ``RESULT`` line."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     if shim:
         env["PYTHONPATH"] = shim + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--tree", tree, "--case", case,
-           "--steps", str(args.steps), "--warmup", str(args.warmup), "--scratch", scratch]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=scratch)
+    cmd = [sys.executable, os.path.abspath(script), "--worker", "--tree", tree, *worker_args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=cwd)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-15:])
-        raise SystemExit(f"error: the worker for {tree} ({case}) failed (exit {proc.returncode}):\n{tail}")
+        raise SystemExit(f"error: the worker for {what} failed (exit {proc.returncode}):\n{tail}")
     return json.loads(lines[-1][len("RESULT "):])
+
+
+def run_worker(tree, shim, case, args, scratch):
+    worker_args = ["--case", case, "--steps", str(args.steps), "--warmup", str(args.warmup), "--scratch", scratch]
+    return run_script_worker(__file__, worker_args, tree, shim, scratch, f"{tree} ({case})")
 
 
 def main():

@@ -64,7 +64,7 @@ from .reference import (
     T_MIN,
     TILE_SIZE,
     TileBins,
-    check_inputs,
+    check_views,
     rasterize_reference,
     tile_rects,
     view_outputs,
@@ -338,13 +338,9 @@ def rasterize_cpu_views(
     [N, 2 or 3] leaves (or None). Returns
     ``rgb`` [V, H, W, 3] (premultiplied), ``depth`` and ``alpha`` [V, H, W, 1], and per-view lists
     ``radii``, ``visibility``, ``means2d``, ``depths``, ``conics``."""
-    width, height = cameras[0].width, cameras[0].height
-    if any(c.width != width or c.height != height for c in cameras):
-        raise ValueError("all views of a batch must have one image size")
+    opacities, width, height = check_views(means, quats, scales, opacities, features, colors, screen_points, cameras)
     use_sh = features is not None
     n_views = len(cameras)
-    opacities = check_inputs(means, quats, scales[0], opacities, features, colors,
-                             None if screen_points is None else screen_points[0])
     sh_or_colors = features if use_sh else colors
     for degree in sh_degrees:
         if use_sh and not 0 <= degree <= 3:
@@ -396,8 +392,6 @@ def rasterize_cpu(
     if load_kernel() is None:
         _warn_fallback_once(_STATE.error)
         return rasterize_reference(means, quats, scales, opacities, camera, **kwargs)
-    if screen_points is not None and (screen_points.dim() != 2 or screen_points.shape[1] not in (2, 3)):
-        check_inputs(means, quats, scales, opacities, features, colors, screen_points)  # raises
     out = rasterize_cpu_views(
         means, quats, [scales], opacities, [camera], features=features, colors=colors, sh_degrees=[sh_degree],
         screen_points=None if screen_points is None else [screen_points], near_plane=near_plane, tile_size=tile_size,

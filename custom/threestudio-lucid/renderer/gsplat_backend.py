@@ -38,7 +38,7 @@ from .optional_library import OptionalLibrary
 from .reference import (
     NEAR_PLANE,
     TILE_SIZE,
-    check_inputs,
+    check_views,
     colors_from_sh,
     keep_in_graph,
     project_gaussians,
@@ -89,11 +89,7 @@ def render_views_with_gsplat(
     ``rasterize_to_pixels`` call for the C views ([C, N, .] inputs). ``gsplat`` provides those three
     functions. Returns ``rgb`` [C, H, W, 3] (premultiplied), ``depth``, ``alpha`` [C, H, W, 1] and
     per-view lists ``radii``, ``visibility``, ``means2d``, ``depths``, ``conics``."""
-    width, height = cameras[0].width, cameras[0].height
-    if any(c.width != width or c.height != height for c in cameras):
-        raise ValueError("all views of a batch must have one image size")
-    opacities = check_inputs(means, quats, scales[0], opacities, features, colors,
-                             None if screen_points is None else screen_points[0])
+    opacities, width, height = check_views(means, quats, scales, opacities, features, colors, screen_points, cameras)
     n_tiles_x = (width + tile_size - 1) // tile_size
     n_tiles_y = (height + tile_size - 1) // tile_size
     projections, per_gaussian, centres, halves = [], [], [], []

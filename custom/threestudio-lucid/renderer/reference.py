@@ -465,6 +465,20 @@ def check_inputs(means, quats, scales, opacities, features, colors, screen_point
     return opacities
 
 
+def check_views(means, quats, scales, opacities, features, colors, screen_points, cameras):
+    """``check_inputs`` for the batched interface (a backend's ``views``): per-view ``scales`` and
+    ``screen_points`` (or None), one image size for every camera. Returns (opacities [N], width, height)."""
+    width, height = cameras[0].width, cameras[0].height
+    if any(c.width != width or c.height != height for c in cameras):
+        raise ValueError("all views of a batch must have one image size")
+    if len(scales) != len(cameras) or (screen_points is not None and len(screen_points) != len(cameras)):
+        raise ValueError("scales and screen_points need one entry per camera")
+    for i in range(len(cameras)):
+        checked = check_inputs(means, quats, scales[i], opacities, features, colors,
+                               None if screen_points is None else screen_points[i])
+    return checked, width, height
+
+
 def view_outputs(image: Tensor, background: Optional[Tensor], radii: Tensor, means2d: Tensor, depths: Tensor,
                  conics: Tensor) -> Dict[str, Tensor]:
     """The backend interface's outputs from a premultiplied [H, W, 5] image (rgb, depth, alpha) and

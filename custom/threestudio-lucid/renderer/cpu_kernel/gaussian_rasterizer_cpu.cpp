@@ -295,11 +295,9 @@ class BufferPool {
     static BufferPool* pool = new BufferPool();  // never destroyed: buffers may come back at exit
     return *pool;
   }
+  // an empty buffer (its capacity kept)
   std::vector<Record>* take() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (free_.empty()) return new std::vector<Record>();
-    std::vector<Record>* buffer = free_.back();
-    free_.pop_back();
+    std::vector<Record>* buffer = take_sized(0);
     buffer->clear();
     return buffer;
   }
