@@ -103,7 +103,7 @@ def count_blends_and_check(n, res, n_views, check):
         params[0], params[1], params[2][None].contiguous(), params[3], params[4], params[0].new_empty(0),
         cpu_backend.camera_params(cameras, 0.2), torch.full((n_views,), 3, dtype=torch.long), True, res, res, 16,
         ALPHA_MAX, ALPHA_MIN, T_MIN, MIN_DISCRIMINANT, RADIUS_SIGMAS)
-    spans = out[16]
+    spans = out[15]
     blends = int((spans[:, 2] - spans[:, 1]).sum())
     verdict = None
     if check:
@@ -129,10 +129,13 @@ def blend_limit(blends, repeats):
     import torch
     from torch.utils import cpp_extension
 
+    from threestudio_lucid.renderer import cpu_backend
+
     source = os.path.join(REPO, "scripts", "blend_limit.cpp")
     if not hasattr(torch.ops.lucid_blend_limit, "blend_limit"):
-        cpp_extension.load(name="lucid_blend_limit", sources=[source], extra_cflags=["-O3", "-fopenmp"],
-                           extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
+        cflags, ldflags = cpu_backend._compiler_flags()  # the kernel's
+        cpp_extension.load(name="lucid_blend_limit", sources=[source], extra_cflags=cflags, extra_ldflags=ldflags,
+                           is_python_module=False, verbose=False)
     runs = [torch.ops.lucid_blend_limit.blend_limit(blends) for _ in range(repeats + 1)][1:]
     scale = 1e9 * torch.get_num_threads() / blends
     return min(r[0] for r in runs) * scale, min(r[1] for r in runs) * scale

@@ -8,7 +8,7 @@
 //   backward: the record read, alpha again, five feature gradients w g, A = a' f' + (1 - a') A,
 //             dL/dalpha = T (f - A) . g, six geometry terms summed per entry.
 // Blends come in runs of 8 over 16 lanes (a Gaussian's columns in a pixel row), as in the kernel.
-// Built by the bench script with torch's cpp_extension (-O3 -fopenmp, as the kernel).
+// Built by the bench script with torch's cpp_extension and the kernel's compiler flags.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>

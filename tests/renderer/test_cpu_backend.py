@@ -57,6 +57,7 @@ SCENES = {
     "opaque-sh3-early-termination": (500, 80, 64, 3, (1.0, 1.0, 1.0), 16, dict(opaque=60, extent=(1.0, 0.8, 1.0))),
     "near-plane-and-ewa-clamp-sh2": (300, 72, 40, 2, (0.1, 0.2, 0.3), 16, dict(near=True)),
     "tile-8-sh1": (120, 45, 29, 1, (0.3, 0.3, 0.9), 8, {}),
+    "tile-32-sh0-opaque": (300, 70, 50, 0, None, 32, dict(opaque=40)),  # 1024 pixels per tile: 10 lane bits
 }
 
 
@@ -268,6 +269,13 @@ def test_kernel_rejects_inconsistent_inputs(cpu_kernel):
     with pytest.raises(RuntimeError, match="index the N Gaussians"):
         cpu_kernel.composite_forward(means2d, conics, opac, feats, torch.tensor([5]), offsets,
                                      16, 16, 16, 0.99, 1 / 255, 1e-4)
+    # a record packs the list position with the pixel's place in its tile: 256^2 pixels leave 15 bits
+    n = 1 << 15
+    means2d, conics, opac, feats = torch.zeros(n, 2), torch.zeros(n, 3), torch.zeros(n), torch.zeros(n, 5)
+    with pytest.raises(RuntimeError, match="a tile lists 32768 Gaussians, more than the 32768 tiles of 256 pixels "
+                                           "can hold: use a smaller tile_size"):
+        cpu_kernel.composite_forward(means2d, conics, opac, feats, torch.arange(n), torch.tensor([0, n]),
+                                     256, 256, 256, 0.99, 1 / 255, 1e-4)
 
 
 # ---------------------------------------------------------------------------------------------

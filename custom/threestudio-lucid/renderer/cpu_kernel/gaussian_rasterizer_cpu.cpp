@@ -26,9 +26,11 @@
 // Speed without changing a single decision: a (Gaussian, pixel) pair is only rejected early where
 // the exact tests above would reject it (see Bound): ``cut`` bounds the power below which alpha <
 // alpha_min, and a widened ellipse bounds the rows and, per row, the columns where power >= cut can
-// hold. A tile row is processed Gaussian by Gaussian over those columns, each pixel keeping its own
-// state, so every pixel still sees its Gaussians front to back with the per-pixel loop's operations;
-// entries whose columns hold no unfinished pixel are skipped before any arithmetic.
+// hold. A tile is processed Gaussian by Gaussian over those rows and columns, each pixel keeping its
+// own state, so every pixel still sees its Gaussians front to back with the per-pixel loop's
+// operations; rows whose reachable columns hold no unfinished pixel are skipped before any arithmetic,
+// and a tile stops when all its pixels have. exp is evaluated for a row's columns at once
+// (``exp_nonpositive``, within 1 ulp of libm's expf, as torch's own vectorised exp is).
 //
 // Threads (torch's intra-op count) take whole tiles of all views from a shared counter (four 64x64
 // views are 64 tiles, one view only 16). Each thread appends the contributions of its tiles to its
@@ -50,6 +52,7 @@
 #include <memory>
 #include <mutex>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 #ifdef _OPENMP
@@ -65,6 +68,8 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 struct Settings {
   int64_t width, height, tile_size, n_tiles_x, n_tiles;  // n_tiles: per view
   double alpha_max, alpha_min, t_min;
+  int lane_bits;          // bits of a pixel's place in its tile (a contribution's lane)
+  int64_t max_tile_list;  // tile lists are shorter: k << lane_bits fits an int32
 };
 
 // Integer floor / ceil of a finite double of magnitude < 2^62 (std::floor is a library call on
@@ -78,38 +83,38 @@ inline int64_t ceil_i64(double v) {
   return static_cast<double>(t) < v ? t + 1 : t;
 }
 
-// One tile's depth-sorted list, gathered contiguously, with each entry's early-reject bounds:
+// Each Gaussian's early-reject bounds (computed once per Gaussian and view, not per tile):
 //
 // cut: for power < cut, o exp(power) < alpha_min even with exp and the product rounded (the 1e-4
 // margin in the exponent is ~1000x float rounding), so no exp is needed.
 // ellipse: a pair can pass power >= cut only where the exact quadratic form q = d^T conic d is at
 // most r2 = -2 cut (1 + rel)^2: the float q differs from the exact one by at most ~1e-7 (a + c)
-// |d|^2 <= 1e-7 q (a + c) / lambda_min(conic), and rel is 100x that plus 1e-4. An entry's rows are
-// those its widened ellipse reaches (|dy| <= sqrt(r2 Sigma_yy), Sigma = conic^-1, + 1e-3 px), its
-// columns likewise (|dx| <= sqrt(r2 Sigma_xx) + 1e-3); on a row, its columns are where q(dx) =
-// a dx^2 + 2 b dy dx + c dy^2 <= r2, i.e. dx between (-b dy -+ sqrt(a r2 - det dy^2)) / a, + 1e-3 px
-// (in float64). Pixel centres are integers, so all are kept as integer ranges. An ill-conditioned or
-// non-positive-definite conic (rel >= 0.1) gets the whole tile; an entry that can reach no pixel
-// (o < alpha_min, NaN, inf) gets nothing.
+// |d|^2 <= 1e-7 q (a + c) / lambda_min(conic), and rel is 100x that plus 1e-4. Its rows are those
+// its widened ellipse reaches (|dy| <= sqrt(r2 Sigma_yy), Sigma = conic^-1, + 1e-3 px), its columns
+// likewise (|dx| <= sqrt(r2 Sigma_xx) + 1e-3); on a row, its columns are narrowed by row_columns.
+// Pixel centres are integers, so all are kept as integer ranges of the image. An ill-conditioned or
+// non-positive-definite conic (rel >= 0.1) gets every pixel; a Gaussian that can reach no pixel
+// (o < alpha_min, NaN, inf) gets none.
 struct Bound {
   double cut;    // power below which alpha < alpha_min
   double r2;     // widened -2 cut of the ellipse bound; < 0: no ellipse bound
   double inv_a;  // 1 / conic a
   double det;    // conic a c - b^2
-  double hy;     // half height of the rows reached: kInf = every row, < 0 = none
-  double hx;     // half width of the columns reached: kInf = every column
+  int32_t x_lo, x_hi, y_lo, y_hi;  // the image columns and rows it can reach (none: y_lo > y_hi)
 };
 
-// The bound of one Gaussian (computed once per Gaussian and view, not per tile).
-inline Bound make_bound(double x, double y, double ca, double cb, double cc, double o, double alpha_min) {
+inline Bound make_bound(double x, double y, double ca, double cb, double cc, double o, double alpha_min,
+                        int64_t width, int64_t height) {
   Bound bd;
   bd.cut = o > 0.0 ? std::log(alpha_min / o) - 1e-4 : kInf;
   bd.r2 = -1.0;
   bd.inv_a = bd.det = 0.0;
-  bd.hy = bd.hx = kInf;
+  bd.x_lo = bd.y_lo = 0;
+  bd.x_hi = static_cast<int32_t>(width - 1);
+  bd.y_hi = static_cast<int32_t>(height - 1);
   // o < alpha_min (or not > 0, or NaN), or a position whose power is NaN: no pixel passes
   if (!(bd.cut < 0.0) || !std::isfinite(x) || !std::isfinite(y)) {
-    bd.hy = -1.0;
+    bd.y_hi = -1;
     return bd;
   }
   const double dt = ca * cc - cb * cb;
@@ -121,121 +126,72 @@ inline Bound make_bound(double x, double y, double ca, double cb, double cc, dou
   bd.r2 = -2.0 * bd.cut * (1.0 + rel) * (1.0 + rel);
   bd.inv_a = 1.0 / ca;
   bd.det = dt;
-  bd.hy = std::sqrt(bd.r2 * ca / dt) + 1e-3;
-  bd.hx = std::sqrt(bd.r2 * cc / dt) + 1e-3;
+  const double hy = std::sqrt(bd.r2 * ca / dt) + 1e-3, hx = std::sqrt(bd.r2 * cc / dt) + 1e-3;
+  const int64_t lo = std::max<int64_t>(0, ceil_i64(std::max(y - hy, -1e15)));
+  const int64_t hi = std::min<int64_t>(height - 1, floor_i64(std::min(y + hy, 1e15)));
+  const int64_t clo = std::max<int64_t>(0, ceil_i64(std::max(x - hx, -1e15)));
+  const int64_t chi = std::min<int64_t>(width - 1, floor_i64(std::min(x + hx, 1e15)));
+  if (lo > hi || clo > chi) {
+    bd.y_hi = -1;
+    return bd;
+  }
+  bd.y_lo = static_cast<int32_t>(lo);
+  bd.y_hi = static_cast<int32_t>(hi);
+  bd.x_lo = static_cast<int32_t>(clo);
+  bd.x_hi = static_cast<int32_t>(chi);
   return bd;
 }
 
-template <typename scalar_t>
-struct TileList {
-  std::vector<scalar_t> x, y, a, b, c, o, cut, f;
-  std::vector<double> r2, inv_a, det;  // r2 < 0: no ellipse bound, every column of its rows
-  std::vector<int32_t> xlo, xhi;       // the columns an entry can reach in the tile
-  std::vector<int32_t> row_offsets, row_entries;  // per tile row, the entries reaching it (CSR)
-  int64_t n = 0;
-
-  // The tile's entries; with bounds (the forward), also their bounds and the rows and columns they
-  // reach in the tile [x0, x1) x [y0, y1).
-  void gather(const scalar_t* means2d, const scalar_t* conics, const scalar_t* opacities,
-              const scalar_t* features, const int64_t* ids, int64_t count, int64_t dim,
-              const Bound* bounds, int64_t x0, int64_t x1, int64_t y0, int64_t y1) {
-    n = count;
-    for (auto* v : {&x, &y, &a, &b, &c, &o}) v->resize(n);
-    f.resize(n * dim);
-    for (int64_t k = 0; k < n; ++k) {
-      const int64_t g = ids[k];
-      x[k] = means2d[2 * g];
-      y[k] = means2d[2 * g + 1];
-      a[k] = conics[3 * g];
-      b[k] = conics[3 * g + 1];
-      c[k] = conics[3 * g + 2];
-      o[k] = opacities[g];
-      for (int64_t d = 0; d < dim; ++d) f[k * dim + d] = features[g * dim + d];
-    }
-    if (bounds == nullptr) return;
-    for (auto* v : {&r2, &inv_a, &det}) v->resize(n);
-    cut.resize(n);
-    xlo.resize(n);
-    xhi.resize(n);
-    row_span_.resize(2 * n);  // [2k], [2k+1]: first and last row, clamped to the tile
-    row_offsets.assign(y1 - y0 + 1, 0);
-    for (int64_t k = 0; k < n; ++k) {
-      const Bound& bd = bounds[ids[k]];
-      cut[k] = static_cast<scalar_t>(bd.cut);
-      r2[k] = bd.r2;
-      inv_a[k] = bd.inv_a;
-      det[k] = bd.det;
-      const double yk = static_cast<double>(y[k]), xk = static_cast<double>(x[k]);
-      int64_t lo = y0, hi = y1 - 1, clo = x0, chi = x1 - 1;
-      if (!(bd.hy >= 0.0)) {
-        hi = lo - 1;  // reaches no pixel
-      } else if (bd.hy < kInf) {
-        lo = std::max(lo, ceil_i64(std::max(yk - bd.hy, -1e15)));
-        hi = std::min(hi, floor_i64(std::min(yk + bd.hy, 1e15)));
-        clo = std::max(clo, ceil_i64(std::max(xk - bd.hx, -1e15)));
-        chi = std::min(chi, floor_i64(std::min(xk + bd.hx, 1e15)));
-        if (clo > chi) hi = lo - 1;
-      }
-      xlo[k] = static_cast<int32_t>(clo);
-      xhi[k] = static_cast<int32_t>(chi);
-      row_span_[2 * k] = lo;
-      row_span_[2 * k + 1] = hi;
-      for (int64_t r = lo; r <= hi; ++r) ++row_offsets[r - y0 + 1];
-    }
-    for (int64_t r = 0; r < y1 - y0; ++r) row_offsets[r + 1] += row_offsets[r];
-    row_entries.resize(row_offsets[y1 - y0]);
-    cursor_.assign(row_offsets.begin(), row_offsets.end() - 1);
-    for (int64_t k = 0; k < n; ++k) {
-      for (int64_t r = row_span_[2 * k]; r <= row_span_[2 * k + 1]; ++r) {
-        row_entries[cursor_[r - y0]++] = static_cast<int32_t>(k);
-      }
-    }
-  }
-
- private:
-  std::vector<int64_t> row_span_, cursor_;
-};
-
-// The entries of a tile list that reach one pixel row, in list order (front to back), with the
-// columns [lo, hi] each can reach on it and what the row fixes precomputed: dy = y - py and
-// (c dy) dy, the same float operations as the per-pixel formula
-// power = -0.5 ((a dx) dx + (c dy) dy) - (b dx) dy (the reference's association). With an
-// ellipse bound, the columns are where q(dx) = a dx^2 + 2 b dy dx + c dy^2 <= r2 on this row: dx
-// between (-b dy -+ sqrt(a r2 - det dy^2)) / a (float64, widened by 1e-3 px).
-template <typename scalar_t>
-struct RowEntry {
-  scalar_t x, a, b, dy, cdy2, o, cut;
-  int32_t k, lo, hi;
-};
-
-// The row entry of list entry k on pixel row py within columns [x0, x1), or false when it reaches
-// none of them.
-template <typename scalar_t>
-inline bool row_entry(const TileList<scalar_t>& L, int32_t k, int64_t py, int64_t x0, int64_t x1,
-                      RowEntry<scalar_t>* e) {
-  int64_t lo = x0, hi = x1 - 1;
-  if (L.r2[k] >= 0.0) {
-    const double dyd = static_cast<double>(L.y[k]) - static_cast<double>(py);
-    const double disc = static_cast<double>(L.a[k]) * L.r2[k] - L.det[k] * dyd * dyd;
+// Narrows the columns [*lo, *hi] to those a Gaussian at (x, y) with conic (a, b, .) can reach on
+// pixel row py: with an ellipse bound, where q(dx) = a dx^2 + 2 b dy dx + c dy^2 <= r2, i.e. dx
+// between (-b dy -+ sqrt(a r2 - det dy^2)) / a (float64, widened by 1e-3 px). False when none is left.
+inline bool row_columns(const Bound& bd, double x, double y, double a, double b, int64_t py, int64_t* lo,
+                        int64_t* hi) {
+  if (bd.r2 >= 0.0) {
+    const double dyd = y - static_cast<double>(py);
+    const double disc = a * bd.r2 - bd.det * dyd * dyd;
     if (disc < 0.0) return false;
-    const double centre = static_cast<double>(L.x[k]) + static_cast<double>(L.b[k]) * dyd * L.inv_a[k];
-    const double half = std::sqrt(disc) * L.inv_a[k] + 1e-3;
-    lo = std::max(lo, ceil_i64(std::max(centre - half, -1e15)));
-    hi = std::min(hi, floor_i64(std::min(centre + half, 1e15)));
-    if (lo > hi) return false;
+    const double centre = x + b * dyd * bd.inv_a;
+    const double half = std::sqrt(disc) * bd.inv_a + 1e-3;
+    *lo = std::max(*lo, ceil_i64(std::max(centre - half, -1e15)));
+    *hi = std::min(*hi, floor_i64(std::min(centre + half, 1e15)));
   }
-  const scalar_t dy = L.y[k] - static_cast<scalar_t>(py);
-  e->x = L.x[k];
-  e->a = L.a[k];
-  e->b = L.b[k];
-  e->dy = dy;
-  e->cdy2 = L.c[k] * dy * dy;
-  e->o = L.o[k];
-  e->cut = L.cut[k];
-  e->k = k;
-  e->lo = static_cast<int32_t>(lo);
-  e->hi = static_cast<int32_t>(hi);
-  return true;
+  return *lo <= *hi;
+}
+
+// Floats as one vector value (GCC / Clang vector extensions): eight when built for AVX, else four
+// (SSE, NEON); wider than the machine's registers was slower than libm.
+#ifdef __AVX__
+constexpr int64_t kVector = 8;
+#else
+constexpr int64_t kVector = 4;
+#endif
+typedef float FloatV __attribute__((vector_size(4 * kVector)));
+typedef int32_t IntV __attribute__((vector_size(4 * kVector)));
+
+// exp of kVector floats in [-87, 0] (clamped there; NaN stays NaN): 2^n e^r with n = round(x / ln 2)
+// and r = x - n ln 2 in two parts (exact to float), e^r by its degree-7 Taylor-like minimax polynomial
+// (Cephes' expf coefficients), about 1 ulp from the exact value -- libm's expf is correctly rounded
+// to within 1 ulp too, and torch's vectorised exp (the reference's) differs from both by as much.
+// The forward calls it for all columns of a row at once instead of one libm call per pixel.
+inline FloatV exp_nonpositive(FloatV x) {
+  const FloatV lo = FloatV{} - 87.0f;
+  x = x < lo ? lo : x;
+  x = x > FloatV{} ? FloatV{} : x;
+  const FloatV magic = FloatV{} + 12582912.0f;  // 1.5 2^23: adding it rounds to an integer
+  const FloatV n = (x * 1.44269504088896341f + magic) - magic;
+  const FloatV r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  FloatV p = FloatV{} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  const IntV scale = (__builtin_convertvector(n, IntV) + 127) << 23;  // 2^n, n in [-126, 0]
+  FloatV two_n;
+  std::memcpy(&two_n, &scale, sizeof(two_n));
+  return p * two_n;
 }
 
 inline int thread_index() {
@@ -265,15 +221,16 @@ void for_each_tile(int64_t n_tiles, const Body& body, std::vector<typename Body:
   }
 }
 
-// One Gaussian added to a pixel: its tile-list position k and the pixel's column in the tile (lane),
-// packed as k << 8 | lane, G = exp(power) (alpha = min(alpha_max, o G) is recomputed bit for bit)
-// and the pixel's T before it. The forward stores a row's contributions in the order it makes them --
-// front to back within each pixel -- and the backward replays them in reverse instead of searching
-// the tile list, evaluating exp and dividing T again: 12 bytes per contribution in float32.
-constexpr int kLaneBits = 8;
-constexpr int64_t kMaxTileSize = int64_t(1) << kLaneBits;
-constexpr int64_t kMaxTileList = int64_t(1) << (31 - kLaneBits);
-inline int32_t pack_contribution(int32_t k, int64_t lane) { return (k << kLaneBits) | static_cast<int32_t>(lane); }
+// One Gaussian added to a pixel: its tile-list position k and the pixel's place in the tile (lane =
+// row * tile_size + column), packed as k << lane_bits | lane, G = exp(power) (alpha = min(alpha_max,
+// o G) is recomputed bit for bit) and the pixel's T before it. The forward stores a tile's
+// contributions in the order it makes them -- entry by entry, so front to back within each pixel --
+// and the backward replays them in reverse instead of searching the tile list, evaluating exp and
+// dividing T again: 12 bytes per contribution in float32.
+constexpr int64_t kMaxTileSize = 256;
+inline int32_t pack_contribution(int64_t k, int64_t lane, int lane_bits) {
+  return static_cast<int32_t>((k << lane_bits) | lane);
+}
 
 template <typename scalar_t>
 struct Contribution {
@@ -345,7 +302,7 @@ class ScratchArray {
 };
 
 // Where a tile's contributions are: thread buffer, first and one-past-last record (int64 x 3 per
-// tile; all 0 for an empty tile). Rows: ``row_start`` holds tile_size + 1 tile-local offsets per tile.
+// tile; all 0 for an empty tile).
 constexpr int64_t kSpan = 3;
 
 // Pixel geometry of tile ``tile`` (of all views): its view and its pixel rectangle.
@@ -363,19 +320,21 @@ inline TileBox tile_box(const Settings& s, int64_t tile) {
   return t;
 }
 
-// The forward processes a row entry by entry (front to back), each entry visiting only its
-// columns; every pixel ("lane") of the row keeps its own state, so each pixel still sees its
-// Gaussians in list order with the operations of the per-pixel loop. Per-entry inputs of view v
-// start at entry view_base[v] (the batched op lays each view's visible Gaussians out in depth order,
-// so a tile's list reads them at increasing addresses); ids are relative to that base.
+// The forward processes a tile entry by entry (front to back), each entry over the rows and, per row,
+// the columns it can reach; every pixel ("lane") keeps its own state, so each pixel still sees its
+// Gaussians in list order with the operations of the per-pixel loop. Entry-major order loads an
+// entry's data once per tile and needs no per-row lists. Per-entry inputs of view v start at entry
+// view_base[v] (the batched op lays each view's visible Gaussians out in depth order, so a tile's
+// list reads them at increasing addresses); ids are relative to that base.
 template <typename scalar_t, int kDim>
 struct ForwardTile {
   struct Scratch {
     int thread = 0;
-    TileList<scalar_t> list;
-    std::vector<double> lanes;
-    std::vector<scalar_t> sums;
-    std::vector<scalar_t> power = std::vector<scalar_t>(kMaxTileSize), gexp = std::vector<scalar_t>(kMaxTileSize);
+    std::vector<double> T;             // [tile rows, tile_size]; 0 marks a finished pixel
+    std::vector<scalar_t> sums;        // [tile rows, tile_size, dim]: in the input precision, as the reference sums
+    std::vector<int32_t> first, last;  // per tile row: its unfinished pixels lie in columns [first, last]
+    std::vector<scalar_t> power = std::vector<scalar_t>(kMaxTileSize + kVector),
+                          gexp = std::vector<scalar_t>(kMaxTileSize + kVector);
     std::vector<Contribution<scalar_t>>* added = nullptr;  // every tile of this thread, in the order done (pooled)
   };
   const Settings& s;
@@ -383,112 +342,138 @@ struct ForwardTile {
   const int64_t *gauss_ids, *offsets;
   int64_t dim_;
   const int64_t* view_base;  // [V + 1]
-  scalar_t* image;        // [V, H, W, dim]
-  int64_t* row_start;     // [n_tiles_all, tile_size + 1], tile-local
-  int64_t* spans;         // [n_tiles_all, kSpan]
-  const Bound* bounds;    // per entry
+  scalar_t* image;           // [V, H, W, dim]
+  int64_t* spans;            // [n_tiles_all, kSpan]
+  const Bound* bounds;       // per entry
 
   void operator()(int64_t tile, Scratch& scratch) const {
     const int64_t dim = kDim > 0 ? kDim : dim_;
     const int64_t r0 = offsets[tile], r1 = offsets[tile + 1];
     if (r1 == r0) return;  // the outputs are initialised to an empty pixel
     const TileBox box = tile_box(s, tile);
-    const int64_t x0 = box.x0, x1 = box.x1, y0 = box.y0, y1 = box.y1;
-    const int64_t width = x1 - x0, go = view_base[box.view], pix0 = box.view * s.width * s.height;
+    const int64_t x0 = box.x0, x1 = box.x1, y0 = box.y0, y1 = box.y1, ts = s.tile_size;
+    const int64_t go = view_base[box.view], pix0 = box.view * s.width * s.height;
+    const scalar_t *m2 = means2d + 2 * go, *co = conics + 3 * go, *op = opacities + go, *fe = features + dim * go;
+    const Bound* bd = bounds + go;
+    const int64_t* ids = gauss_ids + r0;
     const scalar_t alpha_max = static_cast<scalar_t>(s.alpha_max);
     const scalar_t alpha_min = static_cast<scalar_t>(s.alpha_min);
     const double t_min = s.t_min;
-    TileList<scalar_t>& L = scratch.list;
-    L.gather(means2d + 2 * go, conics + 3 * go, opacities + go, features + dim * go, gauss_ids + r0, r1 - r0, dim,
-             bounds + go, x0, x1, y0, y1);
-    const scalar_t* f = L.f.data();
-    scratch.lanes.resize(width);
-    scratch.sums.resize(width * dim);
-    double* __restrict T = scratch.lanes.data();     // [width]; 0 marks a finished pixel
-    scalar_t* __restrict acc = scratch.sums.data();  // [width, dim]: in the input precision, as the reference sums
+    const int64_t rows = y1 - y0;
+    scratch.T.assign(rows * ts, 1.0);
+    scratch.sums.assign(rows * ts * dim, scalar_t(0));
+    scratch.first.assign(rows, 0);
+    scratch.last.assign(rows, static_cast<int32_t>(x1 - x0 - 1));
+    double* __restrict T = scratch.T.data();
+    scalar_t* __restrict acc = scratch.sums.data();
+    int32_t* __restrict first = scratch.first.data();
+    int32_t* __restrict last = scratch.last.data();
+    scalar_t* __restrict power = scratch.power.data();
+    scalar_t* __restrict gexp = scratch.gexp.data();
     if (scratch.added == nullptr) scratch.added = BufferPool<Contribution<scalar_t>>::instance().take();
     std::vector<Contribution<scalar_t>>& out = *scratch.added;
     const int64_t begin = static_cast<int64_t>(out.size());
-    int64_t* rows = row_start + tile * (s.tile_size + 1);
-    for (int64_t py = y0; py < y1; ++py) {
-      std::fill(T, T + width, 1.0);
-      std::fill(acc, acc + width * dim, scalar_t(0));
-      rows[py - y0] = static_cast<int64_t>(out.size()) - begin;
-      int64_t first = x0, last = x1 - 1;  // the unfinished pixels lie in [first, last]
-      const int32_t* ks = L.row_entries.data() + L.row_offsets[py - y0];
-      const int32_t* ks_end = L.row_entries.data() + L.row_offsets[py - y0 + 1];
-      for (; ks != ks_end && first <= last; ++ks) {
-        if (L.xhi[*ks] < first || L.xlo[*ks] > last) continue;
-        RowEntry<scalar_t> e;
-        if (!row_entry(L, *ks, py, first, last + 1, &e)) continue;
-        const scalar_t* fk = f + e.k * dim;
+    int64_t open_rows = rows;  // rows with an unfinished pixel
+    for (int64_t k = 0; k < r1 - r0 && open_rows > 0; ++k) {
+      const int64_t g = ids[k];
+      const Bound& b = bd[g];
+      const int64_t ry0 = std::max<int64_t>(b.y_lo, y0), ry1 = std::min<int64_t>(b.y_hi, y1 - 1);
+      const int64_t cx0 = std::max<int64_t>(b.x_lo, x0), cx1 = std::min<int64_t>(b.x_hi, x1 - 1);
+      if (ry0 > ry1 || cx0 > cx1) continue;
+      const scalar_t ex = m2[2 * g], ey = m2[2 * g + 1], ea = co[3 * g], eb = co[3 * g + 1], ec = co[3 * g + 2];
+      const scalar_t eo = op[g], cut = static_cast<scalar_t>(b.cut);
+      const scalar_t* fk = fe + dim * g;
+      for (int64_t py = ry0; py <= ry1; ++py) {
+        const int64_t r = py - y0;
+        int64_t lo = std::max<int64_t>(cx0, x0 + first[r]), hi = std::min<int64_t>(cx1, x0 + last[r]);
+        if (lo > hi) continue;
+        if (!row_columns(b, static_cast<double>(ex), static_cast<double>(ey), static_cast<double>(ea),
+                         static_cast<double>(eb), py, &lo, &hi)) {
+          continue;
+        }
+        // the per-pixel formula power = -0.5 ((a dx) dx + (c dy) dy) - (b dx) dy (the reference's
+        // association), with what the row fixes computed once
+        const scalar_t dy = ey - static_cast<scalar_t>(py);
+        const scalar_t cdy2 = ec * dy * dy;
         // pass 1: power and G = exp(power) at each column the entry reaches, in a loop of their own (libm's
         // exp is a call: inside the blend loop it made every live value spill; the forward is ~12% faster)
-        const int32_t count = e.hi - e.lo + 1;
-        scalar_t* __restrict power = scratch.power.data();
-        scalar_t* __restrict gexp = scratch.gexp.data();
-        for (int32_t j = 0; j < count; ++j) {
-          const scalar_t dx = e.x - static_cast<scalar_t>(e.lo + j);
-          power[j] = scalar_t(-0.5) * (e.a * dx * dx + e.cdy2) - e.b * dx * e.dy;
+        const int64_t count = hi - lo + 1;
+        if constexpr (std::is_same<scalar_t, float>::value) {
+          // kVector columns at a time (the arrays have room for the last vector's overhang)
+          FloatV iota;
+          for (int64_t v = 0; v < kVector; ++v) iota[v] = static_cast<float>(v);
+          for (int64_t j = 0; j < count; j += kVector) {
+            const FloatV dx = ex - (static_cast<float>(lo + j) + iota);
+            const FloatV pw = -0.5f * (ea * dx * dx + cdy2) - eb * dx * dy;
+            std::memcpy(power + j, &pw, sizeof(pw));
+            const FloatV ge = exp_nonpositive(pw);
+            std::memcpy(gexp + j, &ge, sizeof(ge));
+          }
+        } else {
+          for (int64_t j = 0; j < count; ++j) {
+            const scalar_t dx = ex - static_cast<scalar_t>(lo + j);
+            power[j] = scalar_t(-0.5) * (ea * dx * dx + cdy2) - eb * dx * dy;
+          }
+          for (int64_t j = 0; j < count; ++j) gexp[j] = std::exp(power[j]);
         }
-        for (int32_t j = 0; j < count; ++j) gexp[j] = std::exp(power[j]);
         // pass 2: the reference's skips and the blend, pixel by pixel
-        for (int32_t j = 0; j < count; ++j) {
-          const int32_t px = e.lo + j;
-          const int64_t lane = px - x0;
-          if (T[lane] == 0.0) continue;
+        double* __restrict Tr = T + r * ts;
+        for (int64_t j = 0; j < count; ++j) {
+          const int64_t c = lo + j - x0;
+          if (Tr[c] == 0.0) continue;
           // skipped: power not <= 0 (NaN included), below cut (then alpha < alpha_min), alpha < alpha_min
-          if (!(power[j] <= scalar_t(0)) || power[j] < e.cut) continue;
+          if (!(power[j] <= scalar_t(0)) || power[j] < cut) continue;
           const scalar_t G = gexp[j];
-          scalar_t alpha = e.o * G;
+          scalar_t alpha = eo * G;
           if (alpha > alpha_max) alpha = alpha_max;
           if (!(alpha >= alpha_min)) continue;
-          const double next_t = T[lane] * (1.0 - static_cast<double>(alpha));
+          const double next_t = Tr[c] * (1.0 - static_cast<double>(alpha));
           if (next_t < t_min) {  // this Gaussian is not added, nor any later one
-            T[lane] = 0.0;
-            while (first <= last && T[first - x0] == 0.0) ++first;
-            while (last >= first && T[last - x0] == 0.0) --last;
+            Tr[c] = 0.0;
+            while (first[r] <= last[r] && Tr[first[r]] == 0.0) ++first[r];
+            while (last[r] >= first[r] && Tr[last[r]] == 0.0) --last[r];
+            if (first[r] > last[r]) --open_rows;
             continue;
           }
-          const scalar_t w = static_cast<scalar_t>(static_cast<double>(alpha) * T[lane]);
-          scalar_t* a = acc + lane * dim;
+          const scalar_t w = static_cast<scalar_t>(static_cast<double>(alpha) * Tr[c]);
+          scalar_t* a = acc + (r * ts + c) * dim;
           for (int64_t d = 0; d < dim; ++d) a[d] += w * fk[d];
-          out.push_back({pack_contribution(e.k, lane), G, static_cast<scalar_t>(T[lane])});
-          T[lane] = next_t;
+          out.push_back({pack_contribution(k, r * ts + c, s.lane_bits), G, static_cast<scalar_t>(Tr[c])});
+          Tr[c] = next_t;
         }
       }
-      for (int64_t lane = 0; lane < width; ++lane) {
-        const int64_t pix = pix0 + py * s.width + x0 + lane;
-        for (int64_t d = 0; d < dim; ++d) image[pix * dim + d] = acc[lane * dim + d];
-      }
     }
-    const int64_t count = static_cast<int64_t>(out.size()) - begin;
-    for (int64_t r = y1 - y0; r <= s.tile_size; ++r) rows[r] = count;
+    for (int64_t r = 0; r < rows; ++r) {
+      scalar_t* dst = image + (pix0 + (y0 + r) * s.width + x0) * dim;
+      std::copy(acc + r * ts * dim, acc + (r * ts + x1 - x0) * dim, dst);
+    }
     spans[kSpan * tile] = scratch.thread;
     spans[kSpan * tile + 1] = begin;
-    spans[kSpan * tile + 2] = begin + count;
+    spans[kSpan * tile + 2] = static_cast<int64_t>(out.size());
   }
 };
 
-// The backward replays each row's stored contributions in reverse -- back to front for every pixel,
+// The backward replays a tile's stored contributions in reverse -- back to front for every pixel,
 // as inria's backward.cu does (which recovers T_i = T_{i+1} / (1 - alpha_i); the record holds T_i):
 //   dL/df_i     = alpha_i T_i dL/dC
 //   dL/dalpha_i = T_i (f_i - A_i) . dL/dC,   A_i = alpha_{i+1} f_{i+1} + (1 - alpha_{i+1}) A_{i+1}
-// with the gradient straight through the alpha_max clamp (dalpha/do = G, dalpha/dG = o). The
-// per-entry sums of a tile are float64 and go out as one row per (tile, Gaussian) pair.
+// with the gradient straight through the alpha_max clamp (dalpha/do = G, dalpha/dG = o). A pixel's A
+// is advanced right after its contribution i is done (to A_{i-1}, what the next one replayed needs),
+// the same operations inria makes one step later with the previous alpha and features kept. The forward
+// stored each entry's contributions together, so an entry's sums run in float64 registers and go out
+// as its (tile, Gaussian) pair's row when the entry changes; entries without contributions get zeros.
 template <typename scalar_t, int kDim>
 struct BackwardTile {
   struct Scratch {
     int thread = 0;
-    TileList<scalar_t> list;
-    std::vector<double> grads, lanes;
+    std::vector<double> lanes, run;
+    std::vector<scalar_t> centre_x, centre_y;  // per lane: its pixel centre
   };
   const Settings& s;
   const scalar_t *means2d, *conics, *opacities, *features;
   const int64_t *gauss_ids, *offsets;
   int64_t dim_;
   const int64_t* view_base;
-  const int64_t* row_start;
   const int64_t* spans;
   const Contribution<scalar_t>* const* buffers;  // per forward thread
   const scalar_t* grad_image;
@@ -500,103 +485,121 @@ struct BackwardTile {
     const int64_t r0 = offsets[tile], r1 = offsets[tile + 1];
     if (r1 == r0) return;
     const TileBox box = tile_box(s, tile);
-    const int64_t x0 = box.x0, x1 = box.x1, y0 = box.y0, y1 = box.y1;
-    const int64_t width = x1 - x0, go = view_base[box.view], pix0 = box.view * s.width * s.height;
+    const int64_t x0 = box.x0, x1 = box.x1, y0 = box.y0, y1 = box.y1, ts = s.tile_size;
+    const int64_t go = view_base[box.view], pix0 = box.view * s.width * s.height;
+    const scalar_t *m2 = means2d + 2 * go, *co = conics + 3 * go, *op = opacities + go, *fe = features + dim * go;
+    const int64_t* ids = gauss_ids + r0;
     const scalar_t alpha_max = static_cast<scalar_t>(s.alpha_max);
     const int64_t stride = kGeomGrads + dim;
-    TileList<scalar_t>& L = scratch.list;
-    L.gather(means2d + 2 * go, conics + 3 * go, opacities + go, features + dim * go, gauss_ids + r0, r1 - r0, dim,
-             nullptr, x0, x1, y0, y1);
-    const scalar_t* f = L.f.data();
-    std::vector<double>& grads = scratch.grads;
-    grads.assign(L.n * stride, 0.0);
-    const Contribution<scalar_t>* contrib = buffers[spans[kSpan * tile]] + spans[kSpan * tile + 1];
-    const int64_t* rows = row_start + tile * (s.tile_size + 1);
-    // per lane: the alpha of the Gaussian added after the current one, dL/dC, A and the features of
-    // the Gaussian added after the current one
-    scratch.lanes.resize(width * (1 + 3 * dim));
-    double* __restrict next_alpha = scratch.lanes.data();
-    double* __restrict g = next_alpha + width;
-    double* __restrict behind = g + width * dim;
-    double* __restrict next_f = behind + width * dim;
-    for (int64_t py = y0; py < y1; ++py) {
-      const int64_t c0 = rows[py - y0], c1 = rows[py - y0 + 1];
-      if (c1 == c0) continue;
-      for (int64_t lane = 0; lane < width; ++lane) {
-        const int64_t pix = pix0 + py * s.width + x0 + lane;
-        next_alpha[lane] = 0.0;
+    auto zero_rows = [&](int64_t k_lo, int64_t k_hi) {  // entries k_lo..k_hi added nothing
+      for (int64_t k = k_lo; k <= k_hi; ++k) {
+        scalar_t* dst = pair_grads + pair_slots[r0 + k] * stride;
+        std::fill(dst, dst + stride, scalar_t(0));
+      }
+    };
+    const int64_t j0 = spans[kSpan * tile + 1], j1 = spans[kSpan * tile + 2];
+    if (j1 == j0) {
+      zero_rows(0, r1 - r0 - 1);
+      return;
+    }
+    const Contribution<scalar_t>* contrib = buffers[spans[kSpan * tile]];
+    // per lane: dL/dC and A, what lies behind the next contribution replayed
+    const int64_t lanes = (y1 - y0) * ts;
+    scratch.lanes.resize(lanes * 2 * dim);
+    scratch.centre_x.resize(lanes);
+    scratch.centre_y.resize(lanes);
+    double* __restrict g = scratch.lanes.data();
+    double* __restrict behind = g + lanes * dim;
+    scalar_t* __restrict px = scratch.centre_x.data();
+    scalar_t* __restrict py = scratch.centre_y.data();
+    for (int64_t r = 0; r < y1 - y0; ++r) {
+      for (int64_t c = 0; c < x1 - x0; ++c) {
+        const int64_t lane = r * ts + c, pix = pix0 + (y0 + r) * s.width + x0 + c;
+        px[lane] = static_cast<scalar_t>(x0 + c);
+        py[lane] = static_cast<scalar_t>(y0 + r);
         for (int64_t d = 0; d < dim; ++d) {
           g[lane * dim + d] = static_cast<double>(grad_image[pix * dim + d]);
           behind[lane * dim + d] = 0.0;
-          next_f[lane * dim + d] = 0.0;
         }
       }
-      const scalar_t py_s = static_cast<scalar_t>(py);
-      // A row's contributions come entry by entry: an entry's sums run in registers (``run``) and go to
-      // its row of ``grads`` when the entry changes, instead of a load-add-store chain per contribution.
-      constexpr int64_t kRun = kGeomGrads + (kDim > 0 ? kDim : 1);
-      double run[kRun];
-      int32_t run_k = -1;
-      auto flush = [&]() {
-        if (kDim > 0 && run_k >= 0) {
-          double* gk = &grads[run_k * stride];
-          for (int64_t d = 0; d < kRun; ++d) gk[d] += run[d];
-        }
-      };
-      for (int64_t j = c1 - 1; j >= c0; --j) {
-        const int32_t k = contrib[j].k_lane >> kLaneBits;
-        if (kDim > 0 && k != run_k) {
-          flush();
-          run_k = k;
-          std::fill(run, run + kRun, 0.0);
-        }
-        const int64_t lane = contrib[j].k_lane & (kMaxTileSize - 1);
-        const scalar_t G = contrib[j].G;
-        const scalar_t dx = L.x[k] - static_cast<scalar_t>(x0 + lane);
-        const scalar_t dy = L.y[k] - py_s;
-        scalar_t alpha_s = L.o[k] * G;
-        if (alpha_s > alpha_max) alpha_s = alpha_max;
-        const double alpha = static_cast<double>(alpha_s);
-        const double Ti = static_cast<double>(contrib[j].T);
-        const double w = alpha * Ti;
-        const scalar_t* fk = f + k * dim;
-        const double* gl = g + lane * dim;
-        double* bl = behind + lane * dim;
-        double* nl = next_f + lane * dim;
-        const double na = next_alpha[lane];
-        double* gk = kDim > 0 ? run : &grads[k * stride];
-        double dl_dalpha = 0.0;
+    }
+    // An entry's sums: dL/df (``feat``) and, for the geometry, the sums of p = dL/dpower times dx, dy,
+    // dx^2, dx dy, dy^2 and of dL/dalpha G, turned into dL/d(mean, conic, opacity) once per entry.
+    double feat_fixed[kDim > 0 ? kDim : 1], f_fixed[kDim > 0 ? kDim : 1];
+    scratch.run.resize(2 * dim);
+    double* __restrict feat = kDim > 0 ? feat_fixed : scratch.run.data();
+    double* __restrict fkd = kDim > 0 ? f_fixed : scratch.run.data() + dim;  // the entry's features, float64
+    double sx = 0.0, sy = 0.0, sxx = 0.0, sxy = 0.0, syy = 0.0, so = 0.0;
+    int64_t run_k = -1, next_k = r1 - r0 - 1;  // entries above next_k have their rows written
+    scalar_t ex = 0, ey = 0, eo = 0;
+    double eod = 0.0;
+    auto flush = [&]() {
+      if (run_k < 0) return;
+      const int64_t e = ids[run_k];
+      const double ca = static_cast<double>(co[3 * e]), cb = static_cast<double>(co[3 * e + 1]),
+                   cc = static_cast<double>(co[3 * e + 2]);
+      scalar_t* dst = pair_grads + pair_slots[r0 + run_k] * stride;
+      // d power / d(mean x, mean y, a, b, c) = (-(a dx + b dy), -(c dy + b dx), -dx^2 / 2, -dx dy, -dy^2 / 2)
+      dst[0] = static_cast<scalar_t>(-ca * sx - cb * sy);
+      dst[1] = static_cast<scalar_t>(-cc * sy - cb * sx);
+      dst[2] = static_cast<scalar_t>(-0.5 * sxx);
+      dst[3] = static_cast<scalar_t>(-sxy);
+      dst[4] = static_cast<scalar_t>(-0.5 * syy);
+      dst[5] = static_cast<scalar_t>(so);
+      for (int64_t d = 0; d < dim; ++d) dst[kGeomGrads + d] = static_cast<scalar_t>(feat[d]);
+    };
+    const int32_t lane_mask = (int32_t(1) << s.lane_bits) - 1;
+    for (int64_t j = j1 - 1; j >= j0; --j) {
+      const Contribution<scalar_t>& rec = contrib[j];
+      const int64_t k = rec.k_lane >> s.lane_bits;
+      if (k != run_k) {
+        flush();
+        zero_rows(k + 1, next_k);
+        next_k = k - 1;
+        run_k = k;
+        sx = sy = sxx = sxy = syy = so = 0.0;
+        const int64_t e = ids[k];
+        ex = m2[2 * e];
+        ey = m2[2 * e + 1];
+        eo = op[e];
+        eod = static_cast<double>(eo);
         for (int64_t d = 0; d < dim; ++d) {
-          gk[kGeomGrads + d] += w * gl[d];
-          // A_k from A_{k+1}: what lies behind Gaussian k, per unit of T_{k+1}
-          bl[d] = na * nl[d] + (1.0 - na) * bl[d];
-          const double fd = static_cast<double>(fk[d]);
-          dl_dalpha += (fd - bl[d]) * gl[d];
-          nl[d] = fd;
+          feat[d] = 0.0;
+          fkd[d] = static_cast<double>(fe[dim * e + d]);
         }
-        dl_dalpha *= Ti;
-        next_alpha[lane] = alpha;
-        // straight through the clamp: alpha = o G, G = exp(power)
-        const double Gd = static_cast<double>(G);
-        const double dl_dpower = dl_dalpha * static_cast<double>(L.o[k]) * Gd;
-        const double ddx = static_cast<double>(dx), ddy = static_cast<double>(dy);
-        const double ca = static_cast<double>(L.a[k]), cb = static_cast<double>(L.b[k]),
-                     cc = static_cast<double>(L.c[k]);
-        gk[0] += dl_dpower * (-ca * ddx - cb * ddy);
-        gk[1] += dl_dpower * (-cc * ddy - cb * ddx);
-        gk[2] += dl_dpower * (-0.5 * ddx * ddx);
-        gk[3] += dl_dpower * (-ddx * ddy);
-        gk[4] += dl_dpower * (-0.5 * ddy * ddy);
-        gk[5] += dl_dalpha * Gd;
       }
-      flush();
+      const int64_t lane = rec.k_lane & lane_mask;
+      const scalar_t G = rec.G;
+      const scalar_t dx = ex - px[lane];
+      const scalar_t dy = ey - py[lane];
+      scalar_t alpha_s = eo * G;
+      if (alpha_s > alpha_max) alpha_s = alpha_max;
+      const double alpha = static_cast<double>(alpha_s);
+      const double Ti = static_cast<double>(rec.T);
+      const double w = alpha * Ti;
+      const double* gl = g + lane * dim;
+      double* bl = behind + lane * dim;  // A_i: what lies behind Gaussian i, per unit of T_{i+1}
+      double dl_dalpha = 0.0;
+      for (int64_t d = 0; d < dim; ++d) {
+        feat[d] += w * gl[d];
+        dl_dalpha += (fkd[d] - bl[d]) * gl[d];
+        bl[d] = alpha * fkd[d] + (1.0 - alpha) * bl[d];  // A_{i-1}
+      }
+      dl_dalpha *= Ti;
+      // straight through the clamp: alpha = o G, G = exp(power)
+      const double Gd = static_cast<double>(G);
+      const double dl_dG = dl_dalpha * Gd;
+      so += dl_dG;
+      const double p = dl_dG * eod;  // dL/dpower
+      const double pdx = p * static_cast<double>(dx), pdy = p * static_cast<double>(dy);
+      sx += pdx;
+      sy += pdy;
+      sxx += pdx * static_cast<double>(dx);
+      sxy += pdx * static_cast<double>(dy);
+      syy += pdy * static_cast<double>(dy);
     }
-    // each pair's row goes where the per-Gaussian sum reads it in sequence
-    for (int64_t k = 0; k < L.n; ++k) {
-      scalar_t* out = pair_grads + pair_slots[r0 + k] * stride;
-      const double* src = &grads[k * stride];
-      for (int64_t j = 0; j < stride; ++j) out[j] = static_cast<scalar_t>(src[j]);
-    }
+    flush();
+    zero_rows(0, next_k);
   }
 };
 
@@ -613,10 +616,19 @@ Settings make_settings(int64_t width, int64_t height, int64_t tile_size, double 
   s.alpha_max = alpha_max;
   s.alpha_min = alpha_min;
   s.t_min = t_min;
+  s.lane_bits = 1;
+  while ((int64_t(1) << s.lane_bits) < tile_size * tile_size) ++s.lane_bits;
+  s.max_tile_list = int64_t(1) << (31 - s.lane_bits);
   return s;
 }
 
-void check_tile_lists(const at::Tensor& gauss_ids, const at::Tensor& offsets, int64_t n_tiles_all, int64_t n) {
+void check_tile_list_length(int64_t length, const Settings& s) {
+  TORCH_CHECK(length < s.max_tile_list, "a tile lists ", length, " Gaussians, more than the ", s.max_tile_list,
+              " tiles of ", s.tile_size, " pixels can hold: use a smaller tile_size");
+}
+
+void check_tile_lists(const at::Tensor& gauss_ids, const at::Tensor& offsets, int64_t n_tiles_all, int64_t n,
+                      const Settings& s) {
   TORCH_CHECK(gauss_ids.scalar_type() == at::kLong && offsets.scalar_type() == at::kLong,
               "gauss_ids and offsets must be int64");
   TORCH_CHECK(offsets.dim() == 1 && offsets.size(0) == n_tiles_all + 1, "offsets must be [n_tiles + 1]");
@@ -626,7 +638,7 @@ void check_tile_lists(const at::Tensor& gauss_ids, const at::Tensor& offsets, in
   TORCH_CHECK(off[0] == 0 && off[n_tiles_all] == gauss_ids.size(0), "offsets must run from 0 to len(gauss_ids)");
   for (int64_t t = 0; t < n_tiles_all; ++t) {
     TORCH_CHECK(off[t] <= off[t + 1], "offsets must not decrease");
-    TORCH_CHECK(off[t + 1] - off[t] < kMaxTileList, "a tile lists more than ", kMaxTileList, " Gaussians");
+    check_tile_list_length(off[t + 1] - off[t], s);
   }
   if (gauss_ids.numel() > 0) {
     TORCH_CHECK(gauss_ids.min().item<int64_t>() >= 0 && gauss_ids.max().item<int64_t>() < n,
@@ -649,17 +661,18 @@ void check_inputs(const at::Tensor& means2d, const at::Tensor& conics, const at:
   for (const auto* t : {&conics, &opacities, &features}) {
     TORCH_CHECK(t->scalar_type() == means2d.scalar_type(), "all float inputs must share one dtype");
   }
-  check_tile_lists(gauss_ids, offsets, s.n_tiles, n);
+  check_tile_lists(gauss_ids, offsets, s.n_tiles, n, s);
 }
 
-// Per-Gaussian bounds [count], from [count, 2] means2d, [count, 3] conics and the opacities
-// (``op_of(i)``: the opacity of entry i).
-template <typename scalar_t, typename Opacity>
-std::vector<Bound> make_bounds(const scalar_t* m2, const scalar_t* co, Opacity op_of, int64_t count, double alpha_min) {
+// Per-Gaussian bounds [count], from [count, 2] means2d, [count, 3] conics and [count] opacities.
+template <typename scalar_t>
+std::vector<Bound> make_bounds(const scalar_t* m2, const scalar_t* co, const scalar_t* op, int64_t count,
+                               const Settings& s) {
   std::vector<Bound> bounds(count);
   at::parallel_for(0, count, 4096, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
-      bounds[i] = make_bound(m2[2 * i], m2[2 * i + 1], co[3 * i], co[3 * i + 1], co[3 * i + 2], op_of(i), alpha_min);
+      bounds[i] = make_bound(m2[2 * i], m2[2 * i + 1], co[3 * i], co[3 * i + 1], co[3 * i + 2], op[i], s.alpha_min,
+                             s.width, s.height);
     }
   });
   return bounds;
@@ -693,12 +706,8 @@ std::vector<const Contribution<scalar_t>*> buffer_pointers(const std::vector<at:
   return out;
 }
 
-void check_pixel_state(const at::Tensor& row_start, const at::Tensor& spans,
-                       const std::vector<at::Tensor>& buffers, int64_t n_tiles_all, const Settings& s,
+void check_pixel_state(const at::Tensor& spans, const std::vector<at::Tensor>& buffers, int64_t n_tiles_all,
                        size_t record) {
-  TORCH_CHECK(row_start.scalar_type() == at::kLong && row_start.is_contiguous() &&
-                  row_start.numel() == n_tiles_all * (s.tile_size + 1),
-              "row_start must be int64 [n_tiles, tile_size + 1]");
   TORCH_CHECK(spans.scalar_type() == at::kLong && spans.is_contiguous() && spans.numel() == n_tiles_all * kSpan,
               "spans must be int64 [n_tiles, 3]");
   const int64_t* sp = spans.data_ptr<int64_t>();
@@ -1122,7 +1131,7 @@ void check_float_input(const at::Tensor& t, const at::Tensor& like, const char* 
 //    view_base[v]): their means2d [E,2], conics [E,3], opacities [E], features [E,5] (rgb, depth, 1) and
 //    Gaussian [E], view_base [V+1]; the tile lists gauss_ids [M] (entries relative to the view's base),
 //    offsets [V n_tiles + 1]; pair_start [E + 1] and pair_slot [M] (each pair's row, grouped by entry);
-//    row_start, spans, then one contribution buffer per thread
+//    spans, then one contribution buffer per thread
 std::vector<at::Tensor> rasterize_forward(at::Tensor means, at::Tensor quats, at::Tensor scales, at::Tensor opacities,
                                           at::Tensor sh_or_colors, at::Tensor screen, at::Tensor cameras,
                                           at::Tensor sh_degrees, bool use_sh, int64_t width, int64_t height,
@@ -1171,7 +1180,6 @@ std::vector<at::Tensor> rasterize_forward(at::Tensor means, at::Tensor quats, at
   auto radii = at::empty({n_views, n}, fopt.dtype(at::kInt));
   auto features = at::empty({n_views, n, dim}, fopt);
   auto offsets = at::zeros({n_tiles_all + 1}, fopt.dtype(at::kLong));
-  auto row_start = at::zeros({n_tiles_all, tile_size + 1}, fopt.dtype(at::kLong));
   auto spans = at::zeros({n_tiles_all, kSpan}, fopt.dtype(at::kLong));
   at::Tensor gauss_ids, pair_slot, pair_start, view_base, entry_ids, s_means2d, s_conics, s_opacities, s_features;
   std::vector<at::Tensor> buffers;
@@ -1249,7 +1257,7 @@ std::vector<at::Tensor> rasterize_forward(at::Tensor means, at::Tensor quats, at
     });
     for (int64_t t = 0; t < n_tiles_all; ++t) {
       off[t + 1] += off[t];
-      TORCH_CHECK(off[t + 1] - off[t] < kMaxTileList, "a tile lists more than ", kMaxTileList, " Gaussians");
+      check_tile_list_length(off[t + 1] - off[t], s);
     }
     for (int64_t e = 0; e < n_entries; ++e) pst[e + 1] += pst[e];
     const int64_t m = off[n_tiles_all];
@@ -1274,19 +1282,16 @@ std::vector<at::Tensor> rasterize_forward(at::Tensor means, at::Tensor quats, at
       }
     });
     // 3. compositing over the tiles of all views
-    const std::vector<Bound> bounds = make_bounds<scalar_t>(sm, sc, [&](int64_t e) { return so[e]; }, n_entries,
-                                                            s.alpha_min);
+    const std::vector<Bound> bounds = make_bounds<scalar_t>(sm, sc, so, n_entries, s);
     std::vector<typename ForwardTile<scalar_t, dim>::Scratch> scratches;
     for_each_tile(n_tiles_all,
                   ForwardTile<scalar_t, dim>{s, sm, sc, so, sf, gid, off, dim, vb, image.data_ptr<scalar_t>(),
-                                             row_start.data_ptr<int64_t>(),
                                              spans.data_ptr<int64_t>(), bounds.data()},
                   scratches);
     buffers = buffers_as_tensors<scalar_t>(scratches);
   });
   std::vector<at::Tensor> out = {image, means2d, depths, conics, radii, s_means2d, s_conics, s_opacities, s_features,
-                                 entry_ids, view_base, gauss_ids, offsets, pair_start, pair_slot, row_start,
-                                 spans};
+                                 entry_ids, view_base, gauss_ids, offsets, pair_start, pair_slot, spans};
   out.insert(out.end(), buffers.begin(), buffers.end());
   return out;
 }
@@ -1297,7 +1302,7 @@ std::vector<at::Tensor> rasterize_backward(
     at::Tensor cameras, at::Tensor sh_degrees, bool use_sh, at::Tensor s_means2d, at::Tensor s_conics,
     at::Tensor s_opacities, at::Tensor s_features, at::Tensor entry_ids, at::Tensor view_base, at::Tensor gauss_ids,
     at::Tensor offsets, at::Tensor pair_start, at::Tensor pair_slot,
-    at::Tensor row_start, at::Tensor spans, std::vector<at::Tensor> buffers,
+    at::Tensor spans, std::vector<at::Tensor> buffers,
     at::Tensor grad_image, at::Tensor grad_means2d, at::Tensor grad_conics, at::Tensor grad_depths, int64_t width,
     int64_t height, int64_t tile_size, double alpha_max, double alpha_min, double t_min) {
   const Settings s = make_settings(width, height, tile_size, alpha_max, alpha_min, t_min);
@@ -1321,7 +1326,7 @@ std::vector<at::Tensor> rasterize_backward(
               "the entries must come from the forward");
   TORCH_CHECK(cameras.scalar_type() == at::kDouble && cameras.is_contiguous() && cameras.size(1) == kCameraValues,
               "cameras must be float64 [V, 25]");
-  check_tile_lists(gauss_ids, offsets, n_tiles_all, n);
+  check_tile_lists(gauss_ids, offsets, n_tiles_all, n, s);
   TORCH_CHECK(pair_start.scalar_type() == at::kLong && pair_start.numel() == n_entries + 1 &&
                   pair_slot.scalar_type() == at::kLong && pair_slot.numel() == gauss_ids.numel(),
               "pair_start / pair_slot must come from the forward");
@@ -1343,7 +1348,7 @@ std::vector<at::Tensor> rasterize_backward(
   auto g_opac = at::empty_like(opacities), g_color = at::empty_like(sh_or_colors);
   auto g_screen = at::zeros({n_views, n, 2}, means.options());
   AT_DISPATCH_FLOATING_TYPES(means.scalar_type(), "lucid_rasterize_backward", [&] {
-    check_pixel_state(row_start, spans, buffers, n_tiles_all, s, sizeof(Contribution<scalar_t>));
+    check_pixel_state(spans, buffers, n_tiles_all, sizeof(Contribution<scalar_t>));
     const auto pointers = buffer_pointers<scalar_t>(buffers);
     // 1. compositing, per (tile, entry) pair, then summed per entry
     ScratchArray<scalar_t> pair_grads(static_cast<size_t>(m * stride));
@@ -1352,7 +1357,6 @@ std::vector<at::Tensor> rasterize_backward(
                   BackwardTile<scalar_t, dim>{s, s_means2d.data_ptr<scalar_t>(), s_conics.data_ptr<scalar_t>(),
                                               s_opacities.data_ptr<scalar_t>(), s_features.data_ptr<scalar_t>(),
                                               gauss_ids.data_ptr<int64_t>(), offsets.data_ptr<int64_t>(), dim, vb,
-                                              row_start.data_ptr<int64_t>(),
                                               spans.data_ptr<int64_t>(), pointers.data(), grad_image.data_ptr<scalar_t>(),
                                               pair_slot.data_ptr<int64_t>(), pair_grads.data()},
                   scratches);
@@ -1459,7 +1463,7 @@ std::vector<at::Tensor> bin_tiles(at::Tensor order, at::Tensor x0, at::Tensor y0
   return {gauss_ids, tile_ids, offsets};
 }
 
-// One view, any channel count D (reference.composite_tiles): -> (image [H, W, D], row_start, spans,
+// One view, any channel count D (reference.composite_tiles): -> (image [H, W, D], spans,
 // then the contribution buffers)
 std::vector<at::Tensor> composite_forward(at::Tensor means2d, at::Tensor conics, at::Tensor opacities,
                                           at::Tensor features, at::Tensor gauss_ids, at::Tensor offsets,
@@ -1469,23 +1473,22 @@ std::vector<at::Tensor> composite_forward(at::Tensor means2d, at::Tensor conics,
   check_inputs(means2d, conics, opacities, features, gauss_ids, offsets, s);
   const int64_t dim = features.size(1), n = means2d.size(0);
   auto image = at::zeros({height, width, dim}, features.options());
-  auto row_start = at::zeros({s.n_tiles, tile_size + 1}, features.options().dtype(at::kLong));
   auto spans = at::zeros({s.n_tiles, kSpan}, features.options().dtype(at::kLong));
   std::vector<at::Tensor> buffers;
   AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "lucid_composite_forward", [&] {
     const scalar_t *m2 = means2d.data_ptr<scalar_t>(), *co = conics.data_ptr<scalar_t>(),
                    *op = opacities.data_ptr<scalar_t>(), *fe = features.data_ptr<scalar_t>();
-    const std::vector<Bound> bounds = make_bounds<scalar_t>(m2, co, [&](int64_t g) { return op[g]; }, n, s.alpha_min);
+    const std::vector<Bound> bounds = make_bounds<scalar_t>(m2, co, op, n, s);
     std::vector<typename ForwardTile<scalar_t, 0>::Scratch> scratches;
     const int64_t view_base[2] = {0, n};
     for_each_tile(s.n_tiles,
                   ForwardTile<scalar_t, 0>{s, m2, co, op, fe, gauss_ids.data_ptr<int64_t>(), offsets.data_ptr<int64_t>(),
                                            dim, view_base, image.data_ptr<scalar_t>(),
-                                           row_start.data_ptr<int64_t>(), spans.data_ptr<int64_t>(), bounds.data()},
+                                           spans.data_ptr<int64_t>(), bounds.data()},
                   scratches);
     buffers = buffers_as_tensors<scalar_t>(scratches);
   });
-  std::vector<at::Tensor> out = {image, row_start, spans};
+  std::vector<at::Tensor> out = {image, spans};
   out.insert(out.end(), buffers.begin(), buffers.end());
   return out;
 }
@@ -1493,7 +1496,7 @@ std::vector<at::Tensor> composite_forward(at::Tensor means2d, at::Tensor conics,
 // -> (grad means2d [N, 2], grad conics [N, 3], grad opacities [N], grad features [N, D])
 std::vector<at::Tensor> composite_backward(at::Tensor means2d, at::Tensor conics, at::Tensor opacities,
                                            at::Tensor features, at::Tensor gauss_ids, at::Tensor offsets,
-                                           at::Tensor row_start, at::Tensor spans,
+                                           at::Tensor spans,
                                            std::vector<at::Tensor> buffers, at::Tensor grad_image,
                                            int64_t width, int64_t height, int64_t tile_size,
                                            double alpha_max, double alpha_min, double t_min) {
@@ -1505,7 +1508,7 @@ std::vector<at::Tensor> composite_backward(at::Tensor means2d, at::Tensor conics
   grad_image = grad_image.to(features.scalar_type()).contiguous();
   auto grads = at::zeros({n, stride}, features.options().dtype(at::kDouble));
   AT_DISPATCH_FLOATING_TYPES(features.scalar_type(), "lucid_composite_backward", [&] {
-    check_pixel_state(row_start, spans, buffers, s.n_tiles, s, sizeof(Contribution<scalar_t>));
+    check_pixel_state(spans, buffers, s.n_tiles, sizeof(Contribution<scalar_t>));
     const auto pointers = buffer_pointers<scalar_t>(buffers);
     auto pair_grads = at::empty({m, stride}, features.options());
     const int64_t *ids = gauss_ids.data_ptr<int64_t>(), *off = offsets.data_ptr<int64_t>();
@@ -1516,7 +1519,7 @@ std::vector<at::Tensor> composite_backward(at::Tensor means2d, at::Tensor conics
     for_each_tile(s.n_tiles,
                   BackwardTile<scalar_t, 0>{s, means2d.data_ptr<scalar_t>(), conics.data_ptr<scalar_t>(),
                                             opacities.data_ptr<scalar_t>(), features.data_ptr<scalar_t>(), ids, off, dim,
-                                            view_base, row_start.data_ptr<int64_t>(),
+                                            view_base,
                                             spans.data_ptr<int64_t>(), pointers.data(), grad_image.data_ptr<scalar_t>(),
                                             slot.data(), pair_grads.data_ptr<scalar_t>()},
                   scratches);
