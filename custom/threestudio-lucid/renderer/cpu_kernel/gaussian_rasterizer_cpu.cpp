@@ -333,7 +333,7 @@ struct ForwardTile {
     std::vector<double> T;             // [tile rows, tile_size]; 0 marks a finished pixel
     std::vector<scalar_t> sums;        // [tile rows, tile_size, dim]: in the input precision, as the reference sums
     std::vector<int32_t> first, last;  // per tile row: its unfinished pixels lie in columns [first, last]
-    std::vector<scalar_t> power = std::vector<scalar_t>(kMaxTileSize + kVector),
+    std::vector<scalar_t> alphas = std::vector<scalar_t>(kMaxTileSize + kVector),
                           gexp = std::vector<scalar_t>(kMaxTileSize + kVector);
     std::vector<Contribution<scalar_t>>* added = nullptr;  // every tile of this thread, in the order done (pooled)
   };
@@ -368,7 +368,7 @@ struct ForwardTile {
     scalar_t* __restrict acc = scratch.sums.data();
     int32_t* __restrict first = scratch.first.data();
     int32_t* __restrict last = scratch.last.data();
-    scalar_t* __restrict power = scratch.power.data();
+    scalar_t* __restrict alphas = scratch.alphas.data();
     scalar_t* __restrict gexp = scratch.gexp.data();
     if (scratch.added == nullptr) scratch.added = BufferPool<Contribution<scalar_t>>::instance().take();
     std::vector<Contribution<scalar_t>>& out = *scratch.added;
@@ -395,9 +395,10 @@ struct ForwardTile {
         // association), with what the row fixes computed once
         const scalar_t dy = ey - static_cast<scalar_t>(py);
         const scalar_t cdy2 = ec * dy * dy;
-        // pass 1: power and G = exp(power) at each column the entry reaches, in a loop of their own (libm's
-        // exp is a call: inside the blend loop it made every live value spill; the forward is ~12% faster)
         const int64_t count = hi - lo + 1;
+        // pass 1, per column: G = exp(power) and alpha = min(alpha_max, o G), or alpha = 0 where the
+        // reference skips the pair -- power not <= 0 (NaN included), power below cut (then alpha <
+        // alpha_min), alpha < alpha_min (a kept alpha is >= alpha_min > 0)
         if constexpr (std::is_same<scalar_t, float>::value) {
           // kVector columns at a time (the arrays have room for the last vector's overhang)
           FloatV iota;
@@ -405,28 +406,30 @@ struct ForwardTile {
           for (int64_t j = 0; j < count; j += kVector) {
             const FloatV dx = ex - (static_cast<float>(lo + j) + iota);
             const FloatV pw = -0.5f * (ea * dx * dx + cdy2) - eb * dx * dy;
-            std::memcpy(power + j, &pw, sizeof(pw));
             const FloatV ge = exp_nonpositive(pw);
+            FloatV al = eo * ge;
+            al = al > alpha_max ? FloatV{} + alpha_max : al;
+            al = (pw <= 0.0f) & (pw >= cut) & (al >= alpha_min) ? al : FloatV{};
             std::memcpy(gexp + j, &ge, sizeof(ge));
+            std::memcpy(alphas + j, &al, sizeof(al));
           }
         } else {
           for (int64_t j = 0; j < count; ++j) {
             const scalar_t dx = ex - static_cast<scalar_t>(lo + j);
-            power[j] = scalar_t(-0.5) * (ea * dx * dx + cdy2) - eb * dx * dy;
+            const scalar_t pw = scalar_t(-0.5) * (ea * dx * dx + cdy2) - eb * dx * dy;
+            gexp[j] = std::exp(pw);
+            scalar_t al = eo * gexp[j];
+            if (al > alpha_max) al = alpha_max;
+            alphas[j] = pw <= scalar_t(0) && pw >= cut && al >= alpha_min ? al : scalar_t(0);
           }
-          for (int64_t j = 0; j < count; ++j) gexp[j] = std::exp(power[j]);
         }
-        // pass 2: the reference's skips and the blend, pixel by pixel
+        // pass 2: the blend, pixel by pixel
         double* __restrict Tr = T + r * ts;
         for (int64_t j = 0; j < count; ++j) {
           const int64_t c = lo + j - x0;
-          if (Tr[c] == 0.0) continue;
-          // skipped: power not <= 0 (NaN included), below cut (then alpha < alpha_min), alpha < alpha_min
-          if (!(power[j] <= scalar_t(0)) || power[j] < cut) continue;
+          const scalar_t alpha = alphas[j];
+          if (alpha == scalar_t(0) || Tr[c] == 0.0) continue;
           const scalar_t G = gexp[j];
-          scalar_t alpha = eo * G;
-          if (alpha > alpha_max) alpha = alpha_max;
-          if (!(alpha >= alpha_min)) continue;
           const double next_t = Tr[c] * (1.0 - static_cast<double>(alpha));
           if (next_t < t_min) {  // this Gaussian is not added, nor any later one
             Tr[c] = 0.0;
