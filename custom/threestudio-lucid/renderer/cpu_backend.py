@@ -286,9 +286,11 @@ def camera_params(cameras: Sequence[GaussianCamera], near_plane: float) -> Tenso
 class RasterizeViewsCPU(torch.autograd.Function):
     """All views of a batch as one autograd node and one kernel call each way (see the module
     docstring). Inputs: ``scales`` [S, N, 3] (S = 1 shared, or one per view), ``screen`` [V, N, 2] or
-    None, ``cameras`` from ``camera_params``, ``sh_degrees`` int64 [V]. Outputs: image [V, H, W, 5]
-    (rgb, depth, alpha sums), means2d [V, N, 2], depths [V, N], conics [V, N, 3], radii [V, N];
-    gradients of means2d / depths / conics used elsewhere are added in."""
+    None, ``cameras`` from ``camera_params``, ``sh_degrees`` int64 [V]. Outputs: rgb [V, H, W, 3], depth
+    and alpha [V, H, W, 1] (sums), means2d [V, N, 2], depths [V, N], conics [V, N, 3], radii [V, N];
+    gradients of means2d / depths / conics used elsewhere are added in. rgb, depth and alpha are outputs
+    of their own: as slices of one image, autograd's backward of each slice filled and added a zero
+    image of all five channels (a third of the backward of a 256x256 view of a small scene)."""
 
     @staticmethod
     def forward(ctx, means, quats, scales, opacities, sh_or_colors, screen, cameras, sh_degrees, use_sh, width,
@@ -306,16 +308,18 @@ class RasterizeViewsCPU(torch.autograd.Function):
         ctx.dtypes = [t.dtype for t in (quats, scales, opacities, sh_or_colors)]
         ctx.screen_dtype = None if screen is None else screen.dtype
         ctx.mark_non_differentiable(radii)
-        return image, means2d, depths, conics, radii
+        rgb, depth, alpha = (image[..., i:j].contiguous() for i, j in ((0, 3), (3, 4), (4, 5)))
+        return rgb, depth, alpha, means2d, depths, conics, radii
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_image, grad_means2d, grad_depths, grad_conics, _grad_radii):
+    def backward(ctx, grad_rgb, grad_depth, grad_alpha, grad_means2d, grad_depths, grad_conics, _grad_radii):
         use_sh, width, height, tile_size = ctx.settings
         means, quats, scales, opacities, sh_or_colors, cameras, sh_degrees, *state = ctx.saved_tensors
         entries, (spans, *buffers) = state[:10], state[10:]
-        if grad_image is None:
-            grad_image = means.new_zeros(cameras.shape[0], height, width, 5)
+        n_views = cameras.shape[0]
+        grad_image = torch.cat([means.new_zeros(n_views, height, width, channels) if g is None else g.to(means.dtype)
+                                for g, channels in ((grad_rgb, 3), (grad_depth, 1), (grad_alpha, 1))], dim=-1)
         none = means.new_empty(0)
         g_means, g_quats, g_scales, g_opacities, g_colors, g_screen = load_kernel(strict=True).rasterize_backward(
             means, quats, scales, opacities, sh_or_colors, cameras, sh_degrees, use_sh, *entries, spans, buffers,
@@ -367,13 +371,13 @@ def rasterize_cpu_views(
     screen = None
     if screen_points is not None:
         screen = torch.stack([sp[:, :2] for sp in screen_points])  # a third column gets zero gradient
-    image, means2d, depths, conics, radii = RasterizeViewsCPU.apply(
+    rgb, depth, alpha, means2d, depths, conics, radii = RasterizeViewsCPU.apply(
         means.to(dtype), quats, scales_in, opacities, sh_or_colors, screen, camera_params(cameras, near_plane),
         torch.tensor(list(sh_degrees) if use_sh else [0] * n_views, dtype=torch.long), use_sh, int(width),
         int(height), int(tile_size),
     )
     radii = list(radii.unbind(0))
-    return {"rgb": image[..., :3], "depth": image[..., 3:4], "alpha": image[..., 4:5], "radii": radii,
+    return {"rgb": rgb, "depth": depth, "alpha": alpha, "radii": radii,
             "visibility": [r > 0 for r in radii], "means2d": list(means2d.unbind(0)),
             "depths": list(depths.unbind(0)), "conics": list(conics.unbind(0))}
 

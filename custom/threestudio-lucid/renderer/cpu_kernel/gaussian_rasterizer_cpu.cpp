@@ -237,6 +237,9 @@ struct Contribution {
   int32_t k_lane;
   scalar_t G;
   scalar_t T;  // the pixel's transmittance before this Gaussian (saves the backward a division each)
+  // left unset: a buffer grows by a row's worth of slots before they are written (resize writes nothing)
+  Contribution() {}
+  Contribution(int32_t k_lane_, scalar_t G_, scalar_t T_) : k_lane(k_lane_), G(G_), T(T_) {}
 };
 
 // The contribution buffers are recycled: a buffer goes back to this pool when the backward (or the
@@ -423,8 +426,11 @@ struct ForwardTile {
             alphas[j] = pw <= scalar_t(0) && pw >= cut && al >= alpha_min ? al : scalar_t(0);
           }
         }
-        // pass 2: the blend, pixel by pixel
+        // pass 2: the blend, pixel by pixel, its records written into count slots (the unused cut off after)
         double* __restrict Tr = T + r * ts;
+        const size_t used = out.size();
+        out.resize(used + count);
+        Contribution<scalar_t>* __restrict record = out.data() + used;
         for (int64_t j = 0; j < count; ++j) {
           const int64_t c = lo + j - x0;
           const scalar_t alpha = alphas[j];
@@ -441,9 +447,10 @@ struct ForwardTile {
           const scalar_t w = static_cast<scalar_t>(static_cast<double>(alpha) * Tr[c]);
           scalar_t* a = acc + (r * ts + c) * dim;
           for (int64_t d = 0; d < dim; ++d) a[d] += w * fk[d];
-          out.push_back({pack_contribution(k, r * ts + c, s.lane_bits), G, static_cast<scalar_t>(Tr[c])});
+          *record++ = Contribution<scalar_t>(pack_contribution(k, r * ts + c, s.lane_bits), G, static_cast<scalar_t>(Tr[c]));
           Tr[c] = next_t;
         }
+        out.resize(record - out.data());
       }
     }
     for (int64_t r = 0; r < rows; ++r) {
