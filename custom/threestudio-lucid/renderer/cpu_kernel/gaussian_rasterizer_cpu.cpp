@@ -168,6 +168,8 @@ constexpr int64_t kVector = 4;
 #endif
 typedef float FloatV __attribute__((vector_size(4 * kVector)));
 typedef int32_t IntV __attribute__((vector_size(4 * kVector)));
+constexpr int64_t kDoubles = kVector / 2;
+typedef double DoubleV __attribute__((vector_size(8 * kDoubles)));
 
 // exp of kVector floats in [-87, 0] (clamped there; NaN stays NaN): 2^n e^r with n = round(x / ln 2)
 // and r = x - n ln 2 in two parts (exact to float), e^r by its degree-7 Taylor-like minimax polynomial
@@ -513,7 +515,8 @@ struct BackwardTile {
       return;
     }
     const Contribution<scalar_t>* contrib = buffers[spans[kSpan * tile]];
-    // per lane: dL/dC and A, what lies behind the next contribution replayed
+    // per lane: dL/dC and A, what lies behind the next contribution replayed ([channel, lane]: the
+    // lanes of consecutive pixels are one vector)
     const int64_t lanes = (y1 - y0) * ts;
     scratch.lanes.resize(lanes * 2 * dim);
     scratch.centre_x.resize(lanes);
@@ -528,8 +531,8 @@ struct BackwardTile {
         px[lane] = static_cast<scalar_t>(x0 + c);
         py[lane] = static_cast<scalar_t>(y0 + r);
         for (int64_t d = 0; d < dim; ++d) {
-          g[lane * dim + d] = static_cast<double>(grad_image[pix * dim + d]);
-          behind[lane * dim + d] = 0.0;
+          g[d * lanes + lane] = static_cast<double>(grad_image[pix * dim + d]);
+          behind[d * lanes + lane] = 0.0;
         }
       }
     }
@@ -540,6 +543,17 @@ struct BackwardTile {
     double* __restrict feat = kDim > 0 ? feat_fixed : scratch.run.data();
     double* __restrict fkd = kDim > 0 ? f_fixed : scratch.run.data() + dim;  // the entry's features, float64
     double sx = 0.0, sy = 0.0, sxx = 0.0, sxy = 0.0, syy = 0.0, so = 0.0;
+    // the same sums over the records taken kDoubles at a time (see below), added in at the flush
+    DoubleV vfeat[kDim > 0 ? kDim : 1], vsx, vsy, vsxx, vsxy, vsyy, vso;
+    auto clear_vectors = [&]() {
+      for (auto& v : vfeat) v = DoubleV{};
+      vsx = vsy = vsxx = vsxy = vsyy = vso = DoubleV{};
+    };
+    auto total = [](double scalar, DoubleV v) {
+      for (int64_t i = 0; i < kDoubles; ++i) scalar += v[i];
+      return scalar;
+    };
+    clear_vectors();
     int64_t run_k = -1, next_k = r1 - r0 - 1;  // entries above next_k have their rows written
     scalar_t ex = 0, ey = 0, eo = 0;
     double eod = 0.0;
@@ -549,6 +563,11 @@ struct BackwardTile {
       const double ca = static_cast<double>(co[3 * e]), cb = static_cast<double>(co[3 * e + 1]),
                    cc = static_cast<double>(co[3 * e + 2]);
       scalar_t* dst = pair_grads + pair_slots[r0 + run_k] * stride;
+      if constexpr (kDim > 0) {
+        sx = total(sx, vsx), sy = total(sy, vsy), sxx = total(sxx, vsxx), sxy = total(sxy, vsxy);
+        syy = total(syy, vsyy), so = total(so, vso);
+        for (int64_t d = 0; d < kDim; ++d) feat[d] = total(feat[d], vfeat[d]);
+      }
       // d power / d(mean x, mean y, a, b, c) = (-(a dx + b dy), -(c dy + b dx), -dx^2 / 2, -dx dy, -dy^2 / 2)
       dst[0] = static_cast<scalar_t>(-ca * sx - cb * sy);
       dst[1] = static_cast<scalar_t>(-cc * sy - cb * sx);
@@ -559,6 +578,7 @@ struct BackwardTile {
       for (int64_t d = 0; d < dim; ++d) dst[kGeomGrads + d] = static_cast<scalar_t>(feat[d]);
     };
     const int32_t lane_mask = (int32_t(1) << s.lane_bits) - 1;
+    constexpr bool kGroups = kDim > 0 && std::is_same<scalar_t, float>::value;
     for (int64_t j = j1 - 1; j >= j0; --j) {
       const Contribution<scalar_t>& rec = contrib[j];
       const int64_t k = rec.k_lane >> s.lane_bits;
@@ -568,6 +588,7 @@ struct BackwardTile {
         next_k = k - 1;
         run_k = k;
         sx = sy = sxx = sxy = syy = so = 0.0;
+        clear_vectors();
         const int64_t e = ids[k];
         ex = m2[2 * e];
         ey = m2[2 * e + 1];
@@ -579,6 +600,48 @@ struct BackwardTile {
         }
       }
       const int64_t lane = rec.k_lane & lane_mask;
+      if constexpr (kGroups) {
+        // this record and the kDoubles - 1 before it, of the same entry on the pixels just left of
+        // this one (as a row's records mostly are): the same operations, one vector each
+        bool group = j - (kDoubles - 1) >= j0 && lane >= kDoubles - 1;
+        for (int64_t m = 1; group && m < kDoubles; ++m) group = contrib[j - m].k_lane == rec.k_lane - m;
+        if (group) {
+          const int64_t base = lane - (kDoubles - 1);  // record j - (kDoubles - 1) + i is at lane base + i
+          DoubleV Gv, Tv, alphav, dxv, dyv;
+          for (int64_t i = 0; i < kDoubles; ++i) {
+            const Contribution<scalar_t>& ri = contrib[j - (kDoubles - 1) + i];
+            scalar_t alpha_s = eo * ri.G;
+            if (alpha_s > alpha_max) alpha_s = alpha_max;
+            Gv[i] = ri.G;
+            Tv[i] = ri.T;
+            alphav[i] = alpha_s;
+            dxv[i] = ex - px[base + i];
+            dyv[i] = ey - py[base + i];
+          }
+          const DoubleV wv = alphav * Tv;
+          DoubleV dl = DoubleV{};
+          for (int64_t d = 0; d < kDim; ++d) {
+            DoubleV gv, bv;
+            std::memcpy(&gv, g + d * lanes + base, sizeof(gv));
+            std::memcpy(&bv, behind + d * lanes + base, sizeof(bv));
+            vfeat[d] += wv * gv;
+            dl += (fkd[d] - bv) * gv;
+            bv = alphav * fkd[d] + (1.0 - alphav) * bv;
+            std::memcpy(behind + d * lanes + base, &bv, sizeof(bv));
+          }
+          dl *= Tv;
+          const DoubleV dG = dl * Gv;
+          vso += dG;
+          const DoubleV pv = dG * eod, pdx = pv * dxv, pdy = pv * dyv;
+          vsx += pdx;
+          vsy += pdy;
+          vsxx += pdx * dxv;
+          vsxy += pdx * dyv;
+          vsyy += pdy * dyv;
+          j -= kDoubles - 1;
+          continue;
+        }
+      }
       const scalar_t G = rec.G;
       const scalar_t dx = ex - px[lane];
       const scalar_t dy = ey - py[lane];
@@ -587,13 +650,13 @@ struct BackwardTile {
       const double alpha = static_cast<double>(alpha_s);
       const double Ti = static_cast<double>(rec.T);
       const double w = alpha * Ti;
-      const double* gl = g + lane * dim;
-      double* bl = behind + lane * dim;  // A_i: what lies behind Gaussian i, per unit of T_{i+1}
       double dl_dalpha = 0.0;
       for (int64_t d = 0; d < dim; ++d) {
-        feat[d] += w * gl[d];
-        dl_dalpha += (fkd[d] - bl[d]) * gl[d];
-        bl[d] = alpha * fkd[d] + (1.0 - alpha) * bl[d];  // A_{i-1}
+        const double gd = g[d * lanes + lane];
+        double& bd = behind[d * lanes + lane];  // A_i: what lies behind Gaussian i, per unit of T_{i+1}
+        feat[d] += w * gd;
+        dl_dalpha += (fkd[d] - bd) * gd;
+        bd = alpha * fkd[d] + (1.0 - alpha) * bd;  // A_{i-1}
       }
       dl_dalpha *= Ti;
       // straight through the clamp: alpha = o G, G = exp(power)
