@@ -86,6 +86,11 @@ class GaussianSplattingSystem(BaseLift3DSystem):
         for key, value in self.cfg.loss.items():  # weights: numbers or C() schedules, checked before any model loads
             check_schedule_range(f"system.loss.{key}", value, 0.0, why="a loss weight; 0 disables the term",
                                  example=1.0)
+        # what every step reads, read once: an OmegaConf attribute costs ~10 us, and a small step made
+        # dozens of them (the weights stay ListConfig or numbers: threestudio's C() refuses plain lists)
+        self._loss_weights: Dict[str, Any] = dict(self.cfg.loss.items())
+        self._step_settings = {key: self.cfg[key] for key in ("depth_as_latent_prob", "guidance_flip_prob",
+                                                                "log_guidance_diagnostics", "divergence_bound")}
         self.stop_signal: Optional[int] = None
         self.interrupted_checkpoint: Optional[str] = None
         self._previous_handlers: Dict[int, Any] = {}
@@ -157,9 +162,9 @@ class GaussianSplattingSystem(BaseLift3DSystem):
 
     def _weighted(self, name: str, value: torch.Tensor, logs: Dict[str, Any]) -> torch.Tensor:
         key = "lambda_" + name[len("loss_"):]
-        if key not in self.cfg.loss:
+        if key not in self._loss_weights:
             raise ConfigError(f"'{name}' needs a weight: set system.loss.{key} (0 disables it).")
-        weight = self.C(self.cfg.loss[key])
+        weight = self.C(self._loss_weights[key])
         logs[f"train_params/{key}"] = float(weight)
         return value * weight
 
@@ -181,7 +186,7 @@ class GaussianSplattingSystem(BaseLift3DSystem):
     def regularisers(self, out: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         """Only the terms whose weight is non-zero now are computed."""
         losses = {}
-        active = {r for r in REGULARISERS if self.C(self.cfg.loss.get(f"lambda_{r}", 0.0)) > 0}
+        active = {r for r in REGULARISERS if self.C(self._loss_weights.get(f"lambda_{r}", 0.0)) > 0}
         if "tv" in active:
             losses["loss_tv"] = tv_loss(out["comp_rgb"].permute(0, 3, 1, 2))
         if "depth_tv" in active:
@@ -215,9 +220,10 @@ class GaussianSplattingSystem(BaseLift3DSystem):
     def guidance_input(self, out: Dict[str, Any]) -> torch.Tensor:
         """What the guidance sees: rgb, or (depth-as-latent) the depth map; optionally mirrored."""
         image = out["comp_rgb"]
-        if self.cfg.depth_as_latent_prob > 0 and random.random() < self.cfg.depth_as_latent_prob:
+        depth_prob, flip_prob = self._step_settings["depth_as_latent_prob"], self._step_settings["guidance_flip_prob"]
+        if depth_prob > 0 and random.random() < depth_prob:
             image = self.depth_image(out).repeat(1, 1, 1, 3)
-        if self.cfg.guidance_flip_prob > 0 and random.random() < self.cfg.guidance_flip_prob:
+        if flip_prob > 0 and random.random() < flip_prob:
             image = image.flip(2)
         return image
 
@@ -238,7 +244,7 @@ class GaussianSplattingSystem(BaseLift3DSystem):
                 logs[f"train/{name}"] = value
                 terms[name] = self._weighted(name, value, logs)
                 loss = loss + terms[name]
-            elif self.cfg.log_guidance_diagnostics and _is_scalar(value):
+            elif self._step_settings["log_guidance_diagnostics"] and _is_scalar(value):
                 logs[f"train/{name}"] = value
         for name, value in self.regularisers(out).items():
             logs[f"train/{name}"] = value
@@ -297,7 +303,7 @@ class GaussianSplattingSystem(BaseLift3DSystem):
 
     def check_parameters(self) -> None:
         params = self.geometry.gaussian_parameters()
-        bound = self.cfg.divergence_bound
+        bound = self._step_settings["divergence_bound"]
         xyz = params["xyz"].detach()
         low, high = torch.aminmax(xyz) if xyz.numel() else (torch.zeros(()), torch.zeros(()))
         finite = torch.isfinite(self._finite_sum(params.values()))
