@@ -115,9 +115,7 @@ def test_the_guard_finds_one_bad_entry_among_many_and_lets_huge_finite_values_th
     class Stub:  # what the guard reads of the system
         _finite_sum = staticmethod(System._finite_sum)
         true_global_step = 7
-
-        class cfg:
-            divergence_bound = 1000.0
+        _step_settings = {"divergence_bound": 1000.0}
 
         def last_checkpoint(self):
             return None
