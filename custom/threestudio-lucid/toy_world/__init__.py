@@ -1,11 +1,15 @@
 """Toy world: procedural 3D objects with known ground truth and an exact diffusion prior over their
 renders, behind the interfaces the guidance uses for Stable Diffusion (see issue 7).
 
-- ``objects``: the objects and their analytic ray-casting renderer;
+- ``objects``: the objects, their appearance variants and the analytic ray-casting renderer;
 - ``dataset``: the captioned render set (training views) and held-out ground-truth views, cached;
+  the multi-modal (``variants``), biased (``view_distribution``) and view-word-free
+  (``caption_views``) worlds of ``docs/toy_worlds.md``;
 - ``prior``: ``ToyAutoencoder`` (VAE-like) and ``ToyDenoiser`` (UNet-like, the exact optimal
   noise prediction of a Gaussian mixture centred on the renders, conditioned on text by caption);
 - ``pipeline``: ``build_toy_world`` writes a model folder, ``load_toy_world_pipeline`` loads it
   (the guidance's ``load_stable_diffusion`` does so for folders whose ``model_index.json`` names
-  ``LucidToyWorldPipeline``); console entry ``lucid-build-toy-world``.
+  ``LucidToyWorldPipeline``); console entry ``lucid-build-toy-world``;
+- ``evaluate``: scores of an asset against the ground truth (PSNR, IoU, sharpness, Janus and, on a
+  multi-modal world, the nearest variant and view consistency).
 """

@@ -17,6 +17,13 @@ exactly. ``render_object`` returns rgb composited over a background colour, alph
 Objects fit in a ball of radius ~0.6 around the origin. Azimuth 0 (+x) is the front, so the
 penguin, whose white belly, beak and eyes face +x, has a distinct front and back: a Janus result (a
 second face on the back) is measurable on it.
+
+Appearance variants (``VARIANTS``): every object comes in several named variants under the same
+caption: ``plain`` (the object of ``OBJECTS``) and others with markings painted on the surface
+(stripes, spots, checks: detail a few pixels wide, so that a blend of variants is measurably blurrier
+than any one of them), other face colours or extra shape details (the penguin's crests). Markings
+are functions of the hit point in object coordinates with ``y`` folded to ``|y|``, so every variant
+stays mirror-symmetric in ``y`` like the plain objects.
 """
 import math
 from dataclasses import dataclass
@@ -72,9 +79,11 @@ def _first_valid(candidates: List[Tuple[Tensor, Tensor]]) -> Tuple[Tensor, Tenso
 class Primitive:
     """A solid with an exact ray intersection. ``intersect(o, d)`` takes rays [R,3] (``d`` need not
     be unit length: ``t`` is in units of ``d``) and returns ``(t [R], normal [R,3])`` with
-    ``t = inf`` where the ray misses. ``albedo(normal)`` gives the surface colour [R,3]."""
+    ``t = inf`` where the ray misses. ``albedo(normal)`` gives the surface colour [R,3], which the
+    ``patterns`` (markings, see :func:`painted`; none by default) then paint over."""
 
     color: Tensor
+    patterns: Tuple["Pattern", ...] = ()
 
     def intersect(self, o: Tensor, d: Tensor) -> Tuple[Tensor, Tensor]:
         raise NotImplementedError
@@ -251,16 +260,107 @@ class Torus(Primitive):
         return t_unit / scale, normal
 
 
+# --------------------------------------------------------------------------------------------------
+# surface markings (the appearance variants)
+# --------------------------------------------------------------------------------------------------
+def _folded(point: Tensor) -> Tensor:
+    """``(x, |y|, z)``: markings drawn in these coordinates are mirror-symmetric in ``y``, as the objects
+    and the light are, so a flipped view stays the view from the mirrored azimuth."""
+    return torch.stack([point[:, 0], point[:, 1].abs(), point[:, 2]], -1)
+
+
+class Pattern:
+    """A marking: ``paint(point [R,3], albedo [R,3]) -> [R,3]`` paints over the albedo at hit points
+    given in object coordinates."""
+
+    def paint(self, point: Tensor, albedo: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+def _axis_index(axis: str) -> int:
+    if axis not in ("x", "y", "z"):
+        raise ValueError(f"pattern axis must be x, y or z, got {axis!r}")
+    return "xyz".index(axis)
+
+
+class Stripes(Pattern):
+    """Bands of ``color`` across ``axis``: painted where ``frac((u - offset) / period) < duty``, ``u``
+    the folded coordinate along ``axis``."""
+
+    def __init__(self, color, period: float, axis: str = "z", duty: float = 0.5, offset: float = 0.0):
+        self.color, self.period, self.duty, self.offset = _vec(color), float(period), float(duty), float(offset)
+        self.axis = _axis_index(axis)
+
+    def paint(self, point, albedo):
+        u = _folded(point)[:, self.axis]
+        on = torch.remainder((u - self.offset) / self.period, 1.0) < self.duty
+        return torch.where(on[:, None], self.color.to(albedo), albedo)
+
+
+class Band(Pattern):
+    """One band of ``color``: ``low <= u <= high``, ``u`` the folded coordinate along ``axis``."""
+
+    def __init__(self, color, low: float, high: float, axis: str = "z"):
+        self.color, self.low, self.high = _vec(color), float(low), float(high)
+        self.axis = _axis_index(axis)
+
+    def paint(self, point, albedo):
+        u = _folded(point)[:, self.axis]
+        return torch.where(((u >= self.low) & (u <= self.high))[:, None], self.color.to(albedo), albedo)
+
+
+class Checker(Pattern):
+    """A 3D checkerboard of cells ``period`` wide, centred on the origin (folded coordinates): the cells
+    whose index sum is odd get ``color``."""
+
+    def __init__(self, color, period: float):
+        self.color, self.period = _vec(color), float(period)
+
+    def paint(self, point, albedo):
+        cell = torch.floor(_folded(point) / self.period + 0.5).long()
+        on = torch.remainder(cell.sum(-1), 2) == 1
+        return torch.where(on[:, None], self.color.to(albedo), albedo)
+
+
+class Spots(Pattern):
+    """Round spots: the surface is painted where it passes within ``radius`` of a point of the cubic
+    lattice of spacing ``period`` (folded coordinates, shifted by ``offset``). With ``along`` set to an
+    axis, the lattice is the square one of the other two coordinates (spots seen head-on along that
+    axis, as on a belly facing +x). With several ``colors`` the colour changes from one lattice cell to
+    the next (sprinkles)."""
+
+    def __init__(self, colors, period: float, radius: float, offset=(0.0, 0.0, 0.0), along: Optional[str] = None):
+        self.colors = torch.as_tensor(colors, dtype=torch.float32).reshape(-1, 3)  # one colour or several
+        self.period, self.radius, self.offset = float(period), float(radius), _vec(offset)
+        self.keep = [i for i in range(3) if along is None or i != _axis_index(along)]
+
+    def paint(self, point, albedo):
+        q = ((_folded(point) - self.offset.to(point)) / self.period)[:, self.keep]
+        cell = torch.round(q)
+        on = (q - cell).norm(dim=-1) * self.period < self.radius
+        which = (cell.long() * torch.arange(1, len(self.keep) + 1, device=cell.device)).sum(-1)
+        color = self.colors.to(albedo)[torch.remainder(which, self.colors.shape[0])]
+        return torch.where(on[:, None], color, albedo)
+
+
+def painted(primitive: Primitive, *patterns: Pattern) -> Primitive:
+    """``primitive`` with ``patterns`` painted over its albedo, in order."""
+    primitive.patterns = tuple(patterns)
+    return primitive
+
+
 @dataclass
 class ToyObject:
     """A named union of primitives. ``key`` is the short name (``--objects cube``), ``name`` the
-    caption (``"a red cube"``)."""
+    caption (``"a red cube"``), ``variant`` the appearance variant's name (``"plain"``, ``"striped"``,
+    ...; all variants of an object share ``key`` and ``name``)."""
 
     key: str
     name: str
     primitives: List[Primitive]
     description: str = ""
     bounding_radius: float = 0.6
+    variant: str = "plain"
 
     def intersect(self, o: Tensor, d: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
         """Nearest hit over the primitives: ``(t [R], normal [R,3], albedo [R,3])``, ``t = inf`` on a miss."""
@@ -269,7 +369,12 @@ class ToyObject:
             t, n = prim.intersect(o, d)
             ts.append(t)
             normals.append(n)
-            albedos.append(prim.albedo(n))
+            albedo = prim.albedo(n)
+            if prim.patterns:  # markings need the hit point; unmarked primitives skip it
+                point = o + torch.nan_to_num(t, posinf=0.0)[:, None] * d
+                for pattern in prim.patterns:
+                    albedo = pattern.paint(point, albedo)
+            albedos.append(albedo)
         t, which = torch.stack(ts, 0).min(dim=0)
         pick = which[None, :, None].expand(1, -1, 3)
         normal = torch.stack(normals, 0).gather(0, pick)[0]
@@ -281,22 +386,27 @@ RED, BLUE, GREEN, YELLOW = (0.85, 0.12, 0.10), (0.15, 0.30, 0.85), (0.15, 0.70, 
 PENGUIN_BLACK, PENGUIN_WHITE, PENGUIN_ORANGE = (0.10, 0.10, 0.12), (0.95, 0.95, 0.95), (1.0, 0.55, 0.05)
 
 
+def _penguin_parts() -> List[Primitive]:
+    """The plain penguin's primitives, made anew on each call (variants paint them or add to them)."""
+    return [
+        Ellipsoid((0.0, 0.0, -0.08), (0.30, 0.30, 0.40), PENGUIN_BLACK),  # body
+        Ellipsoid((0.08, 0.0, -0.12), (0.25, 0.24, 0.32), PENGUIN_WHITE),  # belly, bulging out at the front
+        Ellipsoid((0.0, 0.0, 0.34), (0.20, 0.20, 0.19), PENGUIN_BLACK),  # head
+        Ellipsoid((0.16, 0.075, 0.40), (0.05, 0.045, 0.05), PENGUIN_WHITE),  # eyes
+        Ellipsoid((0.16, -0.075, 0.40), (0.05, 0.045, 0.05), PENGUIN_WHITE),
+        Ellipsoid((0.22, 0.0, 0.32), (0.09, 0.05, 0.035), PENGUIN_ORANGE),  # beak
+        Ellipsoid((0.10, 0.11, -0.47), (0.12, 0.07, 0.035), PENGUIN_ORANGE),  # feet
+        Ellipsoid((0.10, -0.11, -0.47), (0.12, 0.07, 0.035), PENGUIN_ORANGE),
+    ]
+
+
 def _penguin() -> ToyObject:
     """Black body and head; white belly, white eyes, orange beak and feet on the front (+x) only."""
     return ToyObject(
         key="penguin",
         name="a penguin",
         description="black ellipsoid body and head; white belly, eyes, orange beak and feet facing +x (front)",
-        primitives=[
-            Ellipsoid((0.0, 0.0, -0.08), (0.30, 0.30, 0.40), PENGUIN_BLACK),  # body
-            Ellipsoid((0.08, 0.0, -0.12), (0.25, 0.24, 0.32), PENGUIN_WHITE),  # belly, bulging out at the front
-            Ellipsoid((0.0, 0.0, 0.34), (0.20, 0.20, 0.19), PENGUIN_BLACK),  # head
-            Ellipsoid((0.16, 0.075, 0.40), (0.05, 0.045, 0.05), PENGUIN_WHITE),  # eyes
-            Ellipsoid((0.16, -0.075, 0.40), (0.05, 0.045, 0.05), PENGUIN_WHITE),
-            Ellipsoid((0.22, 0.0, 0.32), (0.09, 0.05, 0.035), PENGUIN_ORANGE),  # beak
-            Ellipsoid((0.10, 0.11, -0.47), (0.12, 0.07, 0.035), PENGUIN_ORANGE),  # feet
-            Ellipsoid((0.10, -0.11, -0.47), (0.12, 0.07, 0.035), PENGUIN_ORANGE),
-        ],
+        primitives=_penguin_parts(),
     )
 
 
@@ -331,6 +441,106 @@ def get_object(key_or_name: str) -> ToyObject:
             return obj
     known = ", ".join(f"{o.key} ({o.name!r})" for o in OBJECTS.values())
     raise KeyError(f"Unknown toy object {key_or_name!r}: known objects are {known}")
+
+
+# --------------------------------------------------------------------------------------------------
+# appearance variants
+# --------------------------------------------------------------------------------------------------
+WHITE, PINK = (0.95, 0.95, 0.95), (0.95, 0.45, 0.65)
+CREST_YELLOW, PATCH_ORANGE = (1.0, 0.85, 0.10), (1.0, 0.70, 0.15)
+SPRINKLE_COLORS = (PINK, (0.20, 0.45, 0.95), WHITE, (0.20, 0.75, 0.35))
+# marking scale: at the default 64 px (distance 4, fovy 35 deg) one world unit is ~25 px, so a
+# stripe period of 0.2 is a 5 px pair of bands (2.5 latent pixels at the default downsample 2): real
+# high-frequency detail that the latent still carries
+STRIPE_PERIOD = 0.22  # the cube's: 3 periods across its 0.66 side
+
+
+def _variant(base: ToyObject, variant: str, description: str, primitives: List[Primitive]) -> ToyObject:
+    return ToyObject(base.key, base.name, primitives, description, base.bounding_radius, variant)
+
+
+def _variant_catalogue(objects: Dict[str, ToyObject]) -> Dict[str, Dict[str, ToyObject]]:
+    """Per object key, its variants by name in a fixed order, ``plain`` (the object itself) first."""
+
+    def cube(**box) -> Box:
+        return Box((0, 0, 0), (0.33, 0.33, 0.33), RED, **box)
+
+    def ball() -> Ellipsoid:
+        return Ellipsoid((0, 0, 0), (0.45, 0.45, 0.45), BLUE)
+
+    def cone() -> Cone:
+        return Cone((0, 0, -0.35), 0.40, 0.80, GREEN)
+
+    def donut() -> Torus:
+        return Torus((0, 0, 0), 0.38, 0.15, YELLOW, axis="z")
+
+    def penguin(belly_patterns=(), extra=()) -> List[Primitive]:
+        parts = _penguin_parts()
+        painted(parts[1], *belly_patterns)
+        return parts + list(extra)
+
+    o = objects
+    table = {
+        "cube": [
+            _variant(o["cube"], "striped", "the red cube with white horizontal stripes, period 0.22",
+                     [painted(cube(), Stripes(WHITE, STRIPE_PERIOD))]),
+            _variant(o["cube"], "spotted", "the red cube with white spots, 5 x 5 per face (lattice 0.165, radius 0.05)",
+                     [painted(cube(), Spots(WHITE, 0.165, 0.05))]),
+            _variant(o["cube"], "checkered", "the red cube with white checks, 3 x 3 per face",
+                     [painted(cube(), Checker(WHITE, STRIPE_PERIOD))]),
+            _variant(o["cube"], "marked", "the red cube with a yellow front (+x) face",
+                     [cube(face_colors={"+x": YELLOW})]),
+        ],
+        "ball": [
+            _variant(o["ball"], "striped", "the blue ball with white horizontal stripes, period 0.2",
+                     [painted(ball(), Stripes(WHITE, 0.2))]),
+            _variant(o["ball"], "spotted", "the blue ball with white spots (lattice 0.2, radius 0.07)",
+                     [painted(ball(), Spots(WHITE, 0.2, 0.07))]),
+            _variant(o["ball"], "checkered", "the blue ball with white checks, period 0.2",
+                     [painted(ball(), Checker(WHITE, 0.2))]),
+        ],
+        "cone": [
+            _variant(o["cone"], "striped", "the green cone with white rings, period 0.2",
+                     [painted(cone(), Stripes(WHITE, 0.2))]),
+            _variant(o["cone"], "spotted", "the green cone with white spots (lattice 0.2, radius 0.07)",
+                     [painted(cone(), Spots(WHITE, 0.2, 0.07))]),
+            _variant(o["cone"], "checkered", "the green cone with white checks, period 0.2",
+                     [painted(cone(), Checker(WHITE, 0.2))]),
+        ],
+        "donut": [
+            _variant(o["donut"], "sprinkled", "the yellow donut with pink, blue, white and green sprinkles",
+                     [painted(donut(), Spots(SPRINKLE_COLORS, 0.15, 0.05))]),
+            _variant(o["donut"], "frosted", "the yellow donut with pink icing on its upper half (z > 0.03)",
+                     [painted(donut(), Band(PINK, 0.03, 1.0))]),
+        ],
+        "penguin": [
+            _variant(o["penguin"], "african", "the penguin with a black chest band and black spots on its belly",
+                     penguin(belly_patterns=(Band(PENGUIN_BLACK, -0.03, 0.02),
+                                             Spots(PENGUIN_BLACK, 0.15, 0.04, offset=(0, 0.075, -0.13), along="x")))),
+            _variant(o["penguin"], "rockhopper", "the penguin with yellow crests over its eyes (a shape detail)",
+                     penguin(extra=[Ellipsoid((0.06, y, 0.45), (0.14, 0.035, 0.03), CREST_YELLOW) for y in (0.12, -0.12)])),
+            _variant(o["penguin"], "emperor", "the penguin with yellow-orange patches on the sides of its head",
+                     penguin(extra=[Ellipsoid((0.03, y, 0.30), (0.08, 0.07, 0.10), PATCH_ORANGE) for y in (0.15, -0.15)])),
+        ],
+    }
+    return {key: {"plain": obj, **{v.variant: v for v in table.get(key, [])}} for key, obj in objects.items()}
+
+
+VARIANTS: Dict[str, Dict[str, ToyObject]] = _variant_catalogue(OBJECTS)
+
+
+def variant_names(key_or_name: str) -> Tuple[str, ...]:
+    """The variants of an object, in catalogue order (``plain`` first)."""
+    return tuple(VARIANTS[get_object(key_or_name).key])
+
+
+def get_variant(key_or_name: str, variant: str = "plain") -> ToyObject:
+    """Variant ``variant`` of an object given by key or caption."""
+    variants = VARIANTS[get_object(key_or_name).key]
+    if variant not in variants:
+        key = get_object(key_or_name).key
+        raise KeyError(f"toy object {key!r} has no variant {variant!r}: its variants are {', '.join(variants)}")
+    return variants[variant]
 
 
 # --------------------------------------------------------------------------------------------------

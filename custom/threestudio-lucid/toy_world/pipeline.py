@@ -26,7 +26,9 @@ another ``--seed`` (another text encoder) gets its embeddings recomputed; inside
 processor keys its cache by the path alone, delete ``.threestudio_cache/text_embeddings`` after such
 a rebuild.
 
-Console entry: ``lucid-build-toy-world PATH [--objects cube penguin] [--bandwidth 0.1] ...``.
+Console entry: ``lucid-build-toy-world PATH [--objects cube penguin] [--bandwidth 0.1] ...``; the
+multi-modal and biased worlds of ``docs/toy_worlds.md`` with ``--variants``, ``--view-distribution``,
+``--front-repeats`` and ``--no-view-captions``.
 """
 import argparse
 import json
@@ -36,8 +38,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from .dataset import DEFAULT_CACHE_DIR, ToyWorldSettings, caption_table, load_render_sets
-from .objects import OBJECTS
+from .dataset import DEFAULT_CACHE_DIR, VIEW_DISTRIBUTIONS, ToyWorldSettings, caption_table, load_render_sets
+from .objects import OBJECTS, VARIANTS
 from .prior import ToyAutoencoder, ToyDenoiser
 
 TOY_WORLD_CLASS_NAME = "LucidToyWorldPipeline"
@@ -205,6 +207,9 @@ def build_toy_world(
         "objects": {k: {"caption": OBJECTS[k].name, "shape": OBJECTS[k].description} for k in world.objects},
         "render_cache_key": world.render_key(),
     }
+    if world.is_multimodal:
+        for key, names in world.variant_table.items():
+            described["objects"][key]["variants"] = {n: VARIANTS[key][n].description for n in names}
     if render:
         train, _ = load_render_sets(world, render_cache_dir(cache_dir))
         captions, members = caption_table(train)
@@ -301,24 +306,60 @@ def main(argv=None) -> int:
     parser.add_argument("--n-eval-views", type=int, default=defaults.n_eval_views, help="held-out azimuths")
     parser.add_argument("--eval-elevation", type=float, default=defaults.eval_elevation_deg, help="held-out elevation (deg)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of the tiny text encoder")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=[str(defaults.variants)],
+        help=(
+            "appearance variants per object, all under the same captions (a multi-modal world): a count N "
+            "(each object's first N, plain first), 'all', or names ('striped' for every object, 'cube:striped' "
+            "for one; objects no name covers stay plain). Variants: "
+            + "; ".join(f"{k}: {', '.join(v)}" for k, v in VARIANTS.items())
+            + " (default: 1, plain only)"
+        ),
+    )
+    parser.add_argument(
+        "--view-distribution",
+        default=defaults.view_distribution,
+        choices=VIEW_DISTRIBUTIONS,
+        help="uniform (default), or front_heavy: the render at azimuth a appears floor(R^((1 + cos a) / 2) + 1/2) "
+        "times (a biased world, as photos are)",
+    )
+    parser.add_argument(
+        "--front-repeats", type=int, default=defaults.front_repeats, help="R of front_heavy: copies of the front view (default 8)"
+    )
+    parser.add_argument(
+        "--no-view-captions",
+        dest="caption_views",
+        action="store_false",
+        help="caption renders with the object's name only, no view words (train with "
+        "system.guidance.view_dependent_prompting=false)",
+    )
     parser.add_argument("--no-render", action="store_true", help="do not render (and cache) the views now")
     args = parser.parse_args(argv)
-    start = time.perf_counter()
-    path = build_toy_world(
-        args.path,
+    options = dict(
         objects=args.objects,
         bandwidth=args.bandwidth,
         image_size=args.image_size,
         downsample=args.downsample,
         n_azimuths=args.n_azimuths,
         seed=args.seed,
-        render=not args.no_render,
         elevations_deg=args.elevations,
         camera_distances=args.distances,
         fovy_deg=args.fovy,
         n_eval_views=args.n_eval_views,
         eval_elevation_deg=args.eval_elevation,
+        variants=args.variants,
+        view_distribution=args.view_distribution,
+        front_repeats=args.front_repeats,
+        caption_views=args.caption_views,
     )
+    try:  # a bad value is a usage error that names it, not a traceback
+        ToyWorldSettings(**options)
+    except (ValueError, KeyError) as e:
+        parser.error(str(e.args[0]))
+    start = time.perf_counter()
+    path = build_toy_world(args.path, render=not args.no_render, **options)
     print(f"Toy world written to {path} in {time.perf_counter() - start:.1f} s")
     return 0
 
