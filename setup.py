@@ -60,7 +60,9 @@ setup(
     extras_require={
         # gsplat: its pure-torch reference code checks the gsplat adapter on the CPU (it needs no CUDA
         # to import; pinned because the tests call its torch implementation's private functions)
-        "test": ["pytest>=7", "pytest-timeout", "gsplat==1.5.3"],
+        "test": ["pytest>=7", "pytest-timeout", "gsplat==1.5.3", "ray>=2.9"],
+        # lucid-sweep runs its runs as Ray tasks
+        "sweep": ["ray>=2.9"],
         # CUDA rasterizers; diff-gaussian-rasterization is installed from the user's own checkout
         "gpu": ["gsplat>=1.5"],
     },
@@ -69,6 +71,7 @@ setup(
             "lucid-launch=threestudio_lucid.host.launch:main",
             "lucid-build-tiny-sd=threestudio_lucid.tiny_pipeline:main",
             "lucid-build-toy-world=threestudio_lucid.toy_world.pipeline:main",
+            "lucid-sweep=threestudio_lucid.sweep:main",
         ]
     },
 )
