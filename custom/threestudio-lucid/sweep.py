@@ -275,10 +275,9 @@ def sweep(args) -> int:
     todo = []
     for run in runs:
         status = read_status(run)
-        if status.get("state") == "done":
-            run.state, run.seconds = "done", status.get("seconds")
-        elif status.get("state") == "failed" and not args.retry_failed:
-            run.state, run.error = "failed", status.get("error")
+        if status.get("state") == "done" or (status.get("state") == "failed" and not args.retry_failed):
+            run.state, run.seconds, run.error = status["state"], status.get("seconds"), status.get("error")
+            run.command = status.get("command", [])
         else:
             todo.append(run)
     skipped = len(runs) - len(todo)
