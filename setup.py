@@ -72,6 +72,7 @@ setup(
             "lucid-build-tiny-sd=threestudio_lucid.tiny_pipeline:main",
             "lucid-build-toy-world=threestudio_lucid.toy_world.pipeline:main",
             "lucid-sweep=threestudio_lucid.sweep:main",
+            "lucid-report=threestudio_lucid.report:main",
         ]
     },
 )

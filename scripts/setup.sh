@@ -12,4 +12,11 @@ PY="$VENV/bin/python"
 # torch first and pinned: an unpinned torch pulls the CUDA build (gigabytes) as a dependency.
 "$PY" -m pip install -q --disable-pip-version-check "$TORCH_SPEC" 2>&1 | grep -v "is ignored" || true
 "$PY" -m pip install -q --disable-pip-version-check -e ".[test]" "$TORCH_SPEC" 2>&1 | grep -v "is ignored" || true
+# a headless Chromium for the report's browser test (lucid-report's page is checked as a browser renders it)
+if ! command -v chromium-headless-shell >/dev/null && ! command -v chromium >/dev/null && command -v apt-get >/dev/null; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
+  $SUDO apt-get install -y -qq chromium-headless-shell >/dev/null 2>&1 \
+    || { $SUDO apt-get update -qq >/dev/null 2>&1 && $SUDO apt-get install -y -qq chromium-headless-shell >/dev/null 2>&1; } \
+    || echo "setup: could not install chromium-headless-shell with apt; the report's browser check will be skipped"
+fi
 "$PY" -c "import torch, threestudio_lucid; print('threestudio-lucid', threestudio_lucid.__version__, '| torch', torch.__version__)"

@@ -200,6 +200,18 @@ def error_line(log_tail: str) -> str:
     return lines[-1][:500] if lines else "no output"
 
 
+def _die_with_parent() -> None:
+    """In the launch's process (Linux): end when its Ray worker ends, so a killed sweep leaves no run
+    behind that a resumed sweep would start a second time."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def execute(command: List[str], cwd: str, log_path: str, threads: int) -> Dict[str, Any]:
     """Run one launch (inside a Ray task), appending its console output to ``log_path``."""
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
@@ -209,7 +221,8 @@ def execute(command: List[str], cwd: str, log_path: str, threads: int) -> Dict[s
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"$ {shlex.join(command)}\n")
         log.flush()
-        returncode = subprocess.run(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        returncode = subprocess.run(command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                    preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None).returncode
     with open(log_path, encoding="utf-8", errors="replace") as log:
         tail = log.read()[-20000:]
     return {"returncode": returncode, "seconds": time.time() - start,
