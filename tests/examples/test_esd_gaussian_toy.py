@@ -2,21 +2,14 @@
 
 With the paper's settings (2-D, 2000 steps, batch 256, seed 0) SDS and VSD collapse q to a point while ESD
 with lambda = 1 recovers the target covariance; ESD with lambda = 0 is VSD."""
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
-
-SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "esd_gaussian_toy.py"
+from repo_scripts import load_repo_script
 
 
 @pytest.fixture(scope="module")
 def toy():
-    spec = importlib.util.spec_from_file_location("esd_gaussian_toy", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_repo_script("examples/esd_gaussian_toy.py")
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """scripts/claims_benchmark.py: the verdict rule and the aggregation over seeds on hand-made numbers, and a
 tiny end-to-end run (16 px worlds, 2 steps, one seed, SDS and ISM) that writes the report, the grids,
 and skips its finished runs when started again."""
-import importlib.util
 import json
 import math
 import os
@@ -11,6 +10,7 @@ import sys
 
 import imageio.v2 as imageio
 import pytest
+from repo_scripts import load_repo_script
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(REPO, "scripts", "claims_benchmark.py")
@@ -18,10 +18,7 @@ SCRIPT = os.path.join(REPO, "scripts", "claims_benchmark.py")
 
 @pytest.fixture(scope="module")
 def cb():
-    spec = importlib.util.spec_from_file_location("claims_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_repo_script("scripts/claims_benchmark.py")
 
 
 def test_aggregate_is_mean_and_sample_std_of_the_finite_values(cb):
