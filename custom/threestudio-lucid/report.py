@@ -216,7 +216,8 @@ def write_report(runs: List[Dict[str, Any]], out: str) -> str:
              "td,th{border:1px solid #bbb;padding:3px 7px;font-size:13px} th{cursor:pointer;background:#eee}",
              ".runs{display:flex;flex-wrap:wrap;gap:12px} .run{border:1px solid #ccc;padding:6px}",
              ".run img{height:96px} video{width:256px;display:block}",
-             "</style></head><body>", f"<h1>lucid-report: {len(runs)} runs, {len(prompts)} prompts</h1>"]
+             "</style></head><body>", f"<h1>lucid-report: {len(runs)} run{'s' * (len(runs) != 1)}, "
+             f"{len(prompts)} prompt{'s' * (len(prompts) != 1)}</h1>"]
     for p_index, prompt in enumerate(prompts):
         group = sorted((r for r in runs if r["prompt"] == prompt), key=lambda r: (r["method"], str(r["seed"])))
         keys = sorted({k for r in group for k in r["config"]})
