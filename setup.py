@@ -56,6 +56,11 @@ setup(
         "matplotlib",
         "tqdm",
         "ninja",  # builds the fast CPU rasterizer kernel on first use
+        # --export: lucid-gaussian-mesh-exporter (marching cubes, topology-preserving decimation, UV charts)
+        "trimesh",
+        "PyMCubes",
+        "pymeshlab",
+        "xatlas",
     ],
     extras_require={
         # gsplat: its pure-torch reference code checks the gsplat adapter on the CPU (it needs no CUDA

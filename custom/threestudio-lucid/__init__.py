@@ -7,9 +7,13 @@ registers its components (names start with ``lucid-``) into threestudio or the b
 """
 __version__ = "0.1.0"
 
+from . import quiet  # noqa: E402
+
+quiet.install()  # before diffusers is imported: see quiet.py for what is dropped and why
+
 from . import early_launch_check  # noqa: E402  (lucid-launch only: a bad config fails before the imports below)
 
 early_launch_check.run()
 
 from . import compat  # noqa: F401,E402
-from . import data, geometry, guidance, renderer, system  # noqa: F401,E402  (register the components)
+from . import data, exporter, geometry, guidance, renderer, system  # noqa: F401,E402  (register the components)

@@ -72,9 +72,11 @@ def resume(host, trained, config, mode):
     """``--test`` or ``--export`` with ``resume=`` the trained run's last checkpoint (same overrides)."""
     prompt, overrides, _ = CASES[config]
     exp_root = os.path.dirname(os.path.dirname(trained.trial_dir))
+    # the exporter's options from the command line, as a user sets them (a coarse grid keeps it quick)
+    export_options = ("system.exporter.resolution=48", "system.exporter.formats=[obj,glb]") if mode == "export" else ()
     return host.launch(
         f"{CONFIGS}/{config}.yaml", mode, f"system.prompt_processor.prompt={prompt}", *SHORT_RUN, *overrides,
-        f"resume={trained.path('ckpts', 'last.ckpt')}", exp_root=exp_root,
+        *export_options, f"resume={trained.path('ckpts', 'last.ckpt')}", exp_root=exp_root,
     )
 
 
@@ -93,6 +95,14 @@ def test_config_trains_validates_tests_and_exports(host, tmp_path_factory, confi
     assert exported.trial_dir != run.trial_dir  # nothing is written into the trained run
     # the exported splats are the trained ones, not a fresh initialisation
     assert torch.equal(_read_ply_xyz(exported.path("save", "it3-export", "point_cloud.ply")), _read_ply_xyz(run.path("save", "point_cloud.ply")))
+    # and the mesh made from them (lucid-gaussian-mesh-exporter, the system's default), in the formats asked for
+    import trimesh
+
+    assert not os.path.exists(exported.path("save", "it3-export", "model.ply"))
+    obj = trimesh.load(exported.path("save", "it3-export", "model.obj"), force="mesh")
+    glb = trimesh.load(exported.path("save", "it3-export", "model.glb"), force="mesh")
+    assert len(glb.faces) == len(obj.faces) > 0 and glb.is_watertight and glb.volume > 0
+    assert glb.visual.vertex_colors.shape == (len(glb.vertices), 4)
 
 
 @pytest.mark.parametrize("config", sorted(c for c in CASES if CASES[c][2]))

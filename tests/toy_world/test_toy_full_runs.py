@@ -1,6 +1,7 @@
 """Slow: the demo's full runs on the penguin world (`bash scripts/test.sh -m slow`). The README's main
 job (ISM, 400 steps) and the SDS baseline must make a recognisable penguin: clearly above the
-initialisation on held-out views, with the black back kept (no second face)."""
+initialisation on held-out views, with the black back kept (no second face); and ``--export`` of the
+checkpoint must give a closed mesh of about the penguin's size and colour."""
 import json
 import os
 
@@ -39,3 +40,26 @@ def test_full_toy_run_makes_a_recognisable_penguin(world, tmp_path, monkeypatch,
     assert scores["janus"] < 0.3, scores
     for name in ("point_cloud.ply", "it400-test.mp4"):
         assert os.path.exists(os.path.join(base, trial, "save", name))
+
+    assert launch.main(args[:2] + ["--export"] + args[3:] + [f"resume={os.path.join(base, trial, 'ckpts', 'last.ckpt')}"]) == 0
+    (export,) = [d for d in os.listdir(base) if d != trial]
+    check_penguin_mesh(os.path.join(base, export, "save", "it400-export"))
+
+
+PENGUIN = {"volume": 0.180, "lo": (-0.300, -0.300, -0.505), "hi": (0.330, 0.300, 0.530)}  # of the analytic penguin
+
+
+def check_penguin_mesh(folder):
+    """Closed, inside the penguin's box (a fit is slimmer, never larger), at least a quarter of its
+    volume (what is opaque: a 400-step fit is partly see-through), mostly dark (black back and head)."""
+    import numpy as np
+    import trimesh
+
+    meshes = [trimesh.load(os.path.join(folder, f"model.{fmt}"), force="mesh") for fmt in ("obj", "ply", "glb")]
+    for mesh in meshes:
+        assert len(mesh.faces) == len(meshes[0].faces) > 1000
+        assert mesh.is_watertight
+        assert 0.25 * PENGUIN["volume"] < mesh.volume < 1.1 * PENGUIN["volume"], mesh.volume
+        assert (mesh.bounds[0] > np.array(PENGUIN["lo"]) - 0.05).all() and (mesh.bounds[1] < np.array(PENGUIN["hi"]) + 0.05).all()
+        colors = mesh.visual.vertex_colors[:, :3] / 255.0
+        assert colors.mean() < 0.5, colors.mean(0)

@@ -82,6 +82,16 @@ def check_model_reachable(name_or_path: str, key: str = MODEL_KEY) -> None:
         ) from None
 
 
+def dtype_argument(dtype: torch.dtype) -> dict:
+    """``from_pretrained``'s weight dtype under the name this diffusers takes: ``dtype`` where it exists
+    (recent releases deprecate ``torch_dtype`` with a warning on every load), else ``torch_dtype``."""
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401  (present since `dtype` is)
+    except ImportError:
+        return {"torch_dtype": dtype}
+    return {"dtype": dtype}
+
+
 def load_stable_diffusion(name_or_path: str, torch_dtype: torch.dtype, key: str = MODEL_KEY):
     """``StableDiffusionPipeline.from_pretrained`` without the safety checker, after a fast check."""
     from diffusers import StableDiffusionPipeline
@@ -95,7 +105,7 @@ def load_stable_diffusion(name_or_path: str, torch_dtype: torch.dtype, key: str 
         try:
             pipe = StableDiffusionPipeline.from_pretrained(
                 name_or_path,
-                torch_dtype=torch_dtype,
+                **dtype_argument(torch_dtype),
                 safety_checker=None,
                 feature_extractor=None,
                 requires_safety_checker=False,

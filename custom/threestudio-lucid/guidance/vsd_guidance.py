@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from ..compat import register, warn
 from ..errors import ConfigError
-from .diffusion_base import GUIDANCE_PREFIX, StableDiffusionGuidanceBase, check_model_reachable
+from .diffusion_base import GUIDANCE_PREFIX, StableDiffusionGuidanceBase, check_model_reachable, dtype_argument
 from .option_ranges import check_range
 
 LORA_MODEL_KEY = "system.guidance.pretrained_model_name_or_path_lora"
@@ -161,7 +161,7 @@ class VSDGuidance(StableDiffusionGuidanceBase):
         check_model_reachable(name, LORA_MODEL_KEY)
         try:
             unet = UNet2DConditionModel.from_pretrained(
-                name, subfolder=self.cfg.lora_unet_subfolder, torch_dtype=self.weights_dtype
+                name, subfolder=self.cfg.lora_unet_subfolder, **dtype_argument(self.weights_dtype)
             )
             scheduler = DDIMScheduler.from_pretrained(name, subfolder="scheduler")
         except (OSError, ValueError) as e:

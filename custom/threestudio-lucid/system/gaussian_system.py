@@ -9,7 +9,8 @@ One training step (manual optimisation, as threestudio-3dgs):
 
 Validation writes ``it{step}-{index}.png`` grids (rgb | depth | alpha); test writes
 ``it{step}-test/{index}.png`` frames, the orbit video ``it{step}-test.mp4`` and the splats as
-``point_cloud.ply`` (INRIA layout) under ``save/``.
+``point_cloud.ply`` (INRIA layout) under ``save/``; ``--export`` writes ``it{step}-export/`` with the
+exporter's files (by default a coloured mesh as ``model.obj/.ply/.glb``) and the splats' PLY.
 
 Nothing is lost or silently wrong:
 - numerical guard: a non-finite loss term or gradient (checked after backward, before the optimizer
@@ -58,8 +59,9 @@ def _is_scalar(value: Any) -> bool:
 class GaussianSplattingSystem(BaseLift3DSystem):
     @dataclass
     class Config(BaseLift3DSystem.Config):
-        # threestudio's default exporter needs a mesh geometry; splats export as PLY at test time
-        exporter_type: str = "dummy-exporter"
+        # --export: a coloured mesh from the splats (threestudio's mesh-exporter needs an implicit
+        # geometry); the splats' PLY is written beside it. "dummy-exporter": the PLY only
+        exporter_type: str = "lucid-gaussian-mesh-exporter"
         # log scalar guidance diagnostics (grad_norm, timestep bounds, ...) every step
         log_guidance_diagnostics: bool = True
         ply_name: str = "point_cloud.ply"
@@ -484,8 +486,28 @@ class GaussianSplattingSystem(BaseLift3DSystem):
             f"PSNR {scores['psnr']:.2f} dB, mask IoU {scores['iou']:.3f}, Janus {scores['janus']:.3f}"
         )
         info(line)
-        print(line, flush=True)
         return scores
+
+    def save_trimesh(self, filename: str, mesh, formats: List[str]) -> List[str]:
+        """Write a ``trimesh.Trimesh`` as ``<filename>.<format>`` for each format (obj, ply, glb);
+        the export type of ``lucid-gaussian-mesh-exporter``."""
+        paths = []
+        for fmt in formats:
+            path = self.get_save_path(f"{filename}.{fmt}")
+            if fmt == "obj":
+                # vertex colours on the v lines; a baked texture as the .mtl and its image beside it
+                mesh.export(path, file_type="obj", include_color=True, include_texture=True,
+                            mtl_name=f"{os.path.basename(filename)}.mtl")
+            elif fmt == "ply" and "vertex_colors" in mesh.metadata:
+                # PLY holds no texture: the baked mesh's vertex colours instead
+                colored = mesh.copy()
+                colored.visual = type(mesh.visual.to_color())(colored, vertex_colors=mesh.metadata["vertex_colors"])
+                colored.export(path, file_type="ply")
+            else:
+                mesh.export(path, file_type=fmt)
+            paths.append(path)
+        info(f"Saved the mesh to {', '.join(paths)}")
+        return paths
 
     def on_predict_epoch_end(self) -> None:
         super().on_predict_epoch_end()
