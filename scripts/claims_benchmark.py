@@ -419,6 +419,12 @@ def report(path: str, results: Dict, stats: Dict, claims: List[Dict], args, comm
         "*within the spread* otherwise; a claim holds only if all its checks hold. With one seed there is no "
         "spread, and the verdict is *undecided*.",
         "",
+        "Why the claims fail on these worlds -- what each guidance's update does to fixed renders, measured with "
+        "the runs' own guidance and final checkpoints (pseudo-ground-truths, the prior's posterior mode and view, "
+        "and the split of VSD/ESD's update into pretrained and estimator terms) -- is in "
+        "[`claims_mechanism.md`](claims_mechanism.md), written by `python scripts/claims_diagnostics.py` from this "
+        "benchmark's runs.",
+        "",
     ]
     for claim in claims:
         lines += [f"## {claim['paper']}: {claim['title']}", "", f"**Verdict: {claim['verdict']}** "

@@ -196,6 +196,15 @@ def evaluate_renderer(renderer, world_path: str, prompt: str, device=None) -> Di
     cams = eval_cameras(settings)
     pick = (cams["object_index"] == settings.objects.index(key)) & (cams["variant_index"] == 0)
     elevation, azimuth, distance = cams["elevation"][pick], cams["azimuth"][pick], cams["distance"][pick]
+    rgb, alpha = render_asset(renderer, settings, elevation, azimuth, distance, device)
+    result = score_renders(settings, key, rgb, alpha, elevation, azimuth, distance)
+    result["renders"] = rgb
+    return result
+
+
+def render_asset(renderer, settings, elevation: torch.Tensor, azimuth: torch.Tensor, distance: torch.Tensor, device=None):
+    """The asset behind ``renderer`` from orbit cameras (degrees; the world's image size and field of
+    view), over the world's background: ``rgb [V, H, W, 3]`` in [0, 1] and ``alpha [V, H, W, 1]``, on the CPU."""
     size = settings.image_size
     fovy = torch.full_like(elevation, math.radians(settings.fovy_deg))
     c2w = orbit_c2w(elevation, azimuth, distance)
@@ -207,17 +216,14 @@ def evaluate_renderer(renderer, world_path: str, prompt: str, device=None) -> Di
     _, rays_d = get_rays(directions, c2w, keepdim=True)
     was_training = renderer.training
     renderer.eval()
-    out = renderer(c2w=c2w.to(device), fovy=fovy.to(device), height=size, width=size, rays_d=rays_d.to(device))
+    with torch.no_grad():
+        out = renderer(c2w=c2w.to(device), fovy=fovy.to(device), height=size, width=size, rays_d=rays_d.to(device))
     renderer.train(was_training)
     # the asset over the world's background (the renderer's background may differ)
     bg = torch.tensor(settings.background, dtype=torch.float32)
     alpha = out["comp_mask"].float().cpu()
     rgb = (out["comp_rgb"].float().cpu() - (1 - alpha) * _background_of(out, renderer, rays_d, device)) + (1 - alpha) * bg
-    rgb = rgb.clamp(0, 1)
-
-    result = score_renders(settings, key, rgb, alpha, elevation, azimuth, distance)
-    result["renders"] = rgb
-    return result
+    return rgb.clamp(0, 1), alpha
 
 
 def _background_of(out, renderer, rays_d, device) -> torch.Tensor:
