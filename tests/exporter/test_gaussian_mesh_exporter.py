@@ -125,6 +125,18 @@ def test_texture_baking_writes_the_colour_into_a_uv_map(tmp_path):
     assert len(again.faces) == len(mesh.faces)
 
 
+def test_the_baked_texture_holds_each_vertexs_colour_where_its_uv_points():
+    """On the many-coloured penguin: the texture read back at each vertex's UV (trimesh's reading, the
+    OBJ / glTF convention) gives the vertex's own colour, so the image is neither flipped nor shifted."""
+    pytest.importorskip("xatlas")
+    mesh, _ = mesh_of(surface_splats("penguin", n_rays=4000), texture=True, texture_size=512, decimate_target=4000)
+    sampled = mesh.visual.to_color().vertex_colors[:, :3] / 255.0
+    own = mesh.metadata["vertex_colors"][:, :3] / 255.0
+    error = np.abs(sampled - own).max(axis=1)
+    assert np.median(error) < 0.02 and np.mean(error < 0.1) > 0.9
+    assert own.std(axis=0).max() > 0.2  # black, white and orange: a flipped image would not match
+
+
 @pytest.mark.parametrize(
     "options, key",
     [

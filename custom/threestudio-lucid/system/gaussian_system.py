@@ -500,8 +500,10 @@ class GaussianSplattingSystem(BaseLift3DSystem):
                             mtl_name=f"{os.path.basename(filename)}.mtl")
             elif fmt == "ply" and "vertex_colors" in mesh.metadata:
                 # PLY holds no texture: the baked mesh's vertex colours instead
+                import trimesh
+
                 colored = mesh.copy()
-                colored.visual = type(mesh.visual.to_color())(colored, vertex_colors=mesh.metadata["vertex_colors"])
+                colored.visual = trimesh.visual.ColorVisuals(colored, vertex_colors=mesh.metadata["vertex_colors"])
                 colored.export(path, file_type="ply")
             else:
                 mesh.export(path, file_type=fmt)
