@@ -73,7 +73,8 @@ def resume(host, trained, config, mode):
     prompt, overrides, _ = CASES[config]
     exp_root = os.path.dirname(os.path.dirname(trained.trial_dir))
     # the exporter's options from the command line, as a user sets them (a coarse grid keeps it quick)
-    export_options = ("system.exporter.resolution=48", "system.exporter.formats=[obj,glb]") if mode == "export" else ()
+    export_options = ("system.exporter_type=lucid-gaussian-mesh-exporter", "system.exporter.resolution=48",
+                      "system.exporter.formats=[obj,glb]") if mode == "export" else ()
     return host.launch(
         f"{CONFIGS}/{config}.yaml", mode, f"system.prompt_processor.prompt={prompt}", *SHORT_RUN, *overrides,
         *export_options, f"resume={trained.path('ckpts', 'last.ckpt')}", exp_root=exp_root,
