@@ -5,8 +5,8 @@
 
 1. The splats' density field (``splat_field``: opacity-weighted Gaussians; splats thinner than
    ``min_thickness`` grid spacings widened to it so none falls between samples) is sampled on a grid of
-   ``resolution`` cells along the longest side of the box that holds the splats (or ``bbox``), block by
-   block.
+   ``resolution`` cells along the longest side of the box that holds the splats (or ``bbox``), each
+   splat only on the grid points in its own cutoff box, ``max_pairs`` at a time.
 2. Closed cavities are filled (``fill_cavities``): a surface of flat splats is a thin shell whose
    inside the field leaves empty; without this the mesh would be two nested surfaces.
 3. Marching cubes (PyMCubes) at density ``level``; components smaller than ``min_component_fraction``
