@@ -27,14 +27,9 @@ def cd():
 def world(tmp_path_factory):
     from threestudio_lucid.toy_world.pipeline import CACHE_ENV, build_toy_world
 
-    cache = str(tmp_path_factory.mktemp("toy-cache"))
-    old = os.environ.get(CACHE_ENV)
-    os.environ[CACHE_ENV] = cache
-    yield build_toy_world(tmp_path_factory.mktemp("world") / "penguins", **WORLD)
-    if old is None:
-        os.environ.pop(CACHE_ENV, None)
-    else:
-        os.environ[CACHE_ENV] = old
+    with pytest.MonkeyPatch.context() as patch:  # the world's renders load from this cache while the module runs
+        patch.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("toy-cache")))
+        yield build_toy_world(tmp_path_factory.mktemp("world") / "penguins", **WORLD)
 
 
 @pytest.fixture(scope="module")

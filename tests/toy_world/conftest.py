@@ -1,6 +1,5 @@
 """A small toy world (two objects, few views, 32 px) built once per session, with its render cache
 in a temporary folder (``LUCID_TOY_WORLD_CACHE``), so loads anywhere in the session reuse it."""
-import os
 
 import pytest
 
@@ -22,13 +21,9 @@ def toy_cache_dir(tmp_path_factory):
     from threestudio_lucid.toy_world.pipeline import CACHE_ENV
 
     path = str(tmp_path_factory.mktemp("toy-world-cache"))
-    old = os.environ.get(CACHE_ENV)
-    os.environ[CACHE_ENV] = path
-    yield path
-    if old is None:
-        os.environ.pop(CACHE_ENV, None)
-    else:
-        os.environ[CACHE_ENV] = old
+    with pytest.MonkeyPatch.context() as patch:  # session-wide: the fixture cannot take monkeypatch
+        patch.setenv(CACHE_ENV, path)
+        yield path
 
 
 @pytest.fixture(scope="session")
