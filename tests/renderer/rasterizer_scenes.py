@@ -54,11 +54,12 @@ def scene(n, seed, dtype=F32, sh_coeffs=16, extent=(1.6, 1.2, 1.0), opaque=0, ne
 
 
 def render_and_grad(rasterize, params, cam, *, sh_degree, background=None, tile_size=16, use_colors=False,
-                    screen_cols=3, device="cpu", normalize_quats=False):
+                    screen_cols=3, device="cpu", normalize_quats=False, weight_mask=None):
     """Rasterize with every input a leaf on ``device``, backpropagate a fixed random weighting of rgb,
     depth and alpha; returns (outputs, {name: grad}), all on the CPU. ``normalize_quats``: the leaf
     is the raw quaternion and the rasterizer sees it normalised, as the geometry's ``get_rotation``
-    gives it (for backends that normalise themselves, so the gradients are comparable)."""
+    gives it (for backends that normalise themselves, so the gradients are comparable).
+    ``weight_mask`` [H, W, 1]: multiplies the weights (pixels left out of the loss)."""
     means, quats, scales, opacities, features = [t.detach().to(device).clone().requires_grad_() for t in params]
     screen = torch.zeros(means.shape[0], screen_cols, dtype=means.dtype, device=device, requires_grad=True)
     kwargs = dict(sh_degree=sh_degree, screen_points=screen, tile_size=tile_size,
@@ -71,7 +72,10 @@ def render_and_grad(rasterize, params, cam, *, sh_degree, background=None, tile_
     out = rasterize(means, rotations, scales, opacities, cam, **kwargs)
     g = torch.Generator().manual_seed(123)
     h, w = cam.height, cam.width
-    weights = [torch.rand(h, w, c, generator=g, dtype=means.dtype).to(device) for c in (3, 1, 1)]
+    weights = [torch.rand(h, w, c, generator=g, dtype=means.dtype) for c in (3, 1, 1)]
+    if weight_mask is not None:
+        weights = [wt * weight_mask.to(wt) for wt in weights]
+    weights = [wt.to(device) for wt in weights]
     loss = (out["rgb"] * weights[0]).sum() + (out["depth"] * weights[1]).sum() + (out["alpha"] * weights[2]).sum()
     loss.backward()
     grads = dict(means=means.grad, quats=quats.grad, scales=scales.grad, opacities=opacities.grad,

@@ -22,6 +22,7 @@ from typing import Any, List, Optional
 from omegaconf import OmegaConf
 
 from ..errors import ConfigError, UnknownResolverError  # noqa: F401  (the launcher catches these)
+from ..trainer_precision import SYSTEM_TYPE, precision_rule
 from .utils import config as config_module
 
 
@@ -161,6 +162,9 @@ def _check_trainer(cfg: Any, train: bool) -> None:
         value = trainer.get(name)
         if value is not None and not isinstance(value, bool):
             raise _bad(f"trainer.{name}", value, f"must be true or false (e.g. trainer.{name}=false).")
+    precision = trainer.get("precision")
+    if precision is not None and cfg.get("system_type") == SYSTEM_TYPE and precision_rule(precision):
+        raise _bad("trainer.precision", precision, precision_rule(precision))
 
 
 def _check_checkpoint_callback(cfg: Any) -> None:

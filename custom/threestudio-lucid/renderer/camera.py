@@ -10,7 +10,7 @@ has its centre at the integer coordinate ``(i, j)``, so the image centre is ``((
 transposed row-vector matrices diff-gaussian-rasterization takes, so a CUDA backend is an adapter.
 """
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Tuple, Union
 
 import torch
@@ -30,6 +30,13 @@ class GaussianCamera:
     width: int
     height: int
     campos: Tensor
+
+    def on(self, device: Union[str, torch.device]) -> "GaussianCamera":
+        """This camera with its tensors on ``device``, the Gaussians' device. A camera may come from
+        another device (a CPU batch for CUDA Gaussians, a test's CPU camera); every backend moves it
+        once, explicitly, instead of mixing devices inside the projection (which CUDA refuses).
+        Nothing is copied when it is already there."""
+        return replace(self, world_view=self.world_view.to(device=device), campos=self.campos.to(device=device))
 
     @property
     def tanfovx(self) -> float:

@@ -54,6 +54,7 @@ from ..compat import info, warn
 from ..errors import ConfigError
 from .camera import GaussianCamera
 from .gaussian_rasterizer import RASTERIZER_BACKENDS, rasterize_views_one_by_one, register_backend
+from .precision import rasterize_in_fp32
 from .reference import (
     ALPHA_MAX,
     ALPHA_MIN,
@@ -382,6 +383,7 @@ def rasterize_cpu_views(
             "depths": list(depths.unbind(0)), "conics": list(conics.unbind(0))}
 
 
+@rasterize_in_fp32
 def rasterize_cpu(
     means: Tensor,
     quats: Tensor,
@@ -418,6 +420,7 @@ def rasterize_cpu(
     return view_outputs(image, background, out["radii"][0], out["means2d"][0], out["depths"][0], out["conics"][0])
 
 
+@rasterize_in_fp32
 def _views_cpu(means: Tensor, *args, **kwargs) -> Dict[str, Any]:
     if means.device.type != "cpu":
         raise ConfigError(

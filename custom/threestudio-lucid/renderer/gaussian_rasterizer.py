@@ -15,6 +15,7 @@ from torch import Tensor
 from ..compat import Rasterizer, info, register
 from ..errors import ConfigError
 from .camera import GaussianCamera, camera_from_threestudio
+from .precision import promote_half
 from .reference import rasterize_reference
 
 # name -> rasterize(means, quats, scales, opacities, camera, *, features, sh_degree, background,
@@ -126,16 +127,23 @@ class GaussianRasterizer(Rasterizer):
         """``c2w`` [B,4,4] OpenGL camera-to-world, ``fovy`` [B] radians, ``rays_d`` [B,H,W,3] for the
         background. Returns ``comp_rgb`` [B,H,W,3], ``comp_depth`` [B,H,W,1] (alpha-weighted view
         z), ``comp_mask`` [B,H,W,1] (alpha) and per-view lists ``viewspace_points`` (leaves whose
-        ``.grad`` is d loss / d NDC-xy, [N,3]), ``visibility_filter`` (bool [N]), ``radii`` (int [N])."""
-        geometry = self.geometry
-        means = geometry.get_xyz
-        features = geometry.get_features
-        scales = geometry.get_scaling
-        quats = geometry.get_rotation
-        opacities = geometry.get_opacity.reshape(-1)
-        sh_degree = int(geometry.active_sh_degree)
+        ``.grad`` is d loss / d NDC-xy, [N,3]), ``visibility_filter`` (bool [N]), ``radii`` (int [N]).
 
-        bg = self.background(dirs=rays_d)
+        Everything here runs in float32 with autocast off (``precision.py``): under a mixed-precision
+        trainer the camera conversion and the projection would otherwise run in half precision."""
+        with torch.autocast(device_type=self.geometry.get_xyz.device.type, enabled=False):
+            return self._render(c2w, fovy, height, width, rays_d)
+
+    def _render(self, c2w: Tensor, fovy: Tensor, height: int, width: int, rays_d: Tensor) -> Dict[str, Any]:
+        geometry = self.geometry
+        means, features, scales, quats, opacities = (
+            promote_half(t) for t in (geometry.get_xyz, geometry.get_features, geometry.get_scaling,
+                                      geometry.get_rotation, geometry.get_opacity.reshape(-1))
+        )
+        sh_degree = int(geometry.active_sh_degree)
+        c2w = promote_half(c2w)
+
+        bg = promote_half(self.background(dirs=rays_d))
         n_views = c2w.shape[0]
         # Host-device synchronisation on a GPU: the focal lengths are Python floats (the CUDA libraries take
         # them as settings), so the batch's fovy comes to the host once here -- the renderer's only sync

@@ -35,6 +35,7 @@ from torch import Tensor
 from .camera import GaussianCamera
 from .gaussian_rasterizer import register_backend
 from .optional_library import OptionalLibrary
+from .precision import rasterize_in_fp32
 from .reference import (
     NEAR_PLANE,
     TILE_SIZE,
@@ -69,6 +70,7 @@ GSPLAT = OptionalLibrary(
 )
 
 
+@rasterize_in_fp32
 def render_views_with_gsplat(
     gsplat: Any,
     means: Tensor,
@@ -101,21 +103,25 @@ def render_views_with_gsplat(
         per_gaussian.append(torch.cat([view_colors, proj.depths[:, None].to(view_colors)], dim=-1))
         with torch.no_grad():
             x0, y0, x1, y1 = tile_rects(proj.means2d, proj.radii, width, height, tile_size)
-            centres.append(torch.stack([x0 + x1, y0 + y1], dim=-1).to(means.dtype) * (0.5 * tile_size))
+            centres.append(torch.stack([x0 + x1, y0 + y1], dim=-1).to(torch.float32) * (0.5 * tile_size))
             # floor: for an odd tile_size the box ends half a pixel inside the rectangle's edges
             half = torch.stack([x1 - x0, y1 - y0], dim=-1) * tile_size // 2
             halves.append(torch.where(proj.radii[:, None] > 0, half, torch.zeros_like(half)).to(torch.int32))
+    # gsplat's kernels read float32 only (data_ptr<float>; the tile intersection reads the depths in
+    # the means' dtype) and want contiguous tensors on one device
+    f32 = torch.float32
     with torch.no_grad():
-        depths = torch.stack([p.depths.detach() for p in projections]).contiguous()
+        depths = torch.stack([p.depths.detach() for p in projections]).to(f32).contiguous()
         _, isect_ids, flatten_ids = gsplat.isect_tiles(
-            torch.stack(centres), torch.stack(halves), depths, tile_size, n_tiles_x, n_tiles_y, packed=False,
+            torch.stack(centres).to(f32).contiguous(), torch.stack(halves).contiguous(), depths, tile_size, n_tiles_x,
+            n_tiles_y, packed=False,
         )
         isect_offsets = gsplat.isect_offset_encode(isect_ids, len(cameras), n_tiles_x, n_tiles_y)
     image, alpha = gsplat.rasterize_to_pixels(
-        torch.stack([p.means2d + 0.5 for p in projections]).contiguous(),
-        torch.stack([p.conics for p in projections]).contiguous(),
-        torch.stack(per_gaussian).contiguous(),
-        opacities[None].expand(len(cameras), -1).contiguous(),
+        torch.stack([p.means2d + 0.5 for p in projections]).to(f32).contiguous(),
+        torch.stack([p.conics for p in projections]).to(f32).contiguous(),
+        torch.stack(per_gaussian).to(f32).contiguous(),
+        opacities[None].expand(len(cameras), -1).to(f32).contiguous(),
         width,
         height,
         tile_size,
@@ -131,6 +137,7 @@ def render_views_with_gsplat(
             "depths": [p.depths for p in projections], "conics": [p.conics for p in projections]}
 
 
+@rasterize_in_fp32
 def render_with_gsplat(
     gsplat: Any,
     means: Tensor,

@@ -37,6 +37,7 @@ from ..errors import ConfigError
 from .camera import GaussianCamera, inria_matrices
 from .gaussian_rasterizer import register_backend
 from .optional_library import OptionalLibrary
+from .precision import rasterize_in_fp32
 from .reference import NEAR_PLANE, TILE_SIZE, check_inputs
 
 INRIA = OptionalLibrary(
@@ -61,6 +62,7 @@ def check_settings(near_plane: float, tile_size: int) -> None:
         )
 
 
+@rasterize_in_fp32
 def render_with_inria(
     library: Any,
     means: Tensor,
@@ -83,13 +85,20 @@ def render_with_inria(
     check_settings(near_plane, tile_size)
     opacities = check_inputs(means, quats, scales, opacities, features, colors, screen_points)[:, None]
     n = means.shape[0]
-    world_view, full_proj, campos = (m.to(means) for m in inria_matrices(camera))
+    # the CUDA code reads every tensor as float (data<float>()) on the Gaussians' device: cast and move
+    # here, whatever the inputs' dtype and the camera's device
+    f32 = dict(device=means.device, dtype=torch.float32)
+    camera = camera.on(means.device)
+    means, quats, scales, opacities = (t.to(**f32) for t in (means, quats, scales, opacities))
+    features = None if features is None else features.to(**f32)
+    colors = None if colors is None else colors.to(**f32)
+    world_view, full_proj, campos = (m.to(**f32).contiguous() for m in inria_matrices(camera))
     settings = dict(
-        image_height=camera.height,
-        image_width=camera.width,
-        tanfovx=camera.tanfovx,
-        tanfovy=camera.tanfovy,
-        bg=torch.zeros(3, dtype=means.dtype, device=means.device),
+        image_height=int(camera.height),
+        image_width=int(camera.width),
+        tanfovx=float(camera.tanfovx),
+        tanfovy=float(camera.tanfovy),
+        bg=torch.zeros(3, **f32),
         scale_modifier=1.0,
         viewmatrix=world_view,
         projmatrix=full_proj,
@@ -111,11 +120,11 @@ def render_with_inria(
     rasterizer = library.GaussianRasterizer(raster_settings=library.GaussianRasterizationSettings(**settings))
 
     if screen_points is None:
-        means2d = torch.zeros(n, 3, dtype=means.dtype, device=means.device)
+        means2d = torch.zeros(n, 3, **f32)
     elif screen_points.shape[1] == 2:  # pad, keeping screen_points in the graph
-        means2d = torch.cat([screen_points, torch.zeros_like(screen_points[:, :1])], dim=1)
+        means2d = torch.cat([screen_points, torch.zeros_like(screen_points[:, :1])], dim=1).to(**f32)
     else:
-        means2d = screen_points
+        means2d = screen_points.to(**f32)
     shape_args = dict(means3D=means, means2D=means2d, opacities=opacities, scales=scales, rotations=quats)
 
     if features is not None:

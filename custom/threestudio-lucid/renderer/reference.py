@@ -60,6 +60,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from .camera import GaussianCamera
+from .precision import rasterize_in_fp32
 
 # ---- constants of the original rasterizer (forward.cu, auxiliary.h, config.h) ----
 NEAR_PLANE = 0.2
@@ -161,6 +162,7 @@ def project_gaussians(
     order agree exactly. The tile rectangles are computed from the rounded means2d."""
     dtype = means.dtype
     f64 = torch.float64
+    camera = camera.on(means.device)
     width, height = camera.width, camera.height
     p_view = camera.world_to_camera(means.to(f64))
     tx, ty, tz = p_view.unbind(-1)
@@ -510,6 +512,7 @@ def keep_in_graph(out: Tensor, *inputs: Optional[Tensor]) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 # the public entry
 # ---------------------------------------------------------------------------------------------
+@rasterize_in_fp32
 def rasterize_reference(
     means: Tensor,
     quats: Tensor,
@@ -533,12 +536,16 @@ def rasterize_reference(
     [N,K,3] SH coefficients evaluated at ``sh_degree`` (K >= (sh_degree+1)^2) or ``colors`` [N,3]
     used as they are; ``background`` [3] or None; ``screen_points`` [N,2|3] densification leaf.
 
+    The camera may sit on another device (it is moved to the Gaussians'); autocast is off and half
+    inputs are promoted to float32 (``precision.py``), as for every backend.
+
     Returns ``rgb`` [H,W,3] (``C + T bg``, or premultiplied ``C`` without a background), ``alpha``
     [H,W,1] = 1 - T, ``depth`` [H,W,1] = sum w_i z_i, ``radii`` [N] int32 (0 = culled),
     ``visibility`` [N] bool, ``means2d`` [N,2] pixel positions, ``depths`` [N] view z, ``conics``
     [N,3].
     """
     opacities = check_inputs(means, quats, scales, opacities, features, colors, screen_points)
+    camera = camera.on(means.device)
     width, height = camera.width, camera.height
 
     proj = project_gaussians(means, quats, scales, camera, screen_points, near_plane, tile_size)

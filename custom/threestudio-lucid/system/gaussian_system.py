@@ -38,6 +38,7 @@ from ..errors import ConfigError, NonFiniteError
 from ..guidance.option_ranges import check_schedule_range
 from ..prompt_length import check_prompt_lengths, prompt_processor_prompts
 from ..rng import generator_states, global_rng_state, set_generator_states, set_global_rng_state
+from ..trainer_precision import precision_rule
 
 RNG_CHECKPOINT_KEY = "lucid_rng_states"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -367,6 +368,13 @@ class GaussianSplattingSystem(BaseLift3DSystem):
         state = self.__dict__.pop("_rng_after_train_step", None)
         if state is not None:
             set_global_rng_state(state)
+
+    def on_fit_start(self) -> None:
+        # inside threestudio the Trainer is built after the system: its precision is first seen here
+        precision = getattr(self.trainer, "precision", None)
+        if precision is not None and precision_rule(precision):
+            raise ConfigError(f"trainer.precision={precision!r} {precision_rule(precision)}")
+        super().on_fit_start()
 
     # ---- interruption ----
     def on_train_start(self) -> None:
