@@ -265,7 +265,7 @@ def test_lora_training_drops_the_camera_about_one_time_in_ten(tiny_sd_path, prom
     guidance = make("lucid-vsd-guidance", tiny_sd_path, lora_n_timestamp_samples=2)
     seen = []
 
-    def spy(latents, t, text, camera):  # records the camera the LoRA UNet would get
+    def spy(latents, t, text, camera, scale_loss=False):  # records the camera the LoRA UNet would get
         seen.append(camera.clone())
         return torch.zeros_like(latents)
 

@@ -3,9 +3,12 @@
 One source of truth: each guidance file (SDS, ISM, VSD/ESD) holds only what makes it different.
 
 - Loading: ``StableDiffusionPipeline.from_pretrained`` from a hub id or a local diffusers folder
-  (fp16 on CUDA with ``half_precision_weights``, fp32 on the CPU). A model that is neither a local
-  folder, nor in the Hugging Face cache, nor reachable, fails at once with one line naming
-  ``pretrained_model_name_or_path``.
+  (fp16 on CUDA with ``half_precision_weights``, fp32 on the CPU: ``ACCELERATOR_DEVICE_TYPES``). A
+  model that is neither a local folder, nor in the Hugging Face cache, nor reachable, fails at once
+  with one line naming ``pretrained_model_name_or_path``.
+- Memory options (xformers attention, attention slicing, channels-last, sequential CPU offload) work
+  with every guidance; the pairs that cannot (offload without a GPU, offload with VSD/ESD's trained
+  UNet) are refused in ``validate_config``, before anything loads.
 - Option ranges are checked in ``validate_config`` before anything is loaded (shared options here,
   the others in their guidance), each out-of-range value a one-line ConfigError naming its key; a
   folder whose text encoder width differs from its UNet's cross-attention width is one at load.
@@ -35,6 +38,11 @@ MODEL_KEY = GUIDANCE_PREFIX + "pretrained_model_name_or_path"
 PROMPT_PROCESSOR_MODEL_KEY = "system.prompt_processor.pretrained_model_name_or_path"
 SD_NUM_TRAIN_TIMESTEPS = 1000  # Stable Diffusion's (and diffusers' schedulers' default) training steps
 MAX_GUIDANCE_SCALE = 1000.0
+# Device types treated as accelerators: there ``half_precision_weights`` loads fp16 weights and
+# ``enable_sequential_cpu_offload`` offloads to the CPU. The CPU is none on purpose (fp16 kernels are
+# slow there and offloading from the CPU to itself saves nothing); tests add "cpu" (monkeypatch) to
+# run the GPU's code path (fp16 weights, meta weights behind accelerate's hooks) without a GPU.
+ACCELERATOR_DEVICE_TYPES = ("cuda",)
 
 
 def perpendicular_component(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -166,6 +174,13 @@ def num_train_timesteps_of(name_or_path: str) -> int:
         return SD_NUM_TRAIN_TIMESTEPS
 
 
+def execution_device(pipe) -> torch.device:
+    """Where ``pipe``'s models run: after sequential CPU offload their weights are on ``meta`` and
+    only accelerate's hooks know the device (diffusers' pipelines read ``_execution_device`` too)."""
+    device = getattr(pipe, "_execution_device", None)
+    return device if device is not None else pipe.text_encoder.device
+
+
 @dataclass
 class FrozenDiffusionModels:
     """The pretrained pipeline parts, kept out of the nn.Module tree (not trained, not checkpointed)."""
@@ -181,7 +196,7 @@ class StableDiffusionGuidanceBase(BaseModule):
     @dataclass
     class Config(BaseModule.Config):
         pretrained_model_name_or_path: str = "stabilityai/stable-diffusion-2-1-base"
-        half_precision_weights: bool = True  # fp16 weights on CUDA; always fp32 on the CPU
+        half_precision_weights: bool = True  # fp16 weights on CUDA (ACCELERATOR_DEVICE_TYPES); fp32 on the CPU
         enable_memory_efficient_attention: bool = False
         enable_sequential_cpu_offload: bool = False
         enable_attention_slicing: bool = False
@@ -223,11 +238,18 @@ class StableDiffusionGuidanceBase(BaseModule):
                                  why="a fraction of the training timesteps; 1 would draw t = N, past the schedule",
                                  example=getattr(self.Config, name))
         check_schedule_order(key + "min_step_percent", cfg.min_step_percent, key + "max_step_percent", cfg.max_step_percent)
+        if cfg.enable_sequential_cpu_offload and self.device.type not in ACCELERATOR_DEVICE_TYPES:
+            raise ConfigError(f"{key}enable_sequential_cpu_offload=true needs a CUDA device (this run is on "
+                              f"{self.device.type}): set it to false.")
+
+    def weights_dtype_for(self, device: torch.device) -> torch.dtype:
+        """fp16 with ``half_precision_weights`` on an accelerator, fp32 otherwise."""
+        on_accelerator = torch.device(device).type in ACCELERATOR_DEVICE_TYPES
+        return torch.float16 if self.cfg.half_precision_weights and on_accelerator else torch.float32
 
     def configure(self) -> None:
         self.validate_config()
-        use_fp16 = self.cfg.half_precision_weights and self.device.type == "cuda"
-        self.weights_dtype = torch.float16 if use_fp16 else torch.float32
+        self.weights_dtype = self.weights_dtype_for(self.device)
         info(f"Loading Stable Diffusion from {self.cfg.pretrained_model_name_or_path} ({self.weights_dtype}) ...")
         pipe = load_stable_diffusion(self.cfg.pretrained_model_name_or_path, self.weights_dtype)
         self._apply_memory_options(pipe)
@@ -270,26 +292,37 @@ class StableDiffusionGuidanceBase(BaseModule):
         for name, text in prompts.items():
             ids = pipe.tokenizer(
                 [text], padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt"
-            ).input_ids.to(pipe.text_encoder.device)
+            ).input_ids.to(execution_device(pipe))
             out[name] = pipe.text_encoder(ids)[0].to(self.device)
         return out
 
     def _apply_memory_options(self, pipe) -> None:
+        """Every option works with every guidance except sequential offload with a trained UNet (VSD
+        refuses it in ``validate_config``). Layout and attention are set while the weights are still
+        real tensors: sequential offload then keeps them (its CPU copies are the weights as they are)."""
+        self.apply_unet_memory_options(pipe.unet, pipe)
+        if self.cfg.enable_sequential_cpu_offload:
+            # on the guidance's device (cuda:N), not diffusers' default accelerator 0
+            pipe.enable_sequential_cpu_offload(device=self.device)
+        else:
+            pipe.to(self.device)
+
+    def apply_unet_memory_options(self, unet, pipe=None) -> None:
+        """Attention (xformers or slicing) and memory layout of ``unet`` (through ``pipe`` when given,
+        which sets them on each of its models)."""
+        owner = unet if pipe is None else pipe
         if self.cfg.enable_memory_efficient_attention:
             try:
-                pipe.enable_xformers_memory_efficient_attention()
+                owner.enable_xformers_memory_efficient_attention()
             except Exception:
                 info("xformers is not available: torch's scaled-dot-product attention is used (already memory-efficient).")
         if self.cfg.enable_attention_slicing:
-            pipe.enable_attention_slicing(1)
-        if self.cfg.enable_sequential_cpu_offload:
-            if self.device.type != "cuda":
-                raise ConfigError("system.guidance.enable_sequential_cpu_offload=true needs a CUDA device.")
-            pipe.enable_sequential_cpu_offload()
-        else:
-            pipe.to(self.device)
+            if pipe is None:
+                unet.set_attention_slice(1)
+            else:
+                pipe.enable_attention_slicing(1)
         if self.cfg.enable_channels_last_format:
-            pipe.unet.to(memory_format=torch.channels_last)
+            unet.to(memory_format=torch.channels_last)
 
     # ---- the frozen models (not registered: see module docstring) ----
     @property

@@ -25,6 +25,12 @@ prediction type) is loaded from that second model. Only the LoRA matrices and th
 registered here, so they are what ``guidance.parameters()``, the ``optimizer.params.guidance`` group
 and the checkpoint see; loading a state dict writes straight into the UNet's adapter weights.
 
+Precision. With fp16 weights (``half_precision_weights`` on a GPU) the LoRA matrices and the camera
+embedding stay fp32 (diffusers' LoRA recipe) and the LoRA loss's backward runs under a dynamic loss
+scale (``loss_scale.py``: GradScaler's rule inside the guidance, since the system trains in 32-true
+precision without one); without it 10% of the LoRA's gradient entries underflow to zero at 512 px.
+``loss_lora`` is the unscaled loss; S is logged as ``lora_loss_scale`` and kept in the checkpoint.
+
 Departures from threestudio: peft adapters instead of ``LoRAAttnProcessor`` (gone since diffusers
 0.30) with the same init (A ~ N(0, 1/r), B = 0) and the same targets (every attention's q, k, v and
 out projections); the camera is dropped per item rather than for the whole batch (same rate, a less
@@ -42,6 +48,7 @@ import torch.nn.functional as F
 from ..compat import register, warn
 from ..errors import ConfigError
 from .diffusion_base import GUIDANCE_PREFIX, StableDiffusionGuidanceBase, check_model_reachable, dtype_argument
+from .loss_scale import DynamicLossScale
 from .option_ranges import check_range
 
 LORA_MODEL_KEY = "system.guidance.pretrained_model_name_or_path_lora"
@@ -151,6 +158,12 @@ class VSDGuidance(StableDiffusionGuidanceBase):
         else:
             self._add_lora(self.lora_models.unet)
         self._add_camera_embedding(self.lora_models.unet)
+        # what the LoRA loss trains, by name in the LoRA UNet (= guidance.parameters())
+        self.lora_trainables = {n: p for n, p in self.lora_models.unet.named_parameters() if p.requires_grad}
+        # fp32 LoRA on an fp16 UNet under 32-true precision: a loss scale keeps its gradient from
+        # underflowing in the UNet's fp16 backward (see loss_scale.py; a full estimator is fp32)
+        fp16_base = self.weights_dtype == torch.float16 and not self.cfg.train_full_estimator
+        self.lora_loss_scale = DynamicLossScale(fp16_base, device=self.device)
 
     def _lora_base_model(self) -> LoRADiffusionModel:
         name = self.cfg.pretrained_model_name_or_path_lora
@@ -170,10 +183,7 @@ class VSDGuidance(StableDiffusionGuidanceBase):
                 f"{' '.join(str(e).split())[:300]}"
             ) from None
         unet.to(self.device).eval().requires_grad_(False)
-        if self.cfg.enable_attention_slicing:
-            unet.set_attention_slice(1)
-        if self.cfg.enable_channels_last_format:
-            unet.to(memory_format=torch.channels_last)
+        self.apply_unet_memory_options(unet)
         self._check_compatible(unet, scheduler)
         return LoRADiffusionModel(unet=unet, scheduler=scheduler, single_model=False)
 
@@ -269,17 +279,30 @@ class VSDGuidance(StableDiffusionGuidanceBase):
             unet.enable_adapters()
 
     def lora_model_output(
-        self, latents: torch.Tensor, t: torch.Tensor, text_embeddings: torch.Tensor, camera: torch.Tensor
+        self,
+        latents: torch.Tensor,
+        t: torch.Tensor,
+        text_embeddings: torch.Tensor,
+        camera: torch.Tensor,
+        scale_loss: bool = False,
     ) -> torch.Tensor:
-        """The LoRA UNet's raw output (noise or velocity, per its scheduler) under ``camera`` [B,16]."""
+        """The LoRA UNet's raw output (noise or velocity, per its scheduler) under ``camera`` [B,16].
+        ``scale_loss``: the LoRA loss's call, with the loss scale around the UNet (a no-op in fp32);
+        the output's value is the same, only the trained parameters' gradients are protected."""
         # a fully trained estimator is kept in fp32; a LoRA runs in the base UNet's dtype
         dtype = torch.float32 if self.cfg.train_full_estimator else self.weights_dtype
-        return self.unet_lora(
-            latents.to(dtype),
-            t.to(latents.device),
+        args = (latents.to(dtype), t.to(latents.device))
+        kwargs = dict(
             encoder_hidden_states=text_embeddings.to(dtype),
             class_labels=camera.to(self.camera_embedding.linear_1.weight.dtype),
-        ).sample.to(latents.dtype)
+        )
+
+        def output(result):
+            return result.sample.to(latents.dtype)
+
+        if scale_loss:
+            return self.lora_loss_scale.call(self.unet_lora, self.lora_trainables, args, kwargs, output)
+        return output(self.unet_lora(*args, **kwargs))
 
     def lora_eps(
         self, latents: torch.Tensor, t: torch.Tensor, text_embeddings: torch.Tensor, camera: torch.Tensor
@@ -339,7 +362,7 @@ class VSDGuidance(StableDiffusionGuidanceBase):
         if self.cfg.lora_cfg_training:
             keep = torch.rand([count, 1], generator=generator, device=latents.device) >= CAMERA_DROP_PROB
             camera = camera * keep.to(camera.dtype)
-        pred = self.lora_model_output(noisy, t, text_cond, camera)
+        pred = self.lora_model_output(noisy, t, text_cond, camera, scale_loss=True)
         return F.mse_loss(pred.float(), target.float(), reduction="mean")
 
     # ---- the guidance ----
@@ -381,9 +404,9 @@ class VSDGuidance(StableDiffusionGuidanceBase):
                 )["eps"]
             eps_estimate = self.lora_score(latents_noisy, t, text_cond, camera)
         grad = self.clean_gradient(self.weight(t) * (eps_pretrained - eps_estimate))
-        return {
+        out = {
             "loss_vsd": self.gradient_as_loss(latents, grad),
-            "loss_lora": self.lora_loss(latents, text_cond, camera, generator),
+            "loss_lora": self.lora_loss(latents, text_cond, camera, generator),  # unscaled: the true loss
             "grad_norm": grad.norm(),
             "min_step": self.min_step,
             "max_step": self.max_step,
@@ -391,3 +414,6 @@ class VSDGuidance(StableDiffusionGuidanceBase):
             # the knob in effect, logged so a command-line override shows in the run's metrics
             "guidance_scale_lora": self.guidance_scale_lora,
         }
+        if self.lora_loss_scale.enabled:
+            out["lora_loss_scale"] = self.lora_loss_scale.scale.clone()  # S before this step's backward
+        return out
