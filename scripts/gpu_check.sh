@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU path in one prepared command: install what the GPU machine lacks from carried wheels and
-# sources, build the CUDA rasterizers for the local GPU only, then
+# sources, build the CUDA rasterizers for the local GPU only (once: every later step loads that build), then
 #   1. pytest tests/renderer -m gpu          gsplat and inria parity against the reference on CUDA
+#                                            (a backend that does not load fails; it does not skip)
 #   2. scripts/bench_rasterizers.py --cuda-only   reference, gsplat, inria at 20k/100k Gaussians, 256/512 px
 #   3. scripts/gpu_ism_step.py               a full ISM step at the real size: SD 2.1-base's UNet, VAE and
 #                                            text encoder (random weights, fp16), 512x512, 4 views, 100k
@@ -12,27 +13,60 @@
 # what ran before it. The steps share one deadline (GPU_CHECK_BUDGET seconds, default 570).
 #
 #   bash scripts/gpu_check.sh --prepare [--inria-src DIR]   here (network): wheels and sources into .gpu_carry/
-#   bash scripts/gpu_check.sh --dry-run                     here (CPU): check the carry, rehearse every step small
+#   bash scripts/gpu_check.sh --dry-run                     here (CPU): check the carry, then rehearse every step
+#                                                           small on a copy of the tree without .git, as it travels
 #   bash scripts/gpu_check.sh                               there (CUDA): the check itself; OUT=... for the results
 #
 # With the device tool: run(command="bash scripts/gpu_check.sh", carry=[".gpu_carry"], timeout_s=600).
-# The GPU machine has torch, transformers, peft, pytorch-lightning, imageio and nvcc but no network;
+# The GPU machine has torch, transformers, peft, pytorch-lightning, imageio, ninja and nvcc but no network;
 # .gpu_carry/ (ignored by git) holds the rest: the wheels below and diff-gaussian-rasterization's source
 # with glm. Nothing here asserts a speed: the results are for reading.
 set -uo pipefail
+# paths given relative to where the script was called from (symbolic links kept: a venv's python is one)
+[ -n "${GPU_CHECK_CARRY:-}" ] && GPU_CHECK_CARRY=$(realpath -ms -- "$GPU_CHECK_CARRY")
+[[ ${PYTHON:-} == */* ]] && PYTHON=$(realpath -ms -- "$PYTHON")
 cd "$(dirname "$0")/.."
 REPO=$PWD
+SELF=$REPO/scripts/gpu_check.sh  # $0 may be relative to where it was called from
 CARRY=${GPU_CHECK_CARRY:-$REPO/.gpu_carry}
 # the versions the CPU test suite runs with; gsplat as pinned in setup.py's test extra; imageio-ffmpeg
 # 0.5.1 because its wheel is 27 MB (0.8 is 68 MB; 0.4 imports pkg_resources, gone from setuptools 81, over the device tool's 64 MiB for everything carried)
 WHEELS=(diffusers==0.42.1 omegaconf==2.4.0 plyfile==1.1.5 gsplat==1.5.3 imageio-ffmpeg==0.5.1)
 INRIA_URL=https://github.com/graphdeco-inria/diff-gaussian-rasterization
-CARRY_LIMIT_MIB=60
+CARRY_LIMIT_MIB=60  # the device tool takes 64 MiB; the rest is room for what a warm machine keeps
 PROMPT="a DSLR photo of a corgi wearing a red hat"
+
+# Time. The device tool stops the command at 600 s; the budget (570 s) leaves 30 s for what the driver does
+# outside the steps (the device query, the carry check, a killed step's 10 s grace, the summary).
+# Setup compiles both CUDA libraries side by side (MAX_JOBS=16 each, 16 cores) while the SD 2.1-base-sized
+# random pipeline is built on the GPU. What it compiles, measured on the CPU machine (2 cores of an AMD
+# EPYC at 2.6 GHz, shared: load 4-5) on 2026-12-07 with nvcc 13.0, g++ 12.2, torch 2.13's extension builds,
+# for sm_90 only (TORCH_CUDA_ARCH_LIST=9.0), CPU seconds per object (user + system, so hardly moved by the
+# load; the wall times there were 2-3x longer):
+#     bash scripts/gpu_check.sh --prepare --inria-src /work/.mirror/graphdeco-inria+diff-gaussian-rasterization/repo
+#     bash scripts/measure_cuda_build.sh --jobs 2      (gsplat's JIT build, inria's setup.py build_ext)
+#   gsplat 1.5.3: 29 objects, 766 CPU s; slowest RasterizeToPixels2DGSBwd 79, RasterizeToPixelsFromWorld3DGSBwd 71,
+#     RasterizeToPixelsFromWorld3DGSFwd 58, ProjectionUT3DGSFused 51, RasterizeToPixels3DGSBwd 47, ext.cpp 47;
+#     the 20 others 12-35 each (1049 s wall on the 2 loaded cores)
+#   inria (diff-gaussian-rasterization 59f5f77): 5 objects, 201 CPU s; rasterize_points.cu 108, ext.cpp 61,
+#     rasterizer_impl.cu 17, forward.cu 8, backward.cu 8 (223 s wall there)
+#   together 968 CPU s: on 16 cores at that speed per core at least 108 s (the slowest object; 968/16 = 61),
+#   108 s with the longest started first, at most 168 s in any order (968/16 + 108).
+# Setup adds ~40 s that is not compiling (wheels, imports, the JIT's link, the module report; the pipeline's
+# ~1.3B random parameters are made on the GPU and saved while nvcc runs): ~150-210 s expected. Its cap,
+# 300 s, covers a device core 1.4x slower than the EPYC's; a setup timeout loses the whole run, a later
+# step's loses that step. The later caps stop a hung step; expected there: parity 30-60 s, bench 40-80,
+# ISM step 45-90 (pipeline load, 8 steps), end to end 60-120 (40 steps, validation, test video, PLY):
+# ~200-350 s after a ~150-210 s setup fits in 570 s, and a slow setup (300 s) still leaves 270 s, the
+# end-to-end step last. Building here instead (were it needed) would take torch 2.11+cu130 here to link
+# against (libtorch_cuda; the CPU torch has none) and Python 3.12 for the ABI, and the built code (the
+# objects are 17 MB for gsplat, 21 MB for inria) would push the 42 MiB carry past its 60 MiB.
+BUDGET_DEFAULT=570
+SETUP_CAP=300 PARITY_CAP=90 BENCH_CAP=120 ISM_CAP=150 E2E_CAP=200
 
 die() { echo "error: $*" >&2; exit 2; }
 
-usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$SELF"; }  # the header above
 
 # ---------------------------------------------------------------------------------------------
 # --prepare: fetch the carry (run where pip and the network work)
@@ -66,8 +100,32 @@ prepare() {
     mkdir -p "$dst/third_party/glm" && cp -r "$tmp/root/usr/include/glm" "$dst/third_party/glm/glm"
     rm -rf "$tmp"
   fi
-  check_carry && echo "carry ready in $CARRY ($(du -sm "$CARRY" | cut -f1) MiB)"
+  check_carry && echo "carry ready in $CARRY; travels: $TRAVELS"
 }
+
+# ---------------------------------------------------------------------------------------------
+# what travels to the GPU machine
+# ---------------------------------------------------------------------------------------------
+# The device tool sends the tracked and the untracked-not-ignored files (and shared/) plus the carry, into
+# a folder without .git. So with .git, git says what it would send; without (there, or in the dry run's
+# copy) the tree as it is, minus the __pycache__ folders a warm machine keeps from an earlier run.
+tree_files() {  # NUL-separated paths relative to $REPO
+  if [ -e "$REPO/.git" ]; then
+    git -C "$REPO" ls-files -z --cached --others --exclude-standard
+    if [ -d "$REPO/shared" ]; then (cd "$REPO" && find shared \( -type f -o -type l \) -print0); fi
+  else
+    (cd "$REPO" && find . -name .git -prune -o -name __pycache__ -prune -o \( -type f -o -type l \) -print0) \
+      | sed -z 's|^\./||'
+  fi
+}
+
+carry_files() { find "$CARRY" \( -type f -o -type l \) -print0 2>/dev/null; }
+
+bytes_of() {  # the size of the NUL-separated paths on stdin, in bytes (files and links; folders count 0)
+  xargs -0 -r stat -c '%F|%s' -- 2>/dev/null | awk -F'|' '$1 != "directory" { s += $2 } END { print s + 0 }'
+}
+
+mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
 
 # every carried file is there, once, and everything that travels fits the device tool's limit
 check_carry() {
@@ -88,58 +146,97 @@ check_carry() {
            cuda_rasterizer/rasterizer_impl.cu diff_gaussian_rasterization/__init__.py third_party/glm/glm/glm.hpp; do
     [ -f "$src/$f" ] || { echo "error: .gpu_carry/src/diff-gaussian-rasterization/$f is missing: run --prepare" >&2; ok=1; }
   done
-  local tree carry_mib
-  tree=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
-  carry_mib=$(( ($(du -sb "$CARRY" 2>/dev/null | cut -f1) + tree) / 1048576 ))
-  [ "$carry_mib" -le "$CARRY_LIMIT_MIB" ] || { echo "error: tree + .gpu_carry is $carry_mib MiB, over $CARRY_LIMIT_MIB MiB" >&2; ok=1; }
+  # each file once: the carry may sit inside the tree (it does: .gpu_carry/), and git may list it too
+  local total carry_bytes how="as git sends it" prefix
+  [ -e "$REPO/.git" ] || how="no .git: the tree as it is"
+  prefix=$(printf '%s/' "$REPO" | sed 's/[&|\\]/\\&/g')  # $REPO/ as a sed replacement
+  carry_bytes=$(carry_files | bytes_of)
+  total=$({ tree_files | sed -z "s|^|$prefix|"; carry_files; } | sort -zu | bytes_of)
+  TRAVELS="$(mib "$total") MiB ($how: tree $(mib $((total - carry_bytes))) MiB + .gpu_carry $(mib "$carry_bytes") MiB)"
+  [ "$total" -le $((CARRY_LIMIT_MIB * 1048576)) ] || {
+    echo "error: what travels to the GPU machine is $TRAVELS, over $CARRY_LIMIT_MIB MiB: carry less in .gpu_carry or ignore large files" >&2
+    ok=1
+  }
   return $ok
 }
 
+# the files that travel, copied without .git (the dry run rehearses on what the GPU machine gets)
+copy_tree() {  # copy_tree DEST
+  local dest=$1
+  rm -rf "$dest" && mkdir -p "$dest" || return 1
+  # --no-recursion: a nested repository that git lists as a folder travels empty, as with the device tool
+  tree_files | (cd "$REPO" && tar --null --no-recursion --ignore-failed-read -T - -cf -) | tar -xf - -C "$dest" \
+    && rm -rf "$dest/.gpu_carry" && cp -a "$CARRY" "$dest/.gpu_carry"
+}
+
 # ---------------------------------------------------------------------------------------------
-# the steps (each runs as `gpu_check.sh --step NAME` under its own timeout)
+# the steps (each runs as `gpu_check.sh --step NAME` under its own timeout, with the driver's environment)
 # ---------------------------------------------------------------------------------------------
-step_setup() {  # GPU machine only
+timed() {  # run a command; its last output line says how it ended and how long it took
+  local start=$SECONDS rc
+  "$@"; rc=$?
+  echo "[exit $rc after $((SECONDS - start)) s]"
+  return $rc
+}
+
+report_modules() {  # versions and files of what the steps import; carried wheels must come from $SITE
+  local spec carried=()
+  for spec in "${WHEELS[@]}"; do carried+=("$(tr - _ <<<"${spec%%==*}")"); done
+  "$PY" scripts/gpu_check_report.py modules "$SITE" "${carried[@]}"
+}
+
+step_setup() {
   set -e
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  [ "$DRY" = 1 ] || nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$CARRY"/whl/*.whl
   ln -sfn "$REPO/custom/threestudio-lucid" "$SITE/threestudio_lucid"
-  local arch; arch=$("$PY" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")
-  export TORCH_CUDA_ARCH_LIST=$arch MAX_JOBS=${MAX_JOBS:-16}
-  echo "building for compute capability $arch only, MAX_JOBS=$MAX_JOBS"
+  if [ "$DRY" = 1 ]; then
+    # no CUDA here: the C++ kernel the CPU steps render with is what gets built once, here, instead
+    timed "$PY" -c "from threestudio_lucid.renderer import cpu_backend; cpu_backend.load_kernel(strict=True)"
+    timed "$PY" -m threestudio_lucid.tiny_pipeline "$PIPE" --architecture tiny
+    report_modules
+    return
+  fi
+  echo "building for compute capability $TORCH_CUDA_ARCH_LIST only, MAX_JOBS=$MAX_JOBS, into $TORCH_EXTENSIONS_DIR and $SITE"
   # CUDA code: inria (pip build of the carried source) and gsplat (its JIT build) side by side
   rm -rf "$WORK/dgr" && cp -r "$CARRY/src/diff-gaussian-rasterization" "$WORK/dgr"
   # newer host compilers no longer pull <cstdint> in transitively; the upstream source relies on it
   (cd "$WORK/dgr" && NVCC_APPEND_FLAGS="-include cstdint" CXXFLAGS="-include cstdint" \
-     "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --target "$SITE" .) \
+     timed "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --target "$SITE" .) \
      >"$WORK/inria-build.log" 2>&1 &
   local inria=$!
-  "$PY" -c "from gsplat.cuda._backend import _C; assert _C is not None, 'gsplat did not build'" \
+  timed "$PY" -c "from gsplat.cuda._backend import _C; assert _C is not None, 'gsplat did not build'" \
      >"$WORK/gsplat-build.log" 2>&1 &
   local gsplat=$!
   set +e
   # SD 2.1-base's models with random weights, initialised on the GPU while the kernels compile
-  "$PY" -m threestudio_lucid.tiny_pipeline "$PIPE" --architecture sd21-base --fp16 --device cuda
-  local pipe_rc=$? inria_rc gsplat_rc
+  timed "$PY" -m threestudio_lucid.tiny_pipeline "$PIPE" --architecture sd21-base --fp16 --device cuda
+  local pipe_rc=$? inria_rc gsplat_rc modules_rc
   wait $inria; inria_rc=$?
   wait $gsplat; gsplat_rc=$?
   echo "--- inria build (rc $inria_rc)"; tail -n 30 "$WORK/inria-build.log"
   echo "--- gsplat build (rc $gsplat_rc)"; tail -n 30 "$WORK/gsplat-build.log"
-  "$PY" - <<'EOF'
-import importlib
-for name in ("torch", "diffusers", "transformers", "peft", "pytorch_lightning", "omegaconf", "gsplat",
-             "diff_gaussian_rasterization", "imageio_ffmpeg", "threestudio_lucid"):
-    try:
-        module = importlib.import_module(name)
-        print(f"{name} {getattr(module, '__version__', '')} from {getattr(module, '__file__', '?')}")
-    except Exception as e:
-        print(f"{name} unavailable: {type(e).__name__}: {e}")
-EOF
-  echo "pipeline rc $pipe_rc, inria build rc $inria_rc, gsplat build rc $gsplat_rc"
-  [ $pipe_rc = 0 ]  # the kernels may fail (their parity tests then skip with the reason); the pipeline may not
+  report_modules; modules_rc=$?
+  echo "pipeline rc $pipe_rc, inria build rc $inria_rc, gsplat build rc $gsplat_rc, modules rc $modules_rc"
+  # the kernels may fail here (the parity step then fails with their build logs); the pipeline may not
+  [ $pipe_rc = 0 ] && [ $modules_rc = 0 ]
 }
 
 step_parity() {
-  "$PY" -m pytest tests/renderer -m gpu -q -rs -p no:cacheprovider
+  if [ "$DRY" = 1 ]; then  # no CUDA here: the gpu tests collect and skip
+    "$PY" -m pytest tests/renderer -m gpu -q -rs -p no:cacheprovider
+    return
+  fi
+  # tests/renderer fails (instead of skipping) a gpu test whose device or backend is missing when asked to
+  local out=$WORK/parity-pytest.txt rc
+  LUCID_REQUIRE_CUDA_BACKENDS=1 "$PY" -m pytest tests/renderer -m gpu -q -rs -p no:cacheprovider 2>&1 | tee "$out"
+  rc=${PIPESTATUS[0]}
+  # and whatever the tests do: every test here is a gpu test, so any skip (-rs lists them) is a failure
+  if grep -q '^SKIPPED' "$out"; then
+    echo "error: gpu tests skipped on the GPU machine (SKIPPED lines above): a CUDA backend did not load; its build log is in summary.txt"
+    [ "$rc" != 0 ] || rc=1
+  fi
+  return "$rc"
 }
 
 step_bench() {
@@ -175,27 +272,27 @@ step_e2e() {
     system.geometry.densify_until_iter=$((steps - every)) system.geometry.prune_from_iter=$every \
     system.geometry.prune_interval=$every system.geometry.prune_until_iter=$((steps - every)) \
     system.geometry.opacity_reset_interval=$((steps * 3 / 4)) || return
-  "$PY" - "$root" "$steps" <<'EOF'
-import glob, os, sys
-from plyfile import PlyData
-root, steps = sys.argv[1], int(sys.argv[2])
-trial = glob.glob(os.path.join(root, "*", "*"))[0]
-plys = glob.glob(os.path.join(trial, "save", "*.ply"))
-videos = glob.glob(os.path.join(trial, "save", f"it{steps}-test.mp4"))
-ckpts = sorted(os.listdir(os.path.join(trial, "ckpts")))
-assert plys, f"no PLY in {trial}/save"
-assert videos, f"no it{steps}-test.mp4 in {trial}/save"
-vertices = PlyData.read(plys[0])["vertex"].count
-print(f"run folder {trial}: PLY {os.path.basename(plys[0])} with {vertices} Gaussians, "
-      f"video {os.path.basename(videos[0])}, checkpoints {ckpts}")
-EOF
+  "$PY" scripts/gpu_check_report.py e2e "$root" "$steps"
 }
 
 # ---------------------------------------------------------------------------------------------
 # driver
 # ---------------------------------------------------------------------------------------------
+# Compiled code, to prove that setup built each extension once and the later steps only loaded it:
+# the object and library files of torch's extension builds (gsplat's JIT, the dry run's CPU kernel) and
+# of pip's (inria's _C*.so in $SITE), with size and modification time.
+built_code() {
+  find "$TORCH_EXTENSIONS_DIR" "$SITE" -type f \( -name '*.so' -o -name '*.o' \) -printf '%p %s %T@\n' 2>/dev/null | sort
+}
+
+rebuilt() {  # rebuilt BEFORE AFTER: "extension (n files)" for each whose compiled files changed between two built_code lists
+  diff "$1" "$2" | sed -n 's/^[<>] \(.*\) [0-9]* [0-9.]*$/\1/p' | sort -u \
+    | sed "s|^$TORCH_EXTENSIONS_DIR/||; s|^$SITE/||" | cut -d/ -f1 | uniq -c \
+    | awk '{ printf "%s%s (%d files)", (NR > 1 ? ", " : ""), $2, $1 }'
+}
+
 run_step() {  # run_step <n> <name> <cap seconds>: the step under min(cap, time to the deadline)
-  local num=$1 name=$2 cap=$3 left t start rc status
+  local num=$1 name=$2 cap=$3 left t start rc status changed=
   left=$(( DEADLINE - $(date +%s) ))
   t=$(( cap < left ? cap : left ))
   if [ "$t" -lt 15 ]; then
@@ -204,16 +301,38 @@ run_step() {  # run_step <n> <name> <cap seconds>: the step under min(cap, time 
   fi
   start=$(date +%s)
   echo "== step $num $name (up to $t s)"
-  timeout --kill-after=10 "$t" bash "$0" --step "$name" >"$OUT/$num-$name.log" 2>&1
+  built_code >"$WORK/built-before"
+  timeout --kill-after=10 "$t" bash "$SELF" --step "$name" >"$OUT/$num-$name.log" 2>&1
   rc=$?
   case $rc in
     0) status=ok ;;
     124|137) status="TIMEOUT after $t s" ;;
     *) status="FAILED (exit $rc)" ;;
   esac
+  # setup builds; any later step that compiles (another arch list, another folder) is a failure
+  if [ "$name" != setup ]; then
+    built_code >"$WORK/built-after"
+    changed=$(rebuilt "$WORK/built-before" "$WORK/built-after")
+    if [ -n "$changed" ]; then
+      [ "$rc" != 0 ] || { rc=1; status="FAILED (it compiled)"; }
+    fi
+  fi
   echo "step $num $name: $status in $(( $(date +%s) - start )) s" | tee -a "$SUMMARY"
+  [ -z "$changed" ] || echo "step $num $name rebuilt compiled code that setup builds once: $changed" \
+    "(TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST, TORCH_EXTENSIONS_DIR=$TORCH_EXTENSIONS_DIR)" | tee -a "$SUMMARY"
   tail -n 4 "$OUT/$num-$name.log"
   return $rc
+}
+
+build_log_tails() {  # the end of each CUDA build's log, for the summary when parity fails
+  local log
+  for log in inria-build.log gsplat-build.log; do
+    if [ -f "$WORK/$log" ]; then
+      echo "--- last 15 lines of $log"; tail -n 15 "$WORK/$log"
+    else
+      echo "--- $log: not written ($([ "$DRY" = 1 ] && echo "the dry run builds no CUDA code" || echo "setup did not get that far"))"
+    fi
+  done
 }
 
 MODE=run INRIA_SRC=
@@ -230,67 +349,57 @@ while [ $# -gt 0 ]; do
 done
 
 if [ "$MODE" = prepare ]; then prepare "$INRIA_SRC"; exit $?; fi
-if [ "$MODE" = step ]; then "step_${STEP//-/_}"; exit $?; fi
+# a step's processes know which step they are in (the CPU tests' stand-in for the GPU machine reads it)
+if [ "$MODE" = step ]; then export GPU_CHECK_STEP=$STEP; "step_${STEP//-/_}"; exit $?; fi
 
-export DRY=0 BUDGET=${GPU_CHECK_BUDGET:-570} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+export DRY=0 BUDGET=${GPU_CHECK_BUDGET:-$BUDGET_DEFAULT} PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 [ "$MODE" = dry ] && DRY=1
 export WORK=${GPU_CHECK_WORK:-/tmp/lucid-gpu-check}
 if [ "$DRY" = 1 ]; then
-  export PY=${PYTHON:-$REPO/.venv/bin/python} OUT=${OUT:-$WORK/dry-run} PIPE=$WORK/tiny-sd
-  export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+  export PY=${PYTHON:-$REPO/.venv/bin/python}
   [ -x "$PY" ] || die "$PY not found: run scripts/setup.sh first (or set PYTHON)"
+  check_carry || exit 2  # before anything is written
+  if [ "${GPU_CHECK_IN_COPY:-0}" != 1 ]; then
+    # rehearse on what the GPU machine gets: the files that travel, without .git, the carry inside
+    [ "$REPO" != "$(realpath -m -- "$WORK/tree")" ] \
+      || die "$REPO is the dry run's own copy (replaced by every dry run): run scripts/gpu_check.sh --dry-run from the checkout"
+    copy_tree "$WORK/tree" || die "could not copy the tree to $WORK/tree: is there room? (GPU_CHECK_WORK sets another folder)"
+    echo "dry run: what travels ($TRAVELS) copied to $WORK/tree, without .git; the driver runs there"
+    exec env -u GPU_CHECK_CARRY GPU_CHECK_IN_COPY=1 PYTHON="$PY" bash "$WORK/tree/scripts/gpu_check.sh" --dry-run
+  fi
+  export OUT=${OUT:-$WORK/dry-run} PIPE=$WORK/tiny-sd SITE=$WORK/site-dry TORCH_CUDA_ARCH_LIST=9.0  # the lent H100/H200's
+  export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 else
   export PY=${PYTHON:-python3} OUT=${OUT:-$REPO/gpu_check_out} PIPE=$WORK/sd21-base-random SITE=$WORK/site
-  export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
-  "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" \
+  arch=$("$PY" -c "import torch; assert torch.cuda.is_available(); print('%d.%d' % torch.cuda.get_device_capability())") \
     || die "no CUDA device for $PY: this is the GPU run; use --dry-run on a CPU machine"
+  check_carry || exit 2  # before anything is written
+  export TORCH_CUDA_ARCH_LIST=$arch
 fi
-check_carry || exit 2  # before anything is written
+# Every step is a new process: the build environment is set here, once, for all of them. torch's
+# extension builds (gsplat's JIT) recompile when the arch list changes (it defaults to "<arch>+PTX") and
+# build per folder (default ~/.cache/torch_extensions): one arch list, one folder under $WORK.
+export TORCH_EXTENSIONS_DIR=$WORK/torch_extensions MAX_JOBS=${MAX_JOBS:-$(nproc)}
+export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
 mkdir -p "$OUT" "$WORK"
+rm -rf "$PIPE" "$SITE"
 export SUMMARY=$OUT/summary.txt
 START=$(date +%s); export DEADLINE=$((START + BUDGET))
 : >"$SUMMARY"
-echo "gpu_check $([ "$DRY" = 1 ] && echo --dry-run) $(git rev-parse --short HEAD 2>/dev/null) $(date -u +%FT%TZ), budget $BUDGET s" | tee -a "$SUMMARY"
+echo "gpu_check $([ "$DRY" = 1 ] && echo "--dry-run ")$([ -e .git ] && git rev-parse --short HEAD 2>/dev/null || echo "(no .git)") $(date -u +%FT%TZ), budget $BUDGET s" | tee -a "$SUMMARY"
+echo "carry: ${#WHEELS[@]} wheels and diff-gaussian-rasterization's source; travels: $TRAVELS" | tee -a "$SUMMARY"
+echo "build environment of every step: TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST MAX_JOBS=$MAX_JOBS TORCH_EXTENSIONS_DIR=$TORCH_EXTENSIONS_DIR" | tee -a "$SUMMARY"
+bash -n "$SELF" || die "$SELF does not parse"
+"$PY" -m py_compile scripts/gpu_ism_step.py scripts/bench_rasterizers.py scripts/gpu_check_report.py || die "a step script does not parse"
 
-echo "carry: ${#WHEELS[@]} wheels and diff-gaussian-rasterization's source are in .gpu_carry" | tee -a "$SUMMARY"
-bash -n "$0" || die "$0 does not parse"
-"$PY" -m py_compile scripts/gpu_ism_step.py scripts/bench_rasterizers.py || die "a step script does not parse"
-
-if [ "$DRY" = 1 ]; then
-  # the GPU run's setup step minus CUDA: the carried wheels install offline and import beside the
-  # plugin's symlink, and the random pipeline is built (the tiny architecture here)
-  rm -rf "$PIPE" "$WORK/site-dry"
-  { "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$WORK/site-dry" "$CARRY"/whl/*.whl \
-    && ln -sfn "$REPO/custom/threestudio-lucid" "$WORK/site-dry/threestudio_lucid" \
-    && PYTHONPATH=$WORK/site-dry "$PY" -c "
-import os, sys, diffusers, omegaconf, plyfile, gsplat, imageio_ffmpeg, threestudio_lucid
-site = os.path.realpath(sys.argv[1])
-for m in (diffusers, omegaconf, plyfile, gsplat, imageio_ffmpeg):
-    assert os.path.realpath(m.__file__).startswith(site), (m.__name__, m.__file__)
-print('carried wheels import from', site, '; diffusers', diffusers.__version__, '; gsplat', gsplat.__version__)
-" "$WORK/site-dry" \
-    && "$PY" -m threestudio_lucid.tiny_pipeline "$PIPE" --architecture tiny; } >"$OUT/00-setup.log" 2>&1 \
-    && echo "step 00 setup: ok (dry run: carried wheels installed offline and imported; tiny pipeline; no CUDA build)" | tee -a "$SUMMARY" \
-    || { echo "step 00 setup: FAILED" | tee -a "$SUMMARY"; cat "$OUT/00-setup.log"; exit 1; }
-else
-  rm -rf "$PIPE"
-  run_step 00 setup 300 || { echo "setup failed: see $OUT/00-setup.log" | tee -a "$SUMMARY"; exit 1; }
-fi
+run_step 00 setup "$SETUP_CAP" || { echo "setup failed: see $OUT/00-setup.log" | tee -a "$SUMMARY"; exit 1; }
 failed=0
-run_step 01 parity 90 || failed=1
-run_step 02 bench 120 || failed=1
-run_step 03 ism-step 150 || failed=1
-run_step 04 e2e 200 || failed=1
+run_step 01 parity "$PARITY_CAP" || { failed=1; build_log_tails >>"$SUMMARY"; }
+run_step 02 bench "$BENCH_CAP" || failed=1
+run_step 03 ism-step "$ISM_CAP" || failed=1
+run_step 04 e2e "$E2E_CAP" || failed=1
 if [ -f "$OUT/03-ism-step.json" ]; then
-  "$PY" - "$OUT/03-ism-step.json" <<'EOF' | tee -a "$SUMMARY"
-import json, sys
-s = json.load(open(sys.argv[1]))
-print(f"ISM step: {s['device']}, backend {s['backend']}, UNet {s['unet_dtype']}, {s['resolution']}px x {s['views']} views, "
-      f"{s['gaussians']} Gaussians: {s['median_step_seconds']} s/step (median), peak "
-      f"{'-' if s['peak_gib'] is None else round(s['peak_gib'], 2)} GiB, "
-      f"{s['unet_calls_per_step']} UNet calls/step, losses finite: {s['all_losses_finite']}; "
-      f"{s['projected_steps']} steps at this size: {s['projected_minutes']} min (LucidDreamer: ~35 min on an A100)")
-EOF
+  "$PY" scripts/gpu_check_report.py ism "$OUT/03-ism-step.json" | tee -a "$SUMMARY"
 fi
 echo "total $(( $(date +%s) - START )) s; results in $OUT" | tee -a "$SUMMARY"
 exit $failed
