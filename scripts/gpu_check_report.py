@@ -71,7 +71,15 @@ def ism(path):
     print(f"ISM step: {s['device']}, backend {s['backend']}, UNet {s['unet_dtype']}, {s['resolution']}px x "
           f"{s['views']} views, {s['gaussians']} Gaussians: {s['median_step_seconds']} s/step (median), peak "
           f"{peak} GiB, {s['unet_calls_per_step']} UNet calls/step, losses finite: {s['all_losses_finite']}; "
-          f"{s['projected_steps']} steps at this size: {s['projected_minutes']} min (LucidDreamer: ~35 min on an A100)")
+          f"{s['projected_steps']} steps at this size: {s['projected_minutes']} min (LucidDreamer: ~35 min on an A100)"
+          + (f"; gradients finite: {s['all_gradients_finite']}" if "all_gradients_finite" in s else ""))
+    probe = s.get("memory_probe")
+    if probe:  # the projection's method held against the device's own count of the same step
+        check = probe.get("check") or {}
+        print(f"memory probe (step {probe['step']}{', FAILED: ' + probe['failed'] if probe.get('failed') else ''}): "
+              f"projected {s['projected_fp16_gpu_gib']} GiB with fp16 weights; new bytes seen "
+              f"{check.get('probe_new_gib')} GiB vs {check.get('measured_new_gib')} GiB by {check.get('measured_by')} "
+              f"(ratio {check.get('probe_over_measured')})")
     return 0
 
 
