@@ -13,8 +13,6 @@ and its parameters' gradient within 4.7e-3 (cosine 0.99999). The bounds are two 
 and tight enough to see a wrong path: with the camera embedding's output dropped in fp16 the renders'
 gradient is off by 13% and the LoRA's by 50%; with the LoRA dropped, by 9.3% and 57%.
 """
-import json
-import os
 
 import pytest
 import torch
@@ -22,25 +20,11 @@ from guidance_steps import cosine, one_step, relative_error
 
 from threestudio_lucid import compat
 from threestudio_lucid.guidance import diffusion_base
-from threestudio_lucid.tiny_pipeline import build_tiny_stable_diffusion
 
 LOSS_RTOL = 1e-2  # ~10 eps
 RENDER_GRAD_RTOL, RENDER_GRAD_COSINE = 7.5e-2, 0.998
 LORA_LOSS_RTOL = 2e-4
 LORA_GRAD_RTOL, LORA_GRAD_COSINE = 1e-2, 0.9999
-
-
-@pytest.fixture(scope="module")
-def v_prediction_sd_path(tmp_path_factory):
-    """A second tiny pipeline (other weights, v-prediction) as the LoRA's base, like SD 2.1 under 2.1-base."""
-    path = build_tiny_stable_diffusion(tmp_path_factory.mktemp("tiny-sd-v") / "sd", seed=1)
-    config_file = os.path.join(path, "scheduler", "scheduler_config.json")
-    with open(config_file) as f:
-        config = json.load(f)
-    config["prediction_type"] = "v_prediction"
-    with open(config_file, "w") as f:
-        json.dump(config, f)
-    return path
 
 
 @pytest.fixture(scope="module")

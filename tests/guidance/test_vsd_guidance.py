@@ -1,7 +1,5 @@
 """lucid-vsd-guidance and lucid-esd-guidance on the tiny pipeline: the VSD gradient and the LoRA loss by
 hand, ESD's lambda_coeff as 1 - guidance_scale_lora, single-model sharing, registration and state dicts."""
-import json
-import os
 
 import pytest
 import torch
@@ -9,7 +7,6 @@ import torch
 from threestudio_lucid import compat
 from threestudio_lucid.errors import ConfigError
 from threestudio_lucid.guidance.diffusion_base import perpendicular_component
-from threestudio_lucid.tiny_pipeline import build_tiny_stable_diffusion
 
 
 @pytest.fixture(scope="module")
@@ -18,19 +15,6 @@ def prompt_utils(make_prompt_utils):
         "plain": make_prompt_utils(prompt="a cube", negative_prompt="blurry"),
         "perp_neg": make_prompt_utils(prompt="a cube", use_perp_neg=True),
     }
-
-
-@pytest.fixture(scope="module")
-def v_prediction_sd_path(tmp_path_factory):
-    """A second tiny pipeline (other weights) whose scheduler says v-prediction, like SD 2.1 vs 2.1-base."""
-    path = build_tiny_stable_diffusion(tmp_path_factory.mktemp("tiny-sd-v") / "sd", seed=1)
-    config_file = os.path.join(path, "scheduler", "scheduler_config.json")
-    with open(config_file) as f:
-        config = json.load(f)
-    config["prediction_type"] = "v_prediction"
-    with open(config_file, "w") as f:
-        json.dump(config, f)
-    return path
 
 
 def make(name, tiny_sd_path, **cfg):
