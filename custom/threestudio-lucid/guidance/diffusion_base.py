@@ -2,10 +2,12 @@
 
 One source of truth: each guidance file (SDS, ISM, VSD/ESD) holds only what makes it different.
 
-- Loading: ``StableDiffusionPipeline.from_pretrained`` from a hub id or a local diffusers folder
-  (fp16 on CUDA with ``half_precision_weights``, fp32 on the CPU: ``ACCELERATOR_DEVICE_TYPES``). A
-  model that is neither a local folder, nor in the Hugging Face cache, nor reachable, fails at once
-  with one line naming ``pretrained_model_name_or_path``.
+- Loading: ``StableDiffusionPipeline.from_pretrained`` from a hub id or a local diffusers folder, or
+  ``from_single_file`` from one fine-tuned checkpoint with ``base_model`` (fp16 on CUDA with
+  ``half_precision_weights``, fp32 on the CPU: ``ACCELERATOR_DEVICE_TYPES``), then the personalisation
+  of ``personalization.py`` (``textual_inversion_path``, ``lora_path`` at ``lora_scale``) on the same
+  pipeline, before anything is encoded. A model that is neither a local folder, nor in the Hugging Face
+  cache, nor reachable, fails at once with one line naming ``pretrained_model_name_or_path``.
 - Memory options (xformers attention, attention slicing, channels-last, sequential CPU offload) work
   with every guidance; the pairs that cannot (offload without a GPU, offload with VSD/ESD's trained
   UNet) are refused in ``validate_config``, before anything loads.
@@ -28,9 +30,18 @@ from typing import Any, Dict, Optional
 import torch
 import torch.nn.functional as F
 
-from ..compat import BaseModule, C, info
+from ..compat import BaseModule, C, info, warn
 from ..errors import ConfigError
-from ..prompt_length import check_prompt_lengths
+from ..personalization import (
+    Personalization,
+    PersonalizationOptions,
+    check_personalized_prompt_lengths,
+    dtype_argument,
+    encode_prompts,
+    is_single_file,
+    load_single_file_pipeline,
+    personalize,
+)
 from .option_ranges import check_range, check_schedule_order, check_schedule_range, is_number
 
 GUIDANCE_PREFIX = "system.guidance."
@@ -52,30 +63,31 @@ def perpendicular_component(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return x - coeff * y
 
 
-def _model_available_locally(name_or_path: str) -> bool:
+def _model_available_locally(name_or_path: str, marker: str = "model_index.json") -> bool:
     if os.path.isdir(name_or_path):
         return True
     try:
         from huggingface_hub import try_to_load_from_cache
 
-        hit = try_to_load_from_cache(name_or_path, "model_index.json")
+        hit = try_to_load_from_cache(name_or_path, marker)
         return isinstance(hit, str)
     except Exception:
         return False
 
 
-def check_model_reachable(name_or_path: str, key: str = MODEL_KEY) -> None:
-    """Fail in seconds, with one line, when the model can be neither loaded locally nor downloaded."""
+def check_model_reachable(name_or_path: str, key: str = MODEL_KEY, marker: str = "model_index.json") -> None:
+    """Fail in seconds, with one line, when the model can be neither loaded locally nor downloaded
+    (``marker``: the file a local folder of it must hold, e.g. ``config.json`` for a single model)."""
     fix = (
         f"point {key} at a local diffusers folder (e.g. {key}=/path/to/stable-diffusion-2-1-base, "
         "a tiny test model made with `lucid-build-tiny-sd load/tiny-sd`, or a toy world made with "
         "`lucid-build-toy-world load/toy-world`)"
     )
     if os.path.isdir(name_or_path):
-        if not os.path.isfile(os.path.join(name_or_path, "model_index.json")):
-            raise ConfigError(f"{key}='{name_or_path}' is a folder without model_index.json: {fix}.")
+        if not os.path.isfile(os.path.join(name_or_path, marker)):
+            raise ConfigError(f"{key}='{name_or_path}' is a folder without {marker}: {fix}.")
         return
-    if _model_available_locally(name_or_path):
+    if _model_available_locally(name_or_path, marker):
         return
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or name_or_path.startswith((".", "/", "~")):
         raise ConfigError(f"{key}='{name_or_path}' is not a local folder nor in the Hugging Face cache: {fix}.")
@@ -90,24 +102,27 @@ def check_model_reachable(name_or_path: str, key: str = MODEL_KEY) -> None:
         ) from None
 
 
-def dtype_argument(dtype: torch.dtype) -> dict:
-    """``from_pretrained``'s weight dtype under the name this diffusers takes: ``dtype`` where it exists
-    (recent releases deprecate ``torch_dtype`` with a warning on every load), else ``torch_dtype``."""
-    try:
-        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401  (present since `dtype` is)
-    except ImportError:
-        return {"torch_dtype": dtype}
-    return {"dtype": dtype}
-
-
-def load_stable_diffusion(name_or_path: str, torch_dtype: torch.dtype, key: str = MODEL_KEY):
-    """``StableDiffusionPipeline.from_pretrained`` without the safety checker, after a fast check."""
+def load_stable_diffusion(
+    name_or_path: str, torch_dtype: torch.dtype, key: str = MODEL_KEY, personalization: Optional[Personalization] = None
+):
+    """``StableDiffusionPipeline.from_pretrained`` without the safety checker, after a fast check, or
+    ``from_single_file`` for a checkpoint file; then ``personalization`` (tokens, LoRA) on it."""
     from diffusers import StableDiffusionPipeline
 
+    if personalization is not None and is_single_file(name_or_path):
+        pipe = load_single_file_pipeline(personalization, torch_dtype)
+        personalize(pipe, personalization)
+        check_text_encoder_width(pipe, name_or_path, key)
+        return pipe
     check_model_reachable(name_or_path, key)
     from ..toy_world.pipeline import is_toy_world, load_toy_world_pipeline
 
     if is_toy_world(name_or_path):  # an exact toy prior with SD's interfaces (issue 7)
+        if personalization is not None and personalization.loads_anything:
+            raise ConfigError(
+                f"{key}='{name_or_path}' is a toy world, which has no text encoder or UNet to personalise: set "
+                f"{personalization.prefix}textual_inversion_path and lora_path to null, or use a Stable Diffusion model."
+            )
         pipe = load_toy_world_pipeline(name_or_path, torch_dtype)
     else:
         try:
@@ -122,6 +137,8 @@ def load_stable_diffusion(name_or_path: str, torch_dtype: torch.dtype, key: str 
             raise ConfigError(
                 f"{key}='{name_or_path}' is not a loadable Stable Diffusion pipeline: {' '.join(str(e).split())[:300]}"
             ) from None
+        if personalization is not None:
+            personalize(pipe, personalization)
     check_text_encoder_width(pipe, name_or_path, key)
     return pipe
 
@@ -194,7 +211,10 @@ class StableDiffusionGuidanceBase(BaseModule):
     """Base of every lucid guidance. Subclasses implement ``forward`` (called as ``guidance(...)``)."""
 
     @dataclass
-    class Config(BaseModule.Config):
+    class Config(BaseModule.Config, PersonalizationOptions):
+        # a diffusers folder or hub id, or one .safetensors/.ckpt of a whole SD (then set base_model); the
+        # personalisation options (textual_inversion_path, lora_path, lora_scale, base_model) are
+        # PersonalizationOptions' (personalization.py)
         pretrained_model_name_or_path: str = "stabilityai/stable-diffusion-2-1-base"
         half_precision_weights: bool = True  # fp16 weights on CUDA (ACCELERATOR_DEVICE_TYPES); fp32 on the CPU
         enable_memory_efficient_attention: bool = False
@@ -241,6 +261,10 @@ class StableDiffusionGuidanceBase(BaseModule):
         if cfg.enable_sequential_cpu_offload and self.device.type not in ACCELERATOR_DEVICE_TYPES:
             raise ConfigError(f"{key}enable_sequential_cpu_offload=true needs a CUDA device (this run is on "
                               f"{self.device.type}): set it to false.")
+        # the personalisation files exist and the options have their types (formats are read at load)
+        self.personalization = Personalization.from_config(cfg, key)
+        if cfg.base_model and not self.personalization.single_file:
+            warn(f"{key}base_model='{cfg.base_model}' is only used with a single-file {key}pretrained_model_name_or_path: ignored.")
 
     def weights_dtype_for(self, device: torch.device) -> torch.dtype:
         """fp16 with ``half_precision_weights`` on an accelerator, fp32 otherwise."""
@@ -251,7 +275,9 @@ class StableDiffusionGuidanceBase(BaseModule):
         self.validate_config()
         self.weights_dtype = self.weights_dtype_for(self.device)
         info(f"Loading Stable Diffusion from {self.cfg.pretrained_model_name_or_path} ({self.weights_dtype}) ...")
-        pipe = load_stable_diffusion(self.cfg.pretrained_model_name_or_path, self.weights_dtype)
+        pipe = load_stable_diffusion(
+            self.cfg.pretrained_model_name_or_path, self.weights_dtype, personalization=self.personalization
+        )
         self._apply_memory_options(pipe)
         for part in (pipe.unet, pipe.vae, pipe.text_encoder):
             if part is not None:
@@ -286,14 +312,12 @@ class StableDiffusionGuidanceBase(BaseModule):
     @torch.no_grad()
     def _encode_prompts(self, pipe, prompts: Dict[str, str]) -> Dict[str, torch.Tensor]:
         """Padded to ``model_max_length`` and never truncated: a longer prompt is a ConfigError
-        naming its key, ``system.guidance.<name>`` (names are the config fields that hold them)."""
-        check_prompt_lengths(pipe.tokenizer, {f"system.guidance.{name}": text for name, text in prompts.items()})
+        naming its key, ``system.guidance.<name>`` (names are the config fields that hold them). Loaded
+        tokens count as the text encoder sees them (an n-vector token is n tokens)."""
+        check_personalized_prompt_lengths(pipe.tokenizer, {f"system.guidance.{name}": text for name, text in prompts.items()})
         out = {}
         for name, text in prompts.items():
-            ids = pipe.tokenizer(
-                [text], padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt"
-            ).input_ids.to(execution_device(pipe))
-            out[name] = pipe.text_encoder(ids)[0].to(self.device)
+            out[name] = encode_prompts(pipe.tokenizer, pipe.text_encoder, [text], execution_device(pipe)).to(self.device)
         return out
 
     def _apply_memory_options(self, pipe) -> None:

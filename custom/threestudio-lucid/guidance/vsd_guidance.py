@@ -25,6 +25,17 @@ prediction type) is loaded from that second model. Only the LoRA matrices and th
 registered here, so they are what ``guidance.parameters()``, the ``optimizer.params.guidance`` group
 and the checkpoint see; loading a state dict writes straight into the UNet's adapter weights.
 
+Personalised models (``textual_inversion_path``, ``lora_path``, a single-file checkpoint; see
+``personalization.py``). The estimator starts where the particles are pulled: at the personalised
+prior. Single model: the personal LoRA is fused into the shared UNet's weights before VSD's adapter is
+added, so the pretrained score (adapters disabled) is the personalised UNet and the estimator is that
+UNet plus VSD's zero-initialised LoRA. Separate model: the personal LoRA's UNet half is fused into the
+estimator's base UNet too, at the same ``lora_scale`` (a LoRA whose layers do not fit that model is a
+ConfigError: use single-model mode); a single-file checkpoint's own fine-tuned weights cannot move to
+another model, so there the estimator starts from ``pretrained_model_name_or_path_lora`` (plus the
+LoRA). Learned tokens need nothing on the estimator's side: it reads the prompt processor's
+embeddings, made by the personalised text encoder.
+
 Precision. With fp16 weights (``half_precision_weights`` on a GPU) the LoRA matrices and the camera
 embedding stay fp32 (diffusers' LoRA recipe) and the LoRA loss's backward runs under a dynamic loss
 scale (``loss_scale.py``: GradScaler's rule inside the guidance, since the system trains in 32-true
@@ -47,6 +58,7 @@ import torch.nn.functional as F
 
 from ..compat import register, warn
 from ..errors import ConfigError
+from ..personalization import fuse_unet_lora
 from .diffusion_base import GUIDANCE_PREFIX, StableDiffusionGuidanceBase, check_model_reachable, dtype_argument
 from .loss_scale import DynamicLossScale
 from .option_ranges import check_range
@@ -182,9 +194,10 @@ class VSDGuidance(StableDiffusionGuidanceBase):
                 f"{LORA_MODEL_KEY}='{name}' is not a loadable Stable Diffusion pipeline: "
                 f"{' '.join(str(e).split())[:300]}"
             ) from None
+        self._check_compatible(unet, scheduler)
+        fuse_unet_lora(unet, self.personalization, LORA_MODEL_KEY)  # the estimator starts personalised too
         unet.to(self.device).eval().requires_grad_(False)
         self.apply_unet_memory_options(unet)
-        self._check_compatible(unet, scheduler)
         return LoRADiffusionModel(unet=unet, scheduler=scheduler, single_model=False)
 
     def _check_compatible(self, unet, scheduler) -> None:

@@ -22,7 +22,6 @@ As threestudio's, except:
 - a checkpoint that cannot be found is a one-line :class:`ConfigError` that names
   ``pretrained_model_name_or_path`` and how to make a local one (``lucid-build-tiny-sd PATH``).
 """
-import hashlib
 import json
 import os
 
@@ -33,6 +32,7 @@ from ...utils.config import ConfigError
 from ...utils.misc import cleanup
 from ...utils.typing import *
 from ....prompt_length import check_prompt_lengths
+from ....personalization import local_model_folder, text_encoder_fingerprint  # noqa: F401  (re-exported)
 from .base import FINGERPRINT_ATTRIBUTE, PromptProcessor, hash_prompt
 
 TOKENIZER_SUBFOLDER = "tokenizer"
@@ -77,49 +77,8 @@ def _check_model_folder(name: str) -> None:
         raise _model_not_found(name, "no such folder")
 
 
-def _local_model_folder(name: str) -> Optional[str]:
-    """The folder holding a model's files: ``name`` itself, or a hub id's snapshot in the local
-    Hugging Face cache; None when neither is found."""
-    if os.path.isdir(name):
-        return name
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        hit = try_to_load_from_cache(name, f"{TEXT_ENCODER_SUBFOLDER}/config.json")
-    except Exception:  # not a valid hub id, no huggingface_hub
-        return None
-    return os.path.dirname(os.path.dirname(hit)) if isinstance(hit, str) else None
-
-
-FINGERPRINT_CHUNK = 1 << 20  # bytes read at the start, middle and end of a large file
-
-
-def text_encoder_fingerprint(pretrained_model_name_or_path: str) -> Optional[str]:
-    """A short hash of the files that decide the embeddings (``tokenizer/`` and ``text_encoder/``):
-    each file's name, size and content (start, middle and end of files over 3 MiB, so a real
-    checkpoint costs a few MiB of reading). Equal for an identical rebuild, different for another
-    seed or model at the same path. None when the model's files are not on this machine."""
-    folder = _local_model_folder(pretrained_model_name_or_path)
-    if folder is None:
-        return None
-    digest = hashlib.sha256()
-    for sub in (TOKENIZER_SUBFOLDER, TEXT_ENCODER_SUBFOLDER):
-        directory = os.path.join(folder, sub)
-        names = sorted(os.listdir(directory)) if os.path.isdir(directory) else []
-        for name in names:
-            path = os.path.join(directory, name)
-            if name.startswith(".") or not os.path.isfile(path):
-                continue
-            size = os.path.getsize(path)
-            digest.update(f"{sub}/{name}:{size}\n".encode())
-            with open(path, "rb") as f:
-                if size <= 3 * FINGERPRINT_CHUNK:
-                    digest.update(f.read())
-                else:
-                    for offset in (0, size // 2, size - FINGERPRINT_CHUNK):
-                        f.seek(offset)
-                        digest.update(f.read(FINGERPRINT_CHUNK))
-    return digest.hexdigest()[:16]
+# the model-files fingerprint is the plugin's one (the lucid prompt processor tags its entries with it too)
+_local_model_folder = local_model_folder
 
 
 def _read_config(folder: str, sub: str) -> Dict[str, Any]:
