@@ -33,7 +33,7 @@ setup(
     python_requires=">=3.9",
     packages=sorted(PACKAGES),
     package_dir=PACKAGES,
-    package_data={"threestudio_lucid": ["configs/*.yaml", "renderer/cpu_kernel/*.cpp"]},
+    package_data={"threestudio_lucid": ["configs/*.yaml", "configs/luciddreamer/*.yaml", "renderer/cpu_kernel/*.cpp"]},
     include_package_data=True,
     install_requires=[
         # torch is pinned by scripts/setup.sh (a CPU wheel); here any 2.x satisfies the import
@@ -78,6 +78,7 @@ setup(
             "lucid-build-toy-world=threestudio_lucid.toy_world.pipeline:main",
             "lucid-sweep=threestudio_lucid.sweep:main",
             "lucid-report=threestudio_lucid.report:main",
+            "lucid-import-luciddreamer=threestudio_lucid.luciddreamer_import:main",
         ]
     },
 )

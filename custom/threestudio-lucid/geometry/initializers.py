@@ -28,6 +28,8 @@ MIN_NEIGHBOR_DIST2 = 1e-7
 
 # Point-E's text pipeline (base40M-textvec + upsample) always returns this many points.
 POINT_E_NUM_POINTS = 4096
+# Point-E is not on PyPI; LucidDreamer's requirements.txt installs it from its repository
+POINT_E_INSTALL = "pip install git+https://github.com/openai/point-e.git"
 
 
 def _uniform(n: int, generator=None) -> torch.Tensor:
@@ -172,9 +174,9 @@ def point_e_points(prompt: str, n: int, jitter_radius: float = 0.05, device: str
     if sampler is None:
         if not point_e_available():
             raise ConfigError(
-                "init_type='point_e' needs the point_e package: install it "
-                "(pip install git+https://github.com/openai/point-e) or choose init_type "
-                "'sphere_solid', 'ball', 'sphere_shell', 'box' or 'ply'"
+                "system.geometry.init_type=point_e needs the point_e package, which is not installed: "
+                f"install it ({POINT_E_INSTALL}) or set system.geometry.init_type=sphere_solid "
+                "(LucidDreamer's init_shape 'sphere'; also ball, sphere_shell, box or ply)"
             )
         if not prompt:
             raise ConfigError(
