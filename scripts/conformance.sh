@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Run the contract suite (tests/contract) against a real threestudio checkout and the bundled host.
-# Usage: bash scripts/conformance.sh THREESTUDIO_DIR [pytest args]   e.g. ... -k "not bundled"
+# Usage: bash scripts/conformance.sh THREESTUDIO_DIR [--install] [pytest args]   e.g. ... -k "not bundled"
+#   --install  first follow the README's install inside THREESTUDIO_DIR literally, in its own fresh venv
+#              (scripts/install_in_threestudio.sh: threestudio's requirements, the README's lines, pip check
+#              against threestudio's own, lucid-{sds,ism,vsd,esd}-cpu under launch.py; PyPI, minutes);
+#              INSTALL_VENV= names that venv (default .venv-install-threestudio), INSTALL_STEPS= shortens the runs
 #
 # threestudio is not installed: its own launch.py runs from THREESTUDIO_DIR as a subprocess, in a
 # scratch venv (default .venv-threestudio, VENV= to change) holding the plugin, its test extras and
@@ -16,6 +20,15 @@ fi
 THREESTUDIO_DIR=$(cd "$1" && pwd)
 shift
 cd "$(dirname "$0")/.."
+PYTEST_ARGS=()
+INSTALL=0
+for arg in "$@"; do
+  if [ "$arg" = "--install" ]; then INSTALL=1; else PYTEST_ARGS+=("$arg"); fi
+done
+if [ "$INSTALL" = 1 ]; then
+  bash scripts/install_in_threestudio.sh "$THREESTUDIO_DIR" --venv "${INSTALL_VENV:-.venv-install-threestudio}" \
+    ${INSTALL_STEPS:+--steps "$INSTALL_STEPS"}
+fi
 VENV=${VENV:-.venv-threestudio}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 # What `import threestudio` imports at module level beyond the plugin's own requirements (threestudio's
@@ -34,4 +47,4 @@ echo "threestudio $VERSION at $COMMIT ($THREESTUDIO_DIR)"
 "$PY" -c "import diffusers, transformers, peft, pytorch_lightning, torch; print('diffusers', diffusers.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__, '| pytorch-lightning', pytorch_lightning.__version__, '| torch', torch.__version__)"
 export THREESTUDIO_DIR HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
-exec "$PY" -m pytest tests/contract -v -rA "$@"
+exec "$PY" -m pytest tests/contract -v -rA ${PYTEST_ARGS[@]+"${PYTEST_ARGS[@]}"}

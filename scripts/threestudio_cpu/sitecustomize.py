@@ -15,13 +15,22 @@ child included. It then
    CUDA is absent, and ``pytorch_lightning.Trainer`` turns launch.py's hard-coded
    ``accelerator="gpu", devices=-1`` into ``accelerator="cpu", devices=1``.
 
-Nothing happens without the variable; installed modules are always used as they are, and the
+One installed module is stood in for as well, for every importer: a torchvision built for CUDA
+beside a torch built without it (on a CPU machine, threestudio's requirements pull PyPI's CUDA
+torchvision through controlnet_aux, taming-transformers and timm). Its compiled ops cannot load, so
+``import torchvision`` fails with "operator torchvision::nms does not exist" for everyone, torchmetrics
+and so ``import pytorch_lightning`` included. A user fixes it with the CPU build that matches the CPU
+torch (PyTorch's CPU wheel index); where that cannot be had, the stand-in keeps the imports working,
+and stands in for controlnet_aux too, which calls torchvision at import time.
+
+Nothing happens without the variable; other installed modules are always used as they are, and the
 patches change nothing where CUDA is available.
 """
 import importlib.abc
 import importlib.machinery
 import importlib.util
 import os
+import re
 import sys
 import types
 
@@ -136,6 +145,35 @@ def _patch_lightning(module):
 
 PATCHES = {"threestudio.utils.misc": _patch_misc, "pytorch_lightning": _patch_lightning}
 
+_UNLOADABLE = {}
+
+
+def _unloadable(top: str, finder) -> bool:
+    """Whether the installed ``top`` cannot be imported with this torch: torchvision, when its build
+    says CUDA (``__version__`` ends ``+cuXXX``) and torch was built without CUDA, decided from its
+    ``version.py`` text without importing it (importing it is what fails); and then controlnet_aux
+    too, which calls ``torchvision.transforms.ToTensor()`` at import time."""
+    if top == "controlnet_aux":
+        top = "torchvision"
+    if top != "torchvision":
+        return False
+    if top not in _UNLOADABLE:
+        _UNLOADABLE[top] = False
+        spec = finder._real_spec(top, None, None)
+        for location in (spec.submodule_search_locations or []) if spec is not None else []:
+            try:
+                with open(os.path.join(location, "version.py"), encoding="utf-8") as f:
+                    text = f.read()
+            except OSError:
+                continue
+            match = re.search(r"^__version__ = ['\"][^'\"+]*\+cu", text, re.MULTILINE)
+            if match:
+                import torch
+
+                _UNLOADABLE[top] = torch.version.cuda is None
+            break
+    return _UNLOADABLE[top]
+
 
 def _imported_by_threestudio() -> bool:
     """Whether the import being resolved comes from a file of the threestudio checkout (library
@@ -170,6 +208,8 @@ class _Finder(importlib.abc.MetaPathFinder):
             if parent is not None and getattr(parent, "LUCID_CPU_STAND_IN", False):
                 return importlib.machinery.ModuleSpec(fullname, _StubLoader(), is_package=True)
             if parent is None and _imported_by_threestudio() and self._real_spec(fullname, path, target) is None:
+                return importlib.machinery.ModuleSpec(fullname, _StubLoader(), is_package=True)
+            if parent is None and fullname == top and _unloadable(top, self):
                 return importlib.machinery.ModuleSpec(fullname, _StubLoader(), is_package=True)
             return None
         patch = PATCHES.get(fullname)
