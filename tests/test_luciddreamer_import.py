@@ -74,6 +74,7 @@ def _perturbed(key):
         "textual_inversion_path": "/data/token.safetensors", "LoRA_path": "/data/lora.safetensors",
         "init_shape": "box", "init_num_pts": 200000, "t_range": [0.05, 0.4], "xs_inv_steps": 3,
         "base_model_key": "someone/base", "is_safe_tensor": True, "workspace": "elsewhere",
+        "use_control_net_iter": 1000, "controlnet_model_key": "someone/other-depth",
     }
     if key.name in explicit:
         return explicit[key.name]
@@ -100,6 +101,9 @@ def test_every_mapped_option_reaches_the_plugin_config(key):
     context = {"GuidanceParams": {"perpneg": True}}
     if key.name == "base_model_key":
         context = {"GuidanceParams": {"perpneg": True, "is_safe_tensor": True, "model_key": "/m/model.safetensors"}}
+    if "control" in key.name:  # the ControlNet on from iteration 500
+        context = {"GuidanceParams": {"perpneg": True, "controlnet_model_key": "someone/depth"},
+                   "OptimizationParams": {"use_control_net_iter": 500}}
     base = with_options(**context)
     changed = copy.deepcopy(base)
     if key.section == ldi.TOP:
@@ -151,12 +155,22 @@ def test_a_value_that_changes_the_training_is_a_warning():
         assert converted(released_config(name)).warnings == [], name
 
 
-def test_controlnet_is_named_only_once_a_run_would_reach_it():
-    quiet = converted(with_options(GuidanceParams={"controlnet_ratio": 0.3}))
-    assert any("controlnet_ratio=0.3: nothing to convert" in n for n in quiet.notes)
-    loud = converted(with_options(OptimizationParams={"use_control_net_iter": 1000}))
-    (line,) = [w for w in loud.warnings if "use_control_net_iter" in w]
-    assert "never loads its ControlNet" in line
+def test_controlnet_maps_to_the_plugins_depth_controlnet_once_a_run_would_reach_it():
+    # LucidDreamer's default switch (iteration 10,000,000) is after the run: no ControlNet, nothing said
+    quiet = converted(with_options(GuidanceParams={"controlnet_ratio": 0.3, "controlnet_model_key": "some/depth"}))
+    assert "controlnet_model_name_or_path" not in quiet.config["system"]["guidance"]
+    assert not [n for n in quiet.notes if "ControlNet" in n]
+    # switched on at iteration 1000 for 30% of the steps: a C() step from 0 to 0.3 at 1000
+    on = converted(with_options(GuidanceParams={"controlnet_ratio": 0.3, "controlnet_model_key": "some/depth"},
+                                OptimizationParams={"use_control_net_iter": 1000}))
+    guidance = on.config["system"]["guidance"]
+    assert guidance["controlnet_model_name_or_path"] == "some/depth"
+    assert guidance["controlnet_ratio"] == [1000, 0.0, 0.3, 1001]
+    (line,) = [n for n in on.notes if "use_control_net_iter" in n]
+    assert "never loads its ControlNet" in line and "applies it as intended" in line
+    # on, but no ControlNet named: one line
+    with pytest.raises(ldi.ConfigError, match=r"controlnet_model_key is not set but OptimizationParams.use_control_net_iter=1000"):
+        converted(with_options(OptimizationParams={"use_control_net_iter": 1000}))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -114,8 +114,8 @@ G, M, P, C, O = SECTIONS[2], SECTIONS[0], SECTIONS[1], SECTIONS[3], SECTIONS[4]
 GEO, DATA, GUI, PP, REN, BG = ("system.geometry", "data", "system.guidance", "system.prompt_processor",
                                "system.renderer", "system.background")
 CONTROLNET_NOTE = ("LucidDreamer never loads its ControlNet (train.py builds StableDiffusion with "
-                   "use_control_net=False), so a run that reaches use_control_net_iter stops there; "
-                   "the plugin has no ControlNet option to map it to")
+                   "use_control_net=False), so its run would stop at use_control_net_iter; the plugin applies it "
+                   "as intended there, on the prompted UNet call of the steps it draws")
 
 KEYS: Tuple[LDKey, ...] = (
     # ---- top level (train.py) ----
@@ -171,7 +171,8 @@ KEYS: Tuple[LDKey, ...] = (
        "a whole fine-tuned SD in one .safetensors file"),
     _k(G, "base_model_key", None, MAPPED, f"`{GUI}.base_model`, `{PP}.base_model` (with is_safe_tensor)",
        "LucidDreamer falls back to 'stabilityai/stable-diffusion-v1-5'; no effect without is_safe_tensor"),
-    _k(G, "controlnet_model_key", None, NOT_SUPPORTED, "-", CONTROLNET_NOTE),
+    _k(G, "controlnet_model_key", None, MAPPED,
+       f"`{GUI}.controlnet_model_name_or_path` (when use_control_net_iter < iterations)", CONTROLNET_NOTE),
     _k(G, "perpneg", True, MAPPED, f"`{PP}.use_perp_neg`"),
     _k(G, "negative_w", -2.0, MAPPED, f"`{PP}.perp_neg_f_fs: [-w, front_decay, 0]`, `perp_neg_f_sf: [-w, side_decay, 0]`, "
        "`perp_neg_f_sb: [-w/2, side_decay, 0]`, `perp_neg_f_fsb: [0, 0, -w]` (with perpneg)",
@@ -207,7 +208,9 @@ KEYS: Tuple[LDKey, ...] = (
     _k(G, "LoRA_path", None, MAPPED,
        f"`{PP}.lora_path` (type `lucid-stable-diffusion-prompt-processor`), `{GUI}.lora_path`, `lora_scale: 1.0` on both",
        "lora_diffusion's patch_pipe on UNet, text encoder and tokens at scale 1.0"),
-    _k(G, "controlnet_ratio", 0.5, NOT_SUPPORTED, "-", CONTROLNET_NOTE),
+    _k(G, "controlnet_ratio", 0.5, MAPPED,
+       f"`{GUI}.controlnet_ratio: [use_control_net_iter, 0.0, controlnet_ratio, use_control_net_iter + 1]`",
+       "a C() schedule: the probability that a step uses the ControlNet, 0 before use_control_net_iter"),
     _k(G, "negative", "", MAPPED, f"`{PP}.negative_prompt`"),
     _k(G, "guidance_scale", 7.5, MAPPED, f"`{GUI}.guidance_scale`"),
     _k(G, "denoise_guidance_scale", 1.0, MAPPED, f"`{GUI}.denoise_guidance_scale`"),
@@ -294,7 +297,8 @@ KEYS: Tuple[LDKey, ...] = (
        "LucidDreamer prunes large Gaussians only after the first reset"),
     _k(O, "densify_from_iter", 100, MAPPED, f"`{GEO}.densify_from_iter`, `{GEO}.prune_from_iter`"),
     _k(O, "densify_until_iter", 3000, MAPPED, f"`{GEO}.densify_until_iter`, `{GEO}.prune_until_iter`"),
-    _k(O, "use_control_net_iter", 10000000, NOT_SUPPORTED, "-", CONTROLNET_NOTE, affects_training=True),
+    _k(O, "use_control_net_iter", 10000000, MAPPED, f"the switch step of `{GUI}.controlnet_ratio`",
+       "at or after iterations (LucidDreamer's default) there is no ControlNet"),
     _k(O, "warmup_iter", 1500, MAPPED, f"`{GUI}.warmup_iter`"),
     _k(O, "use_progressive", False, MAPPED, f"`{DATA}.progressive_view: not use_progressive`",
        "LucidDreamer widens the camera ranges when use_progressive is false"),
@@ -314,8 +318,7 @@ KEYS: Tuple[LDKey, ...] = (
 # ModelParams' argparse "shorthand" attributes are stored with a leading underscore
 UNDERSCORED = {"source_path", "model_path", "images", "resolution", "white_background"}
 # keys that only matter through another (their not-supported note is said once, by that key)
-DEPENDS_ON = {"pro_frames_num": "save_process", "pro_render_45": "save_process",
-              "controlnet_ratio": "use_control_net_iter", "controlnet_model_key": "use_control_net_iter"}
+DEPENDS_ON = {"pro_frames_num": "save_process", "pro_render_45": "save_process"}
 
 
 class Conversion:
@@ -521,9 +524,6 @@ def convert(data: Dict[str, Any], source: str = "config.yaml", luciddreamer_root
 def _reproduced(key: LDKey, values) -> bool:
     """Whether LucidDreamer, with these values, does here what the plugin does (a not-supported key)."""
     value = values[(key.section, key.name)]
-    if key.name in ("use_control_net_iter", "controlnet_ratio", "controlnet_model_key"):
-        # LucidDreamer's ControlNet switches on only after use_control_net_iter
-        return values[(O, "use_control_net_iter")] >= values[(O, "iterations")]
     if key.name in ("pro_frames_num", "pro_render_45"):
         return values[(O, "save_process")] is False
     return bool(key.neutral) and value in key.neutral
@@ -589,6 +589,15 @@ def _map(v: Dict[str, Any], source: str, paths: _Paths, out: Conversion) -> None
             out.notes.append(line)
             out.warnings.append(line)
         _both_models(s, "base_model", paths.resolve(f"{G}.base_model_key", f"{GUI}.base_model", base_model))
+    if v["use_control_net_iter"] < iterations:  # LucidDreamer's depth ControlNet, switched on at that step
+        switch = int(v["use_control_net_iter"])
+        if not v["controlnet_model_key"]:
+            _fail(source, f"{G}.controlnet_model_key", f"is not set but {O}.use_control_net_iter={switch} is before the "
+                  f"last iteration: give the depth ControlNet (a diffusers folder or hub id), or raise use_control_net_iter")
+        s(f"{GUI}.controlnet_model_name_or_path", paths.resolve(f"{G}.controlnet_model_key",
+                                                                f"{GUI}.controlnet_model_name_or_path", v["controlnet_model_key"]))
+        s(f"{GUI}.controlnet_ratio", [switch, 0.0, float(v["controlnet_ratio"]), switch + 1])
+        out.notes.append(f"{O}.use_control_net_iter={switch}: {CONTROLNET_NOTE}")
     for ld_name, name in (("textual_inversion_path", "textual_inversion_path"), ("LoRA_path", "lora_path")):
         value = v[ld_name]
         if value is None:

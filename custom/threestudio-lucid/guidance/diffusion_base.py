@@ -24,6 +24,7 @@ One source of truth: each guidance file (SDS, ISM, VSD/ESD) holds only what make
 """
 import json
 import os
+import random
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
@@ -42,6 +43,7 @@ from ..personalization import (
     load_single_file_pipeline,
     personalize,
 )
+from .controlnet_depth import control_image, controlnet_residuals, load_depth_controlnet
 from .option_ranges import check_range, check_schedule_order, check_schedule_range, is_number
 
 GUIDANCE_PREFIX = "system.guidance."
@@ -205,6 +207,7 @@ class FrozenDiffusionModels:
     pipe: Any
     unet: Any
     vae: Any
+    controlnet: Any = None  # a depth ControlNet on the prompted UNet call (controlnet_depth.py)
 
 
 class StableDiffusionGuidanceBase(BaseModule):
@@ -228,6 +231,12 @@ class StableDiffusionGuidanceBase(BaseModule):
         max_step_percent: Any = 0.98  # number or C() schedule
         weighting_strategy: str = "sds"  # sds: 1 - abar_t | uniform: 1 | fantasia3d: sqrt(abar_t)(1 - abar_t)
         view_dependent_prompting: bool = True
+        # a depth ControlNet on the prompted UNet call (LucidDreamer's use_control_net; controlnet_depth.py):
+        # a diffusers ControlNetModel folder or hub id, applied on a step with probability controlnet_ratio
+        # (a number or C() schedule: LucidDreamer's switch at iteration K is [K, 0.0, ratio, K + 1])
+        controlnet_model_name_or_path: Optional[str] = None
+        controlnet_ratio: Any = 0.5  # LucidDreamer's controlnet_ratio
+        controlnet_conditioning_scale: float = 1.0
 
     cfg: Config
 
@@ -261,6 +270,11 @@ class StableDiffusionGuidanceBase(BaseModule):
         if cfg.enable_sequential_cpu_offload and self.device.type not in ACCELERATOR_DEVICE_TYPES:
             raise ConfigError(f"{key}enable_sequential_cpu_offload=true needs a CUDA device (this run is on "
                               f"{self.device.type}): set it to false.")
+        if cfg.controlnet_model_name_or_path is not None:
+            check_schedule_range(key + "controlnet_ratio", cfg.controlnet_ratio, 0.0, 1.0,
+                                 why="the probability that a step uses the ControlNet", example=0.5)
+            check_range(key + "controlnet_conditioning_scale", cfg.controlnet_conditioning_scale, 0.0,
+                        why="the weight of the ControlNet's residuals (diffusers' conditioning_scale)", example=1.0)
         # the personalisation files exist and the options have their types (formats are read at load)
         self.personalization = Personalization.from_config(cfg, key)
         if cfg.base_model and not self.personalization.single_file:
@@ -287,7 +301,12 @@ class StableDiffusionGuidanceBase(BaseModule):
         # (ISM's inversion prompt) names them in extra_prompts() and gets them encoded once here
         self.extra_text_embeddings = self._encode_prompts(pipe, self.extra_prompts())
         pipe.text_encoder = None
-        self.models = FrozenDiffusionModels(pipe=pipe, unet=pipe.unet, vae=pipe.vae)
+        controlnet = None
+        if self.cfg.controlnet_model_name_or_path is not None:
+            controlnet = load_depth_controlnet(self.cfg.controlnet_model_name_or_path, self.weights_dtype, self.device,
+                                               cross_attention_width(pipe.unet))
+        self.controlnet_ratio = C(self.cfg.controlnet_ratio, 0, 0) if controlnet is not None else 0.0
+        self.models = FrozenDiffusionModels(pipe=pipe, unet=pipe.unet, vae=pipe.vae, controlnet=controlnet)
         from diffusers import DDIMScheduler
 
         # DDIM over the model's own noise schedule (same alphas as its DDPM scheduler; ISM needs DDIM)
@@ -370,6 +389,8 @@ class StableDiffusionGuidanceBase(BaseModule):
         )
         if self.cfg.grad_clip is not None:
             self.grad_clip_val = C(self.cfg.grad_clip, epoch, global_step)
+        if self.cfg.controlnet_model_name_or_path is not None:
+            self.controlnet_ratio = C(self.cfg.controlnet_ratio, epoch, global_step)
 
     def sample_timesteps(self, batch_size: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """``t ~ U[min_step, max_step]`` (both ends included), one per batch item, as threestudio."""
@@ -475,6 +496,30 @@ class StableDiffusionGuidanceBase(BaseModule):
                 f"(cross_attention_dim={cross}): point both keys at models of the same family (usually the same folder)."
             )
 
+    # ---- ControlNet ----
+    @property
+    def uses_control_depth(self) -> bool:
+        """Whether the system should pass the render's depth map as ``control_depth``."""
+        return self.models.controlnet is not None
+
+    def control_image_for_step(self, control_depth: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """The ControlNet's conditioning image for this step, or None: LucidDreamer draws
+        ``random.random() < controlnet_ratio`` once per step (Python's generator, in the checkpoint)."""
+        if self.models.controlnet is None or control_depth is None or self.controlnet_ratio <= 0:
+            return None
+        if random.random() >= self.controlnet_ratio:
+            return None
+        return control_image(control_depth.to(self.device), self.image_size, self.weights_dtype)
+
+    def unet_eps_controlled(self, latents: torch.Tensor, t: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                            image: Optional[torch.Tensor]) -> torch.Tensor:
+        """``unet_eps`` with the ControlNet's residuals for conditioning ``image`` (one row per latent)."""
+        if image is None:
+            return self.unet_eps(latents, t, encoder_hidden_states)
+        residuals = controlnet_residuals(self.models.controlnet, latents.to(self.weights_dtype), t,
+                                         encoder_hidden_states, image, self.cfg.controlnet_conditioning_scale)
+        return self.unet_eps(latents, t, encoder_hidden_states, **residuals)
+
     @staticmethod
     def classifier_free_guidance(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, scale: float) -> torch.Tensor:
         """diffusers' CFG: ``eps_u + s (eps_c - eps_u)``."""
@@ -489,12 +534,16 @@ class StableDiffusionGuidanceBase(BaseModule):
         azimuth: torch.Tensor,
         camera_distances: torch.Tensor,
         guidance_scale: float,
+        control_depth: Optional[torch.Tensor] = None,
     ) -> Dict[str, torch.Tensor]:
         """Guided noise for the view-dependent prompts, batched in one UNet call.
 
         Returns ``eps`` (guided), ``eps_cond``, ``eps_uncond``. With Perp-Neg
         (``prompt_utils.use_perp_neg``) the guided direction is ``e_pos + sum_i w_i perp(e_neg_i, e_pos)``.
+        ``control_depth`` [B,H,W,1]: the render's depth for the ControlNet, when one is configured (it
+        conditions every prompt of the batch, as LucidDreamer's).
         """
+        image = self.control_image_for_step(control_depth)
         batch_size = latents_noisy.shape[0]
         vdp = self.cfg.view_dependent_prompting
         if prompt_utils.use_perp_neg:
@@ -507,7 +556,8 @@ class StableDiffusionGuidanceBase(BaseModule):
             n_neg = neg_weights.shape[-1]
             latents_in = torch.cat([latents_noisy, latents_noisy, latents_noisy.repeat_interleave(n_neg, dim=0)])
             t_in = torch.cat([t, t, t.repeat_interleave(n_neg, dim=0)])
-            eps = self.unet_eps(latents_in, t_in, text_embeddings)
+            image_in = None if image is None else torch.cat([image, image, image.repeat_interleave(n_neg, dim=0)])
+            eps = self.unet_eps_controlled(latents_in, t_in, text_embeddings, image_in)
             eps_cond, eps_uncond, eps_negs = eps[:batch_size], eps[batch_size : 2 * batch_size], eps[2 * batch_size :]
             e_pos = eps_cond - eps_uncond
             direction = e_pos
@@ -517,7 +567,8 @@ class StableDiffusionGuidanceBase(BaseModule):
             guided = eps_uncond + guidance_scale * direction
         else:
             text_embeddings = prompt_utils.get_text_embeddings(elevation, azimuth, camera_distances, vdp)
-            eps = self.unet_eps(torch.cat([latents_noisy] * 2), torch.cat([t] * 2), text_embeddings)
+            image_in = None if image is None else torch.cat([image] * 2)
+            eps = self.unet_eps_controlled(torch.cat([latents_noisy] * 2), torch.cat([t] * 2), text_embeddings, image_in)
             eps_cond, eps_uncond = eps.chunk(2)
             guided = self.classifier_free_guidance(eps_cond, eps_uncond, guidance_scale)
         return {"eps": guided, "eps_cond": eps_cond, "eps_uncond": eps_uncond}

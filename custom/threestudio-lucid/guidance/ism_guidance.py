@@ -238,6 +238,7 @@ class ISMGuidance(StableDiffusionGuidanceBase):
                 azimuth,
                 camera_distances,
                 guidance_scale=self.cfg.guidance_scale,
+                control_depth=kwargs.get("control_depth"),  # the ControlNet acts at x_t only, as LucidDreamer's
             )["eps"]
             abar_t = self.alphas_cumprod[t]
             w = ((1 - abar_t) / abar_t).sqrt()

@@ -37,7 +37,8 @@ class SDSGuidance(StableDiffusionGuidanceBase):
         t: Optional[torch.Tensor] = None,
         **kwargs,
     ):
-        """``rgb`` [B,H,W,3] in [0,1]. ``noise`` and ``t`` may be given (tests, reproducible studies)."""
+        """``rgb`` [B,H,W,3] in [0,1]. ``noise`` and ``t`` may be given (tests, reproducible studies);
+        ``control_depth`` [B,H,W,1] (in ``kwargs``) conditions the ControlNet, when one is configured."""
         batch_size = rgb.shape[0]
         latents = self.prepare_latents(rgb, rgb_as_latents)
         if t is None:
@@ -48,7 +49,8 @@ class SDSGuidance(StableDiffusionGuidanceBase):
             latents_noisy = self.scheduler.add_noise(latents, noise, t)
             scale = self.cfg.guidance_scale if prompt_utils.use_perp_neg else self.cfg.guidance_scale + 1.0
             eps = self.predict_noise(
-                latents_noisy, t, prompt_utils, elevation, azimuth, camera_distances, guidance_scale=scale
+                latents_noisy, t, prompt_utils, elevation, azimuth, camera_distances, guidance_scale=scale,
+                control_depth=kwargs.get("control_depth"),
             )["eps"]
         grad = self.clean_gradient(self.weight(t) * (eps - noise))
         return {

@@ -413,7 +413,7 @@ class VSDGuidance(StableDiffusionGuidanceBase):
             with self.pretrained_unet():
                 eps_pretrained = self.predict_noise(
                     latents_noisy, t, prompt_utils, elevation, azimuth, camera_distances,
-                    guidance_scale=self.cfg.guidance_scale,
+                    guidance_scale=self.cfg.guidance_scale, control_depth=kwargs.get("control_depth"),
                 )["eps"]
             eps_estimate = self.lora_score(latents_noisy, t, text_cond, camera)
         grad = self.clean_gradient(self.weight(t) * (eps_pretrained - eps_estimate))

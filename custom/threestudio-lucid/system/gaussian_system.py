@@ -222,13 +222,20 @@ class GaussianSplattingSystem(BaseLift3DSystem):
 
     def guidance_input(self, out: Dict[str, Any]) -> torch.Tensor:
         """What the guidance sees: rgb, or (depth-as-latent) the depth map; optionally mirrored."""
+        return self.guidance_inputs(out)[0]
+
+    def guidance_inputs(self, out: Dict[str, Any]):
+        """``(image, extra guidance arguments)``: the image of ``guidance_input``, and for a guidance with a
+        depth ControlNet the depth map as ``control_depth``, mirrored with the image."""
         image = out["comp_rgb"]
+        control = self.depth_image(out) if getattr(self.guidance, "uses_control_depth", False) else None
         depth_prob, flip_prob = self._step_settings["depth_as_latent_prob"], self._step_settings["guidance_flip_prob"]
         if depth_prob > 0 and random.random() < depth_prob:
-            image = self.depth_image(out).repeat(1, 1, 1, 3)
+            image = (control if control is not None else self.depth_image(out)).repeat(1, 1, 1, 3)
         if flip_prob > 0 and random.random() < flip_prob:
             image = image.flip(2)
-        return image
+            control = None if control is None else control.flip(2)
+        return image, ({} if control is None else {"control_depth": control})
 
     def training_step(self, batch, batch_idx):
         # Host-device synchronisations of a step on a GPU, all unavoidable (each commented where it is):
@@ -238,7 +245,8 @@ class GaussianSplattingSystem(BaseLift3DSystem):
         # optimizer step or a checkpoint). Logging steps (every trainer.log_every_n_steps) and
         # densification steps (their masks) add theirs.
         out = self.renderer(**batch)
-        guidance_out = self.guidance(self.guidance_input(out), self.prompt_utils, **batch)
+        image, extra = self.guidance_inputs(out)
+        guidance_out = self.guidance(image, self.prompt_utils, **batch, **extra)
 
         logs: Dict[str, Any] = {}
         loss, terms = 0.0, {}
