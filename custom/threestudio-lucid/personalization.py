@@ -326,6 +326,11 @@ def read_textual_inversion(path: str, key: str) -> Dict[str, torch.Tensor]:
         found = dict(contents)
     else:
         raise _unknown_textual_inversion(path, key, contents)
+    return _token_rows(found, path, key, contents)
+
+
+def _token_rows(found: Dict[Any, Any], path: str, key: str, contents: Any) -> Dict[str, torch.Tensor]:
+    """``{token: [n, width] rows}`` of ``found``; anything that is not an embedding is an unknown format."""
     out = {}
     for token, tensor in found.items():
         rows = _as_rows(tensor)
@@ -484,13 +489,7 @@ def read_textual_inversion_dict(path: str, key: str) -> Dict[str, torch.Tensor]:
     contents, _ = _read_tensors(path, key)
     if not isinstance(contents, dict):
         raise _unknown_textual_inversion(path, key, contents)
-    out = {}
-    for token, tensor in contents.items():
-        rows = _as_rows(tensor)
-        if rows is None:
-            raise _unknown_textual_inversion(path, key, contents)
-        out[str(token)] = rows
-    return out
+    return _token_rows(contents, path, key, contents)
 
 
 def _read_kohya(path, key, contents) -> LoraFile:
