@@ -67,3 +67,16 @@ def prompt_processor_prompts(cfg, prefix: str = "system.prompt_processor") -> Di
         elif not prompt.startswith("lib:"):
             named[f"{prefix}.prompt (its {direction} view prompt)"] = template.format(prompt)
     return named
+
+
+def processor_prompts_by_key(processor, prefix: str = "system.prompt_processor") -> Dict[str, str]:
+    """Every prompt a constructed threestudio prompt processor encodes (its prompt, negative prompt and
+    view prompts), keyed by the config key the user would change (a templated view prompt counts as
+    ``prompt``)."""
+    named = {f"{prefix}.prompt": processor.prompt, f"{prefix}.negative_prompt": processor.negative_prompt}
+    for direction, prompt in zip(processor.directions, processor.prompts_vd):
+        if processor.cfg.get(f"prompt_{direction.name}", None):
+            named[f"{prefix}.prompt_{direction.name}"] = prompt
+        else:
+            named[f"{prefix}.prompt (its {direction.name} view prompt)"] = prompt
+    return named

@@ -38,6 +38,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from ..compat import PromptProcessor, cleanup, debug, info, register, warn
 from ..errors import ConfigError
+from ..prompt_length import processor_prompts_by_key
 from ..personalization import (
     Personalization,
     PersonalizationOptions,
@@ -194,13 +195,7 @@ class LucidStableDiffusionPromptProcessor(PromptProcessor):
 
     def prompts_by_config_key(self) -> Dict[str, str]:
         """Every prompt this processor encodes, keyed by the config key the user would change."""
-        named = {f"{PREFIX}prompt": self.prompt, f"{PREFIX}negative_prompt": self.negative_prompt}
-        for direction, prompt in zip(self.directions, self.prompts_vd):
-            if self.cfg.get(f"prompt_{direction.name}", None):
-                named[f"{PREFIX}prompt_{direction.name}"] = prompt
-            else:
-                named[f"{PREFIX}prompt (its {direction.name} view prompt)"] = prompt
-        return named
+        return processor_prompts_by_key(self, PREFIX.rstrip("."))
 
     @rank_zero_only
     def prepare_text_embeddings(self) -> None:

@@ -31,7 +31,7 @@ from ... import register
 from ...utils.config import ConfigError
 from ...utils.misc import cleanup
 from ...utils.typing import *
-from ....prompt_length import check_prompt_lengths
+from ....prompt_length import check_prompt_lengths, processor_prompts_by_key
 from ....personalization import local_model_folder, text_encoder_fingerprint  # noqa: F401  (re-exported)
 from .base import FINGERPRINT_ATTRIBUTE, PromptProcessor, hash_prompt
 
@@ -172,13 +172,7 @@ class StableDiffusionPromptProcessor(PromptProcessor):
 
     def prompts_by_config_key(self) -> Dict[str, str]:
         """Every prompt this processor encodes, keyed by the config key the user would change."""
-        named = {f"{CONFIG_PREFIX}.prompt": self.prompt, f"{CONFIG_PREFIX}.negative_prompt": self.negative_prompt}
-        for direction, prompt in zip(self.directions, self.prompts_vd):
-            if self.cfg.get(f"prompt_{direction.name}", None):
-                named[f"{CONFIG_PREFIX}.prompt_{direction.name}"] = prompt
-            else:
-                named[f"{CONFIG_PREFIX}.prompt (its {direction.name} view prompt)"] = prompt
-        return named
+        return processor_prompts_by_key(self, CONFIG_PREFIX)
 
     def prepare_text_embeddings(self) -> None:
         """Check the folder's text encoder width and every prompt's length (see the module
