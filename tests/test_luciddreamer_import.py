@@ -417,3 +417,12 @@ def test_a_list_of_relative_token_files_is_required_once_and_each_file_named():
     assert get(conv.config, f"{PP}.textual_inversion_path") == "${system.guidance.textual_inversion_path}"
     assert conv.required == [f"{GUI}.textual_inversion_path"]
     assert [n for n in conv.notes if "is required" in n and "'./a.safetensors'" in n]
+
+
+@pytest.mark.parametrize("text", ["", "# nothing yet\n", "{}\n"])
+def test_an_empty_luciddreamer_file_is_one_line_naming_it(tmp_path, text, capsys):
+    path = tmp_path / "empty.yaml"
+    path.write_text(text)
+    assert ldi.main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {path}: the file is empty") and err.count("\n") == 1, err

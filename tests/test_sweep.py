@@ -118,8 +118,10 @@ def test_inputs_are_checked_before_anything_runs(tmp_path, capsys):
         (["--prompts", "a cat", "--config", f"{sds} oops"], "'oops' is not an override KEY=VALUE"),
         (["--prompts", "a cat", "a-cat", "--config", sds], "share the folder name 'a_cat'"),
         (["--prompts", "a cat", "--config", sds, "--prompts-file", str(tmp_path / "none.txt")], "none.txt' does not exist"),
+        (["--config", sds, "--prompts-file", str(tmp_path / "blank.txt")], "blank.txt' holds no prompts (it is empty"),
         (["--prompts", "a cat", "--config", sds, "--threestudio", str(tmp_path)], "holds no launch.py"),
     ]
+    (tmp_path / "blank.txt").write_text("\n# prompts go here\n   \n")
     baseline = tmp_path / "dreamfusion-sd.yaml"
     baseline.write_text("system_type: dreamfusion-system\n")
     cases.append((["--prompts", "a cat", "--config", str(baseline)], "is a threestudio baseline"))

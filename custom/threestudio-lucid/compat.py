@@ -112,6 +112,11 @@ else:
     )
     from .host.utils.saving import SaverMixin
 
+if USING_REAL_THREESTUDIO:
+    from .errors import install_launch_excepthook
+
+    install_launch_excepthook()
+
 register = threestudio.register
 find = threestudio.find
 info = threestudio.info

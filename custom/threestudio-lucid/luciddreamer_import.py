@@ -37,13 +37,13 @@ import difflib
 import math
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
-from .errors import ConfigError
+from .atomic_files import write_text
+from .errors import ConfigError, StorageError
 
 BASE_RECIPE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "lucid-ism.yaml")
 TOP = "top level"
@@ -348,6 +348,9 @@ def read_luciddreamer_file(path: str) -> Dict[str, Any]:
             data = yaml.load(f, Loader=yaml.SafeLoader)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    if data is None or data == {}:
+        raise ConfigError(f"{path}: the file is empty (only blank lines or comments): pass a LucidDreamer config with "
+                          f"sections {', '.join(SECTIONS)}, such as LucidDreamer/configs/axe.yaml")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a LucidDreamer config is a mapping with sections {', '.join(SECTIONS)}; got {type(data).__name__}")
     return data
@@ -794,27 +797,14 @@ def render(conv: Conversion, source: str) -> str:
 
 
 def write_atomically(path: str, text: str, force: bool) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder (fsync, rename): a crash
-    leaves the old file or none, never half of one. An existing file is kept unless ``force``."""
+    """Write ``text`` to ``path`` atomically (``atomic_files.py``: a crash leaves the old file or none,
+    never half of one). An existing file is kept unless ``force``."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ConfigError(f"-o {path}: the folder {folder} does not exist: create it first")
     if os.path.exists(path) and not force:
         raise ConfigError(f"-o {path}: the file exists: pass --force to replace it or choose another -o")
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # a config like any other file (mkstemp makes it private)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_text(path, text, hint="free space there or give -o a path on a disk with room")
 
 
 def mapping_table() -> str:
@@ -865,7 +855,7 @@ def main(argv=None) -> int:
             write_atomically(args.output, text, args.force)
         else:
             sys.stdout.write(text)
-    except ConfigError as e:
+    except (ConfigError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for line in conv.warnings:

@@ -17,9 +17,13 @@ import html
 import json
 import os
 import re
-import shutil
 import sys
 from typing import Any, Dict, List, Optional, Sequence
+
+from .atomic_files import copy_file, temporary_path, write_text
+from .errors import StorageError
+
+OUT_HINT = "free space there or give --out a folder on a disk with room"
 
 PLOTTED = ("train/loss", "train/grad_norm", "gauss_num")
 SCORE_KEYS = ("psnr", "iou", "sharpness", "consistency", "janus")
@@ -168,8 +172,11 @@ def plot_curves(runs: List[Dict[str, Any]], path: str) -> Optional[str]:
         ax.set_xlabel("step")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    try:
+        with temporary_path(path, hint=OUT_HINT) as tmp:  # matplotlib writes by path (format from the extension)
+            fig.savefig(tmp, dpi=80)
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -207,7 +214,7 @@ def write_report(runs: List[Dict[str, Any]], out: str) -> str:
         if not path:
             return None
         target = os.path.join(assets, name)
-        shutil.copyfile(path, target)
+        copy_file(path, target, hint=OUT_HINT)
         return os.path.relpath(target, out)
 
     prompts = sorted({r["prompt"] for r in runs})
@@ -254,8 +261,7 @@ def write_report(runs: List[Dict[str, Any]], out: str) -> str:
         parts.append("</section>")
     parts.append(f"<script>{SORT_SCRIPT}</script></body></html>")
     index = os.path.join(out, "index.html")
-    with open(index, "w", encoding="utf-8") as f:
-        f.write("\n".join(parts))
+    write_text(index, "\n".join(parts), hint=OUT_HINT)
     return index
 
 
@@ -270,7 +276,7 @@ def main(argv=None) -> int:
         if args.clip:
             clip_scores(runs, args.clip)
         index = write_report(runs, args.out)
-    except ReportError as e:
+    except (ReportError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"lucid-report: {len(runs)} runs -> {index}")

@@ -38,7 +38,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Sequence
 
+from .atomic_files import write_text
+from .errors import StorageError
+
 MANIFEST = "sweep.json"
+OUT_HINT = "free space there or give --out a folder on a disk with room"
 
 
 class SweepError(ValueError):
@@ -80,7 +84,11 @@ def read_prompts(prompts: Sequence[str], prompts_file: Optional[str]) -> List[st
         if not os.path.isfile(prompts_file):
             raise SweepError(f"--prompts-file {prompts_file!r} does not exist: give a text file with one prompt per line")
         with open(prompts_file, encoding="utf-8") as f:
-            out += [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+            from_file = [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
+        if not from_file:
+            raise SweepError(f"--prompts-file {prompts_file!r} holds no prompts (it is empty, or only blank lines and "
+                             "# comments): write one prompt per line, e.g. 'a DSLR photo of a corgi'")
+        out += from_file
     if not out:
         raise SweepError("no prompts: give --prompts \"a penguin\" ... or --prompts-file FILE")
     slugs = [prompt_slug(p) for p in out]
@@ -169,11 +177,8 @@ def read_status(run: Run) -> Dict[str, Any]:
 
 
 def write_json(path: str, data: Any) -> None:
-    """Atomically: a reader (or a kill) never sees half a file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
+    """Atomically (``atomic_files.py``): a reader (or a kill) never sees half a file."""
+    write_text(path, json.dumps(data, indent=2), hint=OUT_HINT)
 
 
 def prepare(run: Run) -> Optional[str]:
@@ -256,7 +261,7 @@ def main(argv=None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return sweep(args)
-    except SweepError as e:
+    except (SweepError, StorageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -95,6 +95,22 @@ class Host:
         return Run(args, proc.returncode, proc.stdout, made[-1] if made else None)
 
 
+    def launch_together(self, n: int, config: str, mode: str, *overrides: str, exp_root: str) -> List[Run]:
+        """``n`` launches of the same command started at once; each run's trial folder is the one its
+        process claimed (the pid in ``<trial>/.lucid-run.lock``)."""
+        import json
+
+        args = self.command() + ["--config", config, f"--{mode}", "--gpu", "0", *overrides, f"exp_root_dir={exp_root}"]
+        procs = [subprocess.Popen(args, cwd=self.workspace, env={**os.environ, **self.env}, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True) for _ in range(n)]
+        outputs = [proc.communicate(timeout=RUN_TIMEOUT_S)[0] for proc in procs]
+        claimed = {}
+        for lock in glob.glob(os.path.join(exp_root, "*", "*", ".lucid-run.lock")):
+            with open(lock) as f:
+                claimed[json.load(f)["pid"]] = os.path.dirname(lock)
+        return [Run(args, proc.returncode, out, claimed.get(proc.pid)) for proc, out in zip(procs, outputs)]
+
+
 def _link(src: str, dst: str) -> None:
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     os.symlink(src, dst, target_is_directory=os.path.isdir(src))

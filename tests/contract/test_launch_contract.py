@@ -191,3 +191,47 @@ def test_a_prompt_over_the_text_encoders_limit_is_named(host, tmp_path):
     assert named and "tokens long" in named[-1], run.output[-3000:]
     assert "prompt embedding process failed" not in run.output
     assert not glob.glob(os.path.join(str(tmp_path), "outputs", "*", "*", "ckpts", "*.ckpt"))  # stopped before training
+
+
+def _read_ckpt_xyz(path):
+    return torch.load(path, map_location="cpu")["state_dict"]["geometry._xyz"]
+
+
+def test_resume_of_another_guidance_is_one_line_and_system_weights_take_its_gaussians(host, tmp_path_factory):
+    """A VSD run's checkpoint given to an ISM config: resume= ends in one line naming both and the way
+    to take the Gaussians alone; that way (threestudio's system.weights= with
+    system.weights_ignore_modules=[guidance]) trains ISM from the VSD run's Gaussians."""
+    vsd = train(host, tmp_path_factory, "lucid-vsd-cpu").check()
+    ckpt = vsd.path("ckpts", "last.ckpt")
+    exp_root = str(tmp_path_factory.mktemp(f"{host.name}-vsd-into-ism"))
+    ism = f"{CONFIGS}/lucid-ism-cpu.yaml"
+    refused = host.launch(ism, "test", "system.prompt_processor.prompt=a cat", *SHORT_RUN, f"resume={ckpt}",
+                          exp_root=exp_root)
+    assert refused.returncode != 0
+    named = [line for line in refused.output.splitlines() if "does not fit this config" in line]
+    assert named, refused.output[-3000:]
+    assert "lucid-vsd-guidance with a trained LoRA" in named[-1] and "expects lucid-ism-guidance" in named[-1]
+    assert f"system.weights={ckpt} system.weights_ignore_modules=[guidance]" in named[-1]
+    assert "Unexpected key(s) in state_dict" not in refused.output
+
+    # no position updates and no densification in 3 steps: the run's Gaussians are the VSD run's
+    run = host.launch(
+        ism, "train", "system.prompt_processor.prompt=a cat", *SHORT_RUN, f"system.weights={ckpt}",
+        "system.weights_ignore_modules=[guidance]", "system.geometry.position_lr=0", exp_root=exp_root,
+    ).check()
+    vsd_xyz, ism_xyz = _read_ckpt_xyz(ckpt), _read_ckpt_xyz(run.path("ckpts", "last.ckpt"))
+    assert ism_xyz.shape == vsd_xyz.shape and vsd_xyz.shape[0] != 2000  # not the ISM config's own 2000
+    assert torch.equal(ism_xyz, vsd_xyz)
+    assert len(run.logged("train/loss_ism")) == 3
+    assert "without resume=" not in run.output  # its test stage evaluates the trained Gaussians
+
+
+def test_evaluation_without_resume_says_so_once(host, tmp_path):
+    """--export with neither resume= nor system.weights= exports the initial Gaussians: one console line."""
+    run = host.launch(
+        f"{CONFIGS}/lucid-ism-cpu.yaml", "export", "system.prompt_processor.prompt=a cat", *SHORT_RUN,
+        "system.exporter_type=dummy-exporter", exp_root=str(tmp_path / "outputs"),
+    ).check()
+    said = [line for line in run.output.splitlines() if "without resume=" in line]
+    assert len(said) == 1 and "--export without resume= or system.weights=" in said[0], run.output[-3000:]
+    assert "resume=<trial>/ckpts/last.ckpt" in said[0]

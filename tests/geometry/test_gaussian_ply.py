@@ -124,3 +124,16 @@ def test_missing_and_invalid_files_are_config_errors(tmp_path):
     PlyData([PlyElement.describe(cloud, "vertex")]).write(path)
     with pytest.raises(ConfigError, match="cloud.ply.*not a 3DGS"):
         g.load_ply(path)
+
+
+@pytest.mark.parametrize("kind", ["gaussians", "point cloud"])
+def test_a_ply_with_no_vertices_is_one_config_error_naming_the_file(tmp_path, kind):
+    names = inria_names(0) if kind == "gaussians" else ["x", "y", "z"]
+    path = str(tmp_path / "empty.ply")
+    PlyData([PlyElement.describe(np.empty(0, dtype=[(n, "f4") for n in names]), "vertex")]).write(path)
+    with pytest.raises(ConfigError, match=r"empty\.ply' has no vertices.*init_ply_path") as error:
+        make(init_type="ply", init_ply_path=path)
+    assert "\n" not in str(error.value)
+    if kind == "gaussians":
+        with pytest.raises(ConfigError, match=r"empty\.ply' has no vertices \(0 Gaussians\)"):
+            make().load_ply(path)

@@ -16,3 +16,12 @@ def cpu_run_args(config, tiny_sd_path, steps, *extra, gaussians=200):
         f"trainer.max_steps={steps}", "trainer.log_every_n_steps=1",
         *extra,
     ]
+
+
+def the_error(code, stderr):
+    """The one ``error:`` line of a failed launch, after checking how it failed (exit 2, no traceback)."""
+    assert code == 2, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, stderr[-3000:]
+    return lines[0]

@@ -67,7 +67,7 @@ def test_kill_9_loses_at_most_the_steps_since_the_last_checkpoint(tmp_path, tiny
     """SIGKILL cannot be caught: what survives is the checkpoints written every interval. Each file
     left is either complete (and resumes) or refused by the launcher in one line as incomplete."""
     from threestudio_lucid.errors import ConfigError
-    from threestudio_lucid.host.preflight import check_checkpoint_file
+    from threestudio_lucid.checkpoint_file import check_checkpoint_file
 
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_WAIT_POLICY="PASSIVE", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "threestudio_lucid.host.launch", *args(tiny_sd_path, 100000)],

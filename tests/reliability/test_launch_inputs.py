@@ -13,6 +13,8 @@ import zipfile
 
 import pytest
 
+from cpu_runs import the_error
+
 from threestudio_lucid.errors import ConfigError
 from threestudio_lucid.host import launch
 from threestudio_lucid.host.utils.config import load_config, safe_folder_name
@@ -35,15 +37,6 @@ def launch_cli(cwd, *args, stdout=None):
     if stdout is not None:
         stdout.append(proc.stdout)
     return proc.returncode, proc.stderr
-
-
-def the_error(code, stderr):
-    """The one ``error:`` line of a failed launch, after checking how it failed."""
-    assert code == 2, stderr[-3000:]
-    assert "Traceback" not in stderr, stderr[-3000:]
-    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, stderr[-3000:]
-    return lines[0]
 
 
 def tree(root):

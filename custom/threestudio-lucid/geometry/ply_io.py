@@ -10,12 +10,14 @@ coefficients, then green, then blue (``f_dc`` likewise, with one coefficient per
 Plain point clouds (``x y z`` with optional ``red green blue``) are read by :func:`read_point_cloud_ply`
 for the ``ply`` initialiser.
 """
+import io
 import math
 import os
 
 import numpy as np
 import torch
 
+from ..atomic_files import write_bytes
 from ..errors import ConfigError, NonFiniteError
 
 BASE_PROPERTIES = ("x", "y", "z", "nx", "ny", "nz")
@@ -41,7 +43,10 @@ def _np32(x) -> np.ndarray:
 
 
 def write_gaussian_ply(path: str, xyz, features_dc, features_rest, opacity, scaling, rotation) -> str:
-    """Write raw Gaussian parameters (shapes [N,3], [N,1,3], [N,K-1,3], [N,1], [N,3], [N,4]) to ``path``."""
+    """Write raw Gaussian parameters (shapes [N,3], [N,1,3], [N,K-1,3], [N,1], [N,3], [N,4]) to ``path``.
+
+    The file is made in memory and written atomically: a kill leaves the previous PLY or none, a full
+    disk raises ``StorageError``."""
     from plyfile import PlyData, PlyElement
 
     xyz = _np32(xyz).reshape(-1, 3)
@@ -70,9 +75,9 @@ def write_gaussian_ply(path: str, xyz, features_dc, features_rest, opacity, scal
     vertices = np.empty(n, dtype=[(name, "f4") for name in names])
     for i, name in enumerate(names):
         vertices[name] = data[:, i]
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    PlyData([PlyElement.describe(vertices, "vertex")]).write(path)
+    buffer = io.BytesIO()
+    PlyData([PlyElement.describe(vertices, "vertex")]).write(buffer)
+    write_bytes(path, buffer.getbuffer())
     return path
 
 
@@ -134,6 +139,9 @@ def read_gaussian_ply(path: str):
         return np.stack([col(c) for c in cols], axis=1) if cols else None
 
     n = len(col("x"))
+    if n == 0:
+        raise ConfigError(f"PLY file '{path}' has no vertices (0 Gaussians): give a PLY with at least one Gaussian "
+                          "(system.geometry.init_ply_path, e.g. a run's save/point_cloud.ply), or another init_type")
     rest_names = _indexed(names, "f_rest_")
     if len(rest_names) % 3 != 0 or [int(r[7:]) for r in rest_names] != list(range(len(rest_names))):
         raise ConfigError(f"PLY file '{path}' has {len(rest_names)} f_rest_* properties: expected 3*((d+1)^2-1) "
@@ -175,5 +183,6 @@ def read_point_cloud_ply(path: str):
             rgb = rgb / float(np.iinfo(raw[0].dtype).max)
         colors = torch.from_numpy(rgb).float()
     if pts.shape[0] == 0:
-        raise ConfigError(f"PLY file '{path}' has no vertices: give a non-empty point cloud")
+        raise ConfigError(f"PLY file '{path}' has no vertices: give a non-empty point cloud "
+                          "(system.geometry.init_ply_path), or another init_type")
     return torch.from_numpy(pts).float(), colors

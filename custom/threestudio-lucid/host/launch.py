@@ -18,6 +18,9 @@ code 2 instead of a traceback. Also:
 - a run never writes into an earlier run's folder: ``--train`` into an existing folder
   (``use_timestamp=false``, or a parsed.yaml's timestamp) is refused unless it resumes a checkpoint
   of that run; ``--validate/--test/--export`` then write into a fresh timestamped folder;
+- the run folder is claimed (``run_folder.py``: an exclusive lock held while the launch runs): a
+  launch that finds its folder claimed by another one (same config, same second) takes the next free
+  timestamp and says which;
 - the trial folder name is made safe from the tag (``utils/config.py:safe_folder_name``);
 - a launch that fails before training wrote anything removes the folders it created;
 - ``resume=`` must be a complete checkpoint (checked before anything is loaded).
@@ -154,11 +157,16 @@ def _remove_unused_run_dirs(created, trial_dir: str) -> None:
     only if it holds nothing but what the launcher itself puts there before training (``cmd.txt`` and
     empty folders); anything else (a config snapshot, a checkpoint, an image) keeps it for the user.
     """
+    from threestudio_lucid import run_folder
+
     trial_dir = os.path.abspath(trial_dir)
     if trial_dir in created and os.path.isdir(trial_dir):
+        launcher_files = ("cmd.txt", run_folder.LOCK_NAME)
         for root, _, files in os.walk(trial_dir):
-            if any(not (root == trial_dir and f == "cmd.txt") for f in files):
+            if any(not (root == trial_dir and f in launcher_files) for f in files):
+                run_folder.release(trial_dir)
                 return
+        run_folder.remove_claim(trial_dir)
         cmd = os.path.join(trial_dir, "cmd.txt")
         if os.path.isfile(cmd):
             os.remove(cmd)
@@ -173,6 +181,51 @@ def _remove_unused_run_dirs(created, trial_dir: str) -> None:
                 os.rmdir(path)  # only when empty: a parallel launch may have put its run there
             except OSError:
                 return
+
+
+def _claim_run_folder(compat, plan) -> list:
+    """Claim the planned run folder for this launch (``run_folder.py``); when another launch got it
+    first (same config started in the same second), move to the next free timestamp and say so.
+    Returns the folders this launch created, deepest first (the only ones it may remove again)."""
+    from threestudio_lucid import run_folder
+    from threestudio_lucid.errors import ConfigError
+
+    created = plan.missing_dirs()
+    if run_folder.process_rank() != 0:
+        return created
+    resuming = plan.resume is not None and _preflight()._inside(plan.resume, plan.trial_dir)
+    try:
+        run_folder.claim(plan.trial_dir, resuming=resuming)
+        return created
+    except OSError as e:
+        raise ConfigError(
+            f"Cannot create the run folder '{plan.trial_dir}' ({e.strerror or e}): set exp_root_dir to a "
+            "writable folder with free space, e.g. exp_root_dir=outputs."
+        ) from None
+    except run_folder.RunFolderTaken as taken:
+        who = run_folder.describe_holder(taken.holder, taken.live)
+        if resuming:
+            raise ConfigError(
+                f"resume='{plan.resume}': its run folder '{plan.trial_dir}' is {who}: two launches must not "
+                "continue one run; wait for the other to finish (or stop it) and resume again."
+            ) from None
+        if not plan.timestamp:
+            raise ConfigError(
+                f"The run folder '{plan.trial_dir}' is {who} (a fixed name: use_timestamp=false, or several "
+                "GPUs): set another tag (tag=...), or use_timestamp=true for a folder of its own."
+            ) from None
+        old = plan.trial_dir
+        created = [d for d in created if d != os.path.abspath(old)]
+        try:
+            plan.trial_dir, plan.timestamp = run_folder.claim_next_free(plan.exp_dir, plan.trial_prefix, plan.timestamp)
+        except OSError as e:
+            raise ConfigError(
+                f"Cannot create a run folder in '{plan.exp_dir}' ({e.strerror or e}): set exp_root_dir to a "
+                "writable folder with free space, e.g. exp_root_dir=outputs."
+            ) from None
+        created.insert(0, os.path.abspath(plan.trial_dir))
+        compat.info(f"'{old}' is {who}: this run writes into '{plan.trial_dir}'.")
+        return created
 
 
 def _resume_status(torch, path: str):
@@ -225,7 +278,8 @@ def run(args, extras) -> int:
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
     compat = _import_plugin(args.typecheck)
-    from threestudio_lucid.errors import ConfigError, NonFiniteError
+    from threestudio_lucid.atomic_files import as_storage_error, write_text
+    from threestudio_lucid.errors import ConfigError, NonFiniteError, StorageError
     from threestudio_lucid.host.utils.callbacks import (
         CodeSnapshotCallback,
         ConfigSnapshotCallback,
@@ -245,14 +299,15 @@ def run(args, extras) -> int:
     except ConfigError as e:
         return _fail(str(e))
     if plan.moved_from:
-        compat.info(f"'{plan.moved_from}' holds an earlier run: this run writes into '{plan.trial_dir}'.")
-    created = plan.missing_dirs()
+        compat.info(f"'{plan.moved_from}' is another run's folder: this run writes into '{plan.trial_dir}'.")
+    try:
+        created = _claim_run_folder(compat, plan)
+    except ConfigError as e:
+        return _fail(str(e))
 
     try:
         # the launcher's own load_config (with either threestudio): the folder just checked
         cfg = load_config(args.config, cli_args=extras, n_gpus=n_gpus, timestamp=plan.timestamp)
-        if not (args.train or cfg.resume is not None):
-            compat.warn("No resume=<ckpt> given: evaluating a freshly initialised system.")
         resume_status = _resume_status(torch, cfg.resume) if cfg.resume is not None else None
 
         pl.seed_everything(cfg.seed + compat.get_rank(), workers=True)
@@ -292,9 +347,7 @@ def run(args, extras) -> int:
             loggers += [CSVLogger(cfg.trial_dir, name="csv_logs")] + system.get_loggers()
 
             def write_cmd():
-                with open(os.path.join(cfg.trial_dir, "cmd.txt"), "w") as f:
-                    f.write("python " + " ".join(sys.argv) + "\n")
-                    f.write(str(args) + "\n")
+                write_text(os.path.join(cfg.trial_dir, "cmd.txt"), f"python {' '.join(sys.argv)}\n{args}\n")
 
             rank_zero_only(write_cmd)()
 
@@ -334,9 +387,21 @@ def run(args, extras) -> int:
         return _fail(str(e))
     except NonFiniteError as e:  # the system stopped a diverged run; its checkpoints stay
         return _fail(str(e))
+    except StorageError as e:  # a full disk: the files written before it (checkpoints) and the folder stay
+        return _fail(str(e))
+    except OSError as e:  # the same met outside the plugin's writers (a logger's file)
+        full = as_storage_error(e, folder=plan.trial_dir)
+        if full is None:
+            _remove_unused_run_dirs(created, plan.trial_dir)
+            raise
+        return _fail(str(full))
     except BaseException:
         _remove_unused_run_dirs(created, plan.trial_dir)
         raise
+    finally:
+        from threestudio_lucid import run_folder
+
+        run_folder.release(plan.trial_dir)  # the record stays: a later launch sees an earlier run's folder
     return 0
 
 

@@ -15,13 +15,14 @@ import argparse
 import os
 import sys
 import tempfile
-import zipfile
 from dataclasses import dataclass
 from typing import Any, List, Optional
 
 from omegaconf import OmegaConf
 
-from ..errors import ConfigError, UnknownResolverError  # noqa: F401  (the launcher catches these)
+from ..errors import ConfigError, UnknownResolverError, error_line  # noqa: F401  (the launcher uses these)
+from ..checkpoint_file import check_checkpoint_file, is_zip_checkpoint  # noqa: F401  (the launcher uses both)
+from ..run_folder import process_rank
 from ..trainer_precision import SYSTEM_TYPE, precision_rule
 from .utils import config as config_module
 
@@ -50,17 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def error_line(message: Any) -> str:
-    """The launcher's one line for a bad input."""
-    return f"error: {' '.join(str(message).split())}"
-
-
 @dataclass
 class Plan:
     """Where the run goes, decided before anything is created."""
 
     trial_dir: str
     timestamp: str  # passed to load_config, so the run lands in exactly this trial_dir
+    exp_dir: str = ""
+    trial_prefix: str = ""  # the folder name before the timestamp (the safe tag)
+    resume: Optional[str] = None
     moved_from: Optional[str] = None  # an earlier run's folder an eval run does not write into
 
     def missing_dirs(self) -> List[str]:
@@ -86,6 +85,9 @@ def check(args: argparse.Namespace, extras: List[str], n_gpus: int = 1) -> Plan:
     _check_data_sizes(cfg)
     if cfg.resume is not None:
         check_checkpoint_file(cfg.resume)
+    weights = OmegaConf.select(cfg, "system.weights")
+    if isinstance(weights, str):
+        check_checkpoint_file(weights, key="system.weights")
     plan = _plan_trial_dir(cfg, args, n_gpus)
     _check_exp_root(cfg.exp_root_dir, plan.trial_dir)
     return plan
@@ -200,68 +202,8 @@ def _check_data_sizes(cfg: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# the resume checkpoint
-# ------------------------------------------------------------------------------------------------
-# torch.save's legacy (pre-1.6, non-zip) format starts with a pickled magic number
-_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
-
-
-def is_zip_checkpoint(path: str) -> bool:
-    """A torch.save archive of the current (zip) format, which torch.load can memory-map."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(len(_LEGACY_TORCH_MAGIC)) != _LEGACY_TORCH_MAGIC and zipfile.is_zipfile(path)
-    except OSError:
-        return False
-
-
-def check_checkpoint_file(path: str, key: str = "resume") -> None:
-    """A cheap look at a checkpoint before anything loads it: it exists, is a file, and is a
-    complete torch.save archive (a zip whose central directory, at the very end, can be read:
-    a truncated file has lost it)."""
-    fix = "point it at a checkpoint the training wrote, e.g. outputs/<name>/<run>/ckpts/last.ckpt."
-    if not os.path.exists(path):
-        raise ConfigError(f"{key}='{path}' does not exist: {fix}")
-    if not os.path.isfile(path):
-        raise ConfigError(f"{key}='{path}' is not a file: {fix}")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(len(_LEGACY_TORCH_MAGIC))
-    except OSError as e:
-        raise ConfigError(f"{key}='{path}' cannot be read ({e.strerror}): {fix}") from None
-    if head == _LEGACY_TORCH_MAGIC:
-        return
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError):
-        if head.startswith(b"PK"):
-            raise ConfigError(
-                f"{key}='{path}' is not a complete checkpoint (the archive is truncated or damaged): "
-                f"re-run the training that writes it, or {fix}"
-            ) from None
-        raise ConfigError(
-            f"{key}='{path}' is not a checkpoint (not a torch.save archive; a .ply or a log cannot be "
-            f"resumed from): {fix}"
-        ) from None
-    if not any(name == "data.pkl" or name.endswith("/data.pkl") for name in names):
-        raise ConfigError(f"{key}='{path}' is a zip archive but not a torch checkpoint (no data.pkl): {fix}")
-
-
-# ------------------------------------------------------------------------------------------------
 # the run folder
 # ------------------------------------------------------------------------------------------------
-def _rank() -> int:
-    # the variables Lightning reads for the process rank; ranks > 0 join the folder rank 0 made
-    for name in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
-        if name in os.environ:
-            try:
-                return int(os.environ[name])
-            except ValueError:
-                return 0
-    return 0
-
-
 def _inside(path: str, folder: str) -> bool:
     path, folder = os.path.realpath(path), os.path.realpath(folder)
     return os.path.commonpath([path, folder]) == folder
@@ -272,13 +214,14 @@ def _plan_trial_dir(cfg: Any, args: argparse.Namespace, n_gpus: int) -> Plan:
     checkpoint of that very run (threestudio's way to continue a run from its parsed.yaml); the
     other modes write into a fresh timestamped folder beside it (as a plain threestudio launch does).
     """
-    plan = Plan(trial_dir=cfg.trial_dir, timestamp=cfg.timestamp)
+    plan = Plan(trial_dir=cfg.trial_dir, timestamp=cfg.timestamp, exp_dir=cfg.exp_dir,
+                trial_prefix=config_module.safe_folder_name(cfg.tag), resume=cfg.resume)
     root = os.path.abspath(cfg.exp_root_dir)
     if not _inside(cfg.trial_dir, root):  # safe_folder_name makes this impossible; keep it so
         raise ConfigError(f"The run folder '{cfg.trial_dir}' is outside exp_root_dir='{cfg.exp_root_dir}': set another tag.")
-    if _rank() != 0 or not os.path.lexists(cfg.trial_dir):
+    if process_rank() != 0 or not os.path.lexists(cfg.trial_dir):
         return plan
-    if args.train:
+    if args.train and not config_module.made_timestamp(cfg):
         if cfg.resume is not None and _inside(cfg.resume, cfg.trial_dir):
             return plan
         how = "use_timestamp=false" if not cfg.use_timestamp else f"timestamp='{cfg.timestamp}'"
@@ -289,10 +232,9 @@ def _plan_trial_dir(cfg: Any, args: argparse.Namespace, n_gpus: int) -> Plan:
         )
     if n_gpus > 1:
         return plan  # each rank would pick its own timestamp; threestudio writes into the folder too
-    tag = config_module.safe_folder_name(cfg.tag)
-    plan.timestamp = config_module.free_timestamp(cfg.exp_dir, tag)
+    plan.timestamp = config_module.free_timestamp(cfg.exp_dir, plan.trial_prefix)
     plan.moved_from = cfg.trial_dir
-    plan.trial_dir = os.path.join(cfg.exp_dir, tag + plan.timestamp)
+    plan.trial_dir = os.path.join(cfg.exp_dir, plan.trial_prefix + plan.timestamp)
     return plan
 
 

@@ -24,10 +24,11 @@ Encoding runs, as threestudio's does, in a ``torch.multiprocessing`` spawn child
 picklable job, and the folder above the plugin is put on ``sys.path`` while it starts so that a plugin
 loaded by path (threestudio's ``custom/`` loader names it ``threestudio-lucid``) imports there too. A
 ConfigError in the child (a token of the wrong width, a prompt over 77 tokens) comes back as the same
-one line.
+one line, and so does a StorageError (the cache's disk is full). Entries are written atomically.
 """
 import contextlib
 import hashlib
+import io
 import os
 import sys
 from dataclasses import dataclass
@@ -37,7 +38,8 @@ import torch
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from ..compat import PromptProcessor, cleanup, debug, info, register, warn
-from ..errors import ConfigError
+from ..atomic_files import CACHE_HINT, write_bytes
+from ..errors import ConfigError, StorageError
 from ..prompt_length import processor_prompts_by_key
 from ..personalization import (
     Personalization,
@@ -80,7 +82,7 @@ class EncodingJob:
 
 def run_encoding_job(job: EncodingJob) -> None:
     """Load the personalised text encoder, check the prompts' lengths, encode, and write each entry
-    atomically (write, then rename)."""
+    atomically (``atomic_files.py``)."""
     pipe = load_text_encoder(job.personalization)
     check_personalized_prompt_lengths(pipe.tokenizer, job.named_prompts)
     embeddings = encode_prompts(pipe.tokenizer, pipe.text_encoder, job.prompts)
@@ -88,10 +90,9 @@ def run_encoding_job(job: EncodingJob) -> None:
         row = embedding.detach().to("cpu").clone()  # a compact copy, not a view of the whole batch
         if job.fingerprint is not None:
             setattr(row, FINGERPRINT_ATTRIBUTE, job.fingerprint)
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}"
-        torch.save(row, tmp)
-        os.replace(tmp, path)
+        buffer = io.BytesIO()
+        torch.save(row, buffer)
+        write_bytes(path, buffer.getbuffer(), hint=CACHE_HINT)
     del pipe
 
 
@@ -101,6 +102,8 @@ def _encode_in_child(job: EncodingJob, results) -> None:
         results.put(None)
     except ConfigError as e:
         results.put(str(e))
+    except StorageError as e:  # a full disk: the same one line, as a StorageError
+        results.put((StorageError.__name__, str(e)))
     except BaseException as e:  # noqa: BLE001  (reported in the parent, in one line)
         results.put(f"the prompt embedding process failed: {type(e).__name__}: {one_line(e)}")
 
@@ -134,6 +137,8 @@ def run_in_spawned_process(job: EncodingJob) -> None:
         process.start()
     process.join()
     message = None if results.empty() else results.get()
+    if isinstance(message, tuple):
+        raise StorageError(message[1])
     if message is not None:
         raise ConfigError(message)
     if process.exitcode != 0:

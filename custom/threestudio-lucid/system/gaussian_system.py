@@ -20,6 +20,9 @@ Nothing is lost or silently wrong:
 - SIGINT / SIGTERM during training: at the end of the current step a checkpoint
   ``ckpts/interrupted-step=<k>.ckpt`` and the splats ``save/it<k>-interrupted/<ply_name>`` are written,
   with one line saying how to resume; a second signal stops at once;
+- every file is written atomically (``atomic_files.py``; checkpoints through ``checkpoint_io.py``,
+  installed in ``setup``; under threestudio its image and video writers go through a temporary too):
+  a kill leaves the previous file or the new one, a full disk ends in one ``StorageError`` line;
 - resume is exact: the checkpoint holds the global random states (torch, CUDA, Python, NumPy), the
   states of the guidance's own generators and, through the geometry and the data module, the
   densification statistics and the camera stream; validation does not move the global generators.
@@ -33,12 +36,17 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
-from ..compat import USING_REAL_THREESTUDIO, BaseLift3DSystem, find, info, parse_optimizer, register, tv_loss
+from ..compat import USING_REAL_THREESTUDIO, BaseLift3DSystem, find, info, parse_optimizer, register, tv_loss, warn
+from ..atomic_files import check_complete_mp4, check_image_decodes, temporary_path, write_bytes, write_text
+from ..checkpoint_io import use_atomic_checkpoints
 from ..errors import ConfigError, NonFiniteError
 from ..guidance.option_ranges import check_schedule_range
 from ..prompt_length import check_prompt_lengths, prompt_processor_prompts
+from ..prompt_library import read_prompt_library
+from ..run_folder import RunFolderTaken, claim_launch_folder, describe_holder, holds, process_rank
 from ..rng import generator_states, global_rng_state, set_generator_states, set_global_rng_state
 from ..trainer_precision import precision_rule
+from . import checkpoint_fit
 
 RNG_CHECKPOINT_KEY = "lucid_rng_states"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -106,6 +114,8 @@ class GaussianSplattingSystem(BaseLift3DSystem):
                 f"but {self.cfg.guidance_type} is camera-conditioned: set system.guidance_flip_prob=0."
             )
         self.check_prompt_lengths()
+        if USING_REAL_THREESTUDIO:  # its prompt processor json.load()s the library file: a broken one, one line
+            read_prompt_library()
         self.check_toy_world_prompt()
         self.prompt_processor = find(self.cfg.prompt_processor_type)(self.cfg.prompt_processor)
         self.prompt_utils = self.prompt_processor()
@@ -353,14 +363,40 @@ class GaussianSplattingSystem(BaseLift3DSystem):
         named = [c for c in ckpts if not os.path.basename(c).startswith("last")]  # last.ckpt copies one of them
         return max(named or ckpts, key=os.path.getmtime) if ckpts else None
 
+    # ---- the run folder ----
+    def set_save_dir(self, save_dir: str):
+        """Claim the run folder (``run_folder.py``) before anything is written there. Under
+        ``lucid-launch`` it is already claimed; threestudio's launch.py calls this with
+        ``<trial>/save`` right after building the system, before its callbacks and loggers touch the
+        folder, so a launch that finds its folder taken moves to the next free timestamp here."""
+        trial_dir = os.path.dirname(os.path.abspath(save_dir))
+        if os.path.basename(os.path.normpath(save_dir)) == "save" and process_rank() == 0 and not holds(trial_dir):
+            try:
+                trial_dir = claim_launch_folder(trial_dir, self._resumed, say=info)
+            except RunFolderTaken as taken:
+                raise ConfigError(
+                    f"The run folder '{taken.folder}' is {describe_holder(taken.holder, taken.live)}: start the "
+                    "launch again (a new second gives a new folder) or set another tag (tag=...)."
+                ) from None
+            save_dir = os.path.join(trial_dir, "save")
+        super().set_save_dir(save_dir)
+
     # ---- exact resume ----
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         checkpoint[RNG_CHECKPOINT_KEY] = {
             "global": global_rng_state(),
             "guidance": generator_states(self.guidance),
         }
+        # what the run is made of, so that a resume into another config can name both (checkpoint_fit.py)
+        checkpoint[checkpoint_fit.COMPONENTS_KEY] = checkpoint_fit.component_record(self)
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        # Lightning calls this before its strict load_state_dict (resume= in every mode, both hosts):
+        # a checkpoint of another guidance, geometry or system ends here in one line
+        path = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
+        note = checkpoint_fit.check_resume(self, checkpoint, str(path) if path else None)
+        if note:
+            warn(note)
         states = checkpoint.get(RNG_CHECKPOINT_KEY)
         if states is None:
             return
@@ -444,6 +480,49 @@ class GaussianSplattingSystem(BaseLift3DSystem):
               f"{f', splats {ply}' if ply else ''}. Resume with: {launcher} --config "
               f"{os.path.join(trial, 'configs', 'parsed.yaml')} --train resume={ckpt}", flush=True)
 
+    # ---- weights of another run (system.weights) ----
+    def load_weights(self, weights: str, ignore_modules: Optional[List[str]] = None):
+        """threestudio's ``BaseSystem.load_weights`` (``load_module_weights``, then
+        ``load_state_dict(strict=False)`` and ``do_update_step(..., on_load_weights=True)``), with one
+        line instead of a traceback for a missing or damaged file, and instead of silence for a module
+        that does not fit (``strict=False`` would skip it): see ``checkpoint_fit.py``."""
+        checkpoint = checkpoint_fit.read_weights(weights)
+        ignore = list(ignore_modules or [])
+        state = {k: v for k, v in checkpoint["state_dict"].items() if not any(k.startswith(m + ".") for m in ignore)}
+        checkpoint_fit.check_weights(self, checkpoint, state, weights, ignore)
+        self.load_state_dict(state, strict=False)
+        self.do_update_step(checkpoint.get("epoch", 0), checkpoint.get("global_step", 0), on_load_weights=True)
+        self._loaded_weights = weights
+        info(f"Loaded {checkpoint_fit.describe_loaded(state)} from system.weights='{weights}'"
+             + (f" (ignored: {', '.join(ignore)})" if ignore else ""))
+
+    def _say_if_untrained(self, mode: str) -> None:
+        """--validate/--test/--export without resume= or system.weights= evaluate the Gaussians as
+        initialised: say so on the console (not after a training in the same process)."""
+        if self.resumed or getattr(self, "_loaded_weights", None) or self.cfg.geometry_convert_from:
+            return
+        if self._trainer is None or self.trainer.global_step > 0 or self.trainer.state.fn == "fit":
+            return
+        geometry = getattr(self.geometry, "cfg", None)
+        init = getattr(geometry, "init_type", None)
+        if init == "ply":
+            init = f"ply, '{geometry.init_ply_path}'"
+        warn(f"{mode} without resume= or system.weights=: this evaluates the untrained initial Gaussians"
+             f"{f' (system.geometry.init_type={init})' if init else ''}, not a trained run; to evaluate one, add "
+             "resume=<trial>/ckpts/last.ckpt (e.g. outputs/<name>/<tag>@<timestamp>/ckpts/last.ckpt).")
+
+    def on_validation_start(self) -> None:
+        self._say_if_untrained("--validate")
+        super().on_validation_start()
+
+    def on_test_start(self) -> None:
+        self._say_if_untrained("--test")
+        super().on_test_start()
+
+    def on_predict_start(self) -> None:
+        self._say_if_untrained("--export")
+        super().on_predict_start()
+
     # ---- evaluation ----
     def _view_grid(self, out: Dict[str, Any]):
         return [
@@ -504,25 +583,61 @@ class GaussianSplattingSystem(BaseLift3DSystem):
         info(line)
         return scores
 
+    # ---- files: written atomically (atomic_files.py) ----
+    def setup(self, stage: str) -> None:
+        """Checkpoints are written atomically (``checkpoint_io.py``): installed here because
+        threestudio's launch.py builds the Trainer itself, without plugins."""
+        super().setup(stage)
+        use_atomic_checkpoints(self.trainer)
+
+    def save_image_grid(self, filename, imgs, *args, **kwargs):
+        """The host's SaverMixin writes atomically; threestudio's writes in place (OpenCV): there the
+        grid goes to a hidden temporary through it and is renamed once it decodes."""
+        if getattr(self, "SAVER_WRITES_ATOMICALLY", False):
+            return super().save_image_grid(filename, imgs, *args, **kwargs)
+        path = self.get_save_path(filename)
+        with temporary_path(path, verify=check_image_decodes) as tmp:
+            super().save_image_grid(os.path.relpath(tmp, self.get_save_dir()), imgs, *args, **kwargs)
+        return path
+
+    def save_img_sequence(self, filename, img_dir, matcher, save_format="mp4", fps=30, name=None, step=None):
+        """As :meth:`save_image_grid`: atomic under threestudio too (its video goes to a temporary)."""
+        if getattr(self, "SAVER_WRITES_ATOMICALLY", False):
+            return super().save_img_sequence(filename, img_dir, matcher, save_format, fps, name, step)
+        if not filename.endswith(save_format):
+            filename += f".{save_format}"
+        path = self.get_save_path(filename)
+        with temporary_path(path, verify=check_complete_mp4 if save_format == "mp4" else check_image_decodes) as tmp:
+            super().save_img_sequence(os.path.relpath(tmp, self.get_save_dir()), img_dir, matcher, save_format,
+                                      fps, name, step)
+        return path
+
     def save_trimesh(self, filename: str, mesh, formats: List[str]) -> List[str]:
         """Write a ``trimesh.Trimesh`` as ``<filename>.<format>`` for each format (obj, ply, glb);
-        the export type of ``lucid-gaussian-mesh-exporter``."""
+        the export type of ``lucid-gaussian-mesh-exporter``. Each file is made in memory and written
+        atomically; an OBJ's material and texture go first, so a complete OBJ finds them."""
         paths = []
         for fmt in formats:
             path = self.get_save_path(f"{filename}.{fmt}")
             if fmt == "obj":
                 # vertex colours on the v lines; a baked texture as the .mtl and its image beside it
-                mesh.export(path, file_type="obj", include_color=True, include_texture=True,
-                            mtl_name=f"{os.path.basename(filename)}.mtl")
+                from trimesh.exchange.obj import export_obj
+
+                text, assets = export_obj(mesh, include_color=True, include_texture=True, return_texture=True,
+                                          write_texture=False, mtl_name=f"{os.path.basename(filename)}.mtl")
+                for name, data in assets.items():
+                    write_bytes(os.path.join(os.path.dirname(path), name), data)
+                write_text(path, text)
             elif fmt == "ply" and "vertex_colors" in mesh.metadata:
                 # PLY holds no texture: the baked mesh's vertex colours instead
                 import trimesh
 
                 colored = mesh.copy()
                 colored.visual = trimesh.visual.ColorVisuals(colored, vertex_colors=mesh.metadata["vertex_colors"])
-                colored.export(path, file_type="ply")
+                write_bytes(path, colored.export(file_type="ply"))
             else:
-                mesh.export(path, file_type=fmt)
+                data = mesh.export(file_type=fmt)
+                write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
             paths.append(path)
         info(f"Saved the mesh to {', '.join(paths)}")
         return paths

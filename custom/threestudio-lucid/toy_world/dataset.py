@@ -42,6 +42,7 @@ as a splat renderer gives) and stored as uint8 rgb/alpha and float16 depth in
 text-embedding cache). The renders are regenerated on demand and never committed.
 """
 import hashlib
+import io
 import json
 import math
 import os
@@ -52,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..atomic_files import CACHE_HINT, write_bytes
 from .objects import DEFAULT_OBJECTS, get_object, get_variant, orbit_c2w, render_object, variant_names
 
 # bump when the renderer or the objects change, so stale caches are not reused
@@ -502,11 +504,10 @@ def load_render_sets(settings: ToyWorldSettings, cache_dir: Optional[str] = None
         if data.get("version") == RENDERER_VERSION:
             return RenderSet(settings, **data["train"]), RenderSet(settings, **data["eval"])
     train, held_out = render_sets(settings)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
+    buffer = io.BytesIO()
     torch.save(
         {"version": RENDERER_VERSION, "settings": settings.to_dict(), "train": train.tensors(), "eval": held_out.tensors()},
-        tmp,
+        buffer,
     )
-    os.replace(tmp, path)
+    write_bytes(path, buffer.getbuffer(), hint=CACHE_HINT)
     return train, held_out

@@ -39,6 +39,7 @@ from typing import Any, Dict
 import torch
 import torch.nn.functional as F
 
+from ..atomic_files import write_text
 from ..compat import get_ray_directions, get_rays
 from .dataset import eval_cameras, shift_azimuth_deg
 from .objects import get_object, get_variant, orbit_c2w, render_object
@@ -236,5 +237,5 @@ def scores_only(result: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def write_scores(result: Dict[str, Any], path: str) -> None:
-    with open(path, "w") as f:
-        json.dump(scores_only(result), f, indent=2)
+    """The scores as JSON, written atomically."""
+    write_text(path, json.dumps(scores_only(result), indent=2))

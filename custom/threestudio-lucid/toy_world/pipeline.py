@@ -38,12 +38,14 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from ..atomic_files import write_text
 from .dataset import DEFAULT_CACHE_DIR, VIEW_DISTRIBUTIONS, ToyWorldSettings, caption_table, load_render_sets
 from .objects import OBJECTS, VARIANTS
 from .prior import ToyAutoencoder, ToyDenoiser
 
 TOY_WORLD_CLASS_NAME = "LucidToyWorldPipeline"
 SETTINGS_FILE = "toy_world.json"
+FOLDER_HINT = "free space there or build the toy world into a folder on a disk with room"
 CACHE_ENV = "LUCID_TOY_WORLD_CACHE"
 
 
@@ -187,20 +189,16 @@ def build_toy_world(
     import diffusers
     import transformers
 
-    with open(os.path.join(path, "model_index.json"), "w", encoding="utf-8") as f:
-        json.dump(
-            {
-                "_class_name": TOY_WORLD_CLASS_NAME,
-                "_diffusers_version": diffusers.__version__,
-                "scheduler": ["diffusers", "DDIMScheduler"],
-                "text_encoder": ["transformers", "CLIPTextModel"],
-                "tokenizer": ["transformers", "CLIPTokenizer"],
-                "toy_world": SETTINGS_FILE,
-                "_transformers_version": transformers.__version__,
-            },
-            f,
-            indent=2,
-        )
+    index = {
+        "_class_name": TOY_WORLD_CLASS_NAME,
+        "_diffusers_version": diffusers.__version__,
+        "scheduler": ["diffusers", "DDIMScheduler"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "toy_world": SETTINGS_FILE,
+        "_transformers_version": transformers.__version__,
+    }
+    write_text(os.path.join(path, "model_index.json"), json.dumps(index, indent=2), hint=FOLDER_HINT)
     described = {
         "settings": world.to_dict(),
         "latent_size": world.latent_size,
@@ -215,8 +213,7 @@ def build_toy_world(
         captions, members = caption_table(train)
         described["num_renders"] = len(train)
         described["captions"] = {c: int(m.sum()) for c, m in zip(captions, members)}
-    with open(os.path.join(path, SETTINGS_FILE), "w", encoding="utf-8") as f:
-        json.dump(described, f, indent=2)
+    write_text(os.path.join(path, SETTINGS_FILE), json.dumps(described, indent=2), hint=FOLDER_HINT)
     return path
 
 

@@ -345,3 +345,13 @@ def test_prompts_of_exactly_77_tokens_are_encoded_untruncated(tiny_sd_path, in_t
     torch.testing.assert_close(processor.uncond_text_embeddings, encode([negative_prompt]), atol=1e-5, rtol=1e-5)
     # and the last text token matters: the embedding is not that of a prompt cut one token short
     assert not torch.allclose(processor.text_embeddings, encode(["cat " * 74]), atol=1e-3)
+
+
+@pytest.mark.parametrize("text, named", [("", "is empty"), ("{not json", "is not valid JSON"), ("[]", "holds a JSON list")])
+def test_an_empty_or_broken_prompt_library_is_one_line_naming_the_file(tiny_sd_path, in_tmp_cwd, text, named):
+    """threestudio json.load()s load/prompt_library.json for every prompt, so a broken file stops any run."""
+    (in_tmp_cwd / "load").mkdir()
+    (in_tmp_cwd / "load" / "prompt_library.json").write_text(text)
+    with pytest.raises(ConfigError) as error:
+        make_processor(tiny_sd_path, prompt="a cat")
+    assert f"prompt_library.json' {named}" in str(error.value) and "\n" not in str(error.value)

@@ -1,12 +1,14 @@
-"""Lightning callbacks launch.py installs for ``--train``: code and config snapshots, progress bar."""
+"""Lightning callbacks launch.py installs for ``--train``: code and config snapshots, progress bar.
+Every snapshot file is written atomically (``atomic_files.py``)."""
 import os
-import shutil
 import subprocess
 
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.callbacks.progress import TQDMProgressBar
 from pytorch_lightning.utilities.rank_zero import rank_zero_only, rank_zero_warn
 
+from ...atomic_files import copy_file
+from ...errors import StorageError
 from .config import dump_config
 
 
@@ -57,11 +59,13 @@ class CodeSnapshotCallback(VersionedCallback):
             if not os.path.exists(f) or os.path.isdir(f):
                 continue
             os.makedirs(os.path.join(self.savedir, os.path.dirname(f)), exist_ok=True)
-            shutil.copyfile(f, os.path.join(self.savedir, f))
+            copy_file(f, os.path.join(self.savedir, f))
 
     def on_fit_start(self, trainer, pl_module):
         try:
             self.save_code_snapshot()
+        except StorageError:  # a full disk is not a missing git: the run stops with its one line
+            raise
         except Exception:
             rank_zero_warn(
                 "Code snapshot is not saved. Please make sure you have git installed and are in a git repository."
@@ -80,7 +84,7 @@ class ConfigSnapshotCallback(VersionedCallback):
     def save_config_snapshot(self):
         os.makedirs(self.savedir, exist_ok=True)
         dump_config(os.path.join(self.savedir, "parsed.yaml"), self.config)
-        shutil.copyfile(self.config_path, os.path.join(self.savedir, "raw.yaml"))
+        copy_file(self.config_path, os.path.join(self.savedir, "raw.yaml"))
 
     def on_fit_start(self, trainer, pl_module):
         self.save_config_snapshot()

@@ -29,7 +29,7 @@ _OMEGACONF_VERSION = Version(omegaconf.__version__)
 
 # Where the current experiment config came from, so errors found later (when a component parses its
 # own sub-config) can say which file or command-line argument to fix.
-_SOURCES = {"files": [], "cli_keys": set()}
+_SOURCES = {"files": [], "cli_keys": set(), "made_timestamp": None}
 
 
 def _register_resolver(name, fn):
@@ -134,6 +134,7 @@ class ExperimentConfig:
                     )
                 else:
                     self.timestamp = free_timestamp(os.path.join(self.exp_root_dir, safe_folder_name(self.name)), self.trial_name)
+                    _SOURCES["made_timestamp"] = self.timestamp
         self.trial_name += safe_folder_name(self.timestamp, max_len=40)
         self.exp_dir = os.path.join(self.exp_root_dir, safe_folder_name(self.name))
         self.trial_dir = os.path.join(self.exp_dir, self.trial_name)
@@ -173,6 +174,12 @@ def safe_folder_name(text: str, max_len: int = MAX_FOLDER_NAME) -> str:
         return safe
     digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
     return safe[: max_len - len(digest) - 1] + "-" + digest
+
+
+def made_timestamp(cfg: Any) -> bool:
+    """Whether the last config read got its timestamp now (not from the config or the command line,
+    as a relaunch from a parsed.yaml does)."""
+    return bool(cfg.timestamp) and cfg.timestamp == _SOURCES["made_timestamp"]
 
 
 def make_trial_dir(cfg: Any) -> None:
@@ -224,8 +231,30 @@ def read_config(*yamls: str, cli_args: list = [], from_string=False, **kwargs) -
         if from_string:
             yaml_confs.append(OmegaConf.create(y))
             continue
+        if os.path.isdir(y):
+            raise ConfigError(f"Config file '{y}' is a folder: pass a YAML file to --config "
+                              "(e.g. custom/threestudio-lucid/configs/lucid-ism-cpu.yaml).")
         if not os.path.isfile(y):
             raise ConfigError(f"Config file '{y}' does not exist: pass an existing YAML file to --config.")
+        # an empty file (or a list, or one value) is no run config: threestudio would go on and fail on
+        # the first empty field (data_type=''); the document's root node says what it is
+        import yaml
+
+        fix = "pass a run config, a mapping of keys such as name:, data_type:, system_type:, system: (e.g. " \
+              "custom/threestudio-lucid/configs/lucid-ism-cpu.yaml)"
+        try:
+            with open(y, encoding="utf-8") as f:
+                root = yaml.compose(f, Loader=yaml.SafeLoader)
+        except (yaml.YAMLError, UnicodeDecodeError):
+            root = "unparsed"  # OmegaConf.load below names the syntax error
+        except OSError as e:
+            raise ConfigError(f"Config file '{y}' cannot be read ({e.strerror or e}): {fix}.") from None
+        if root is None or (isinstance(root, yaml.ScalarNode) and root.tag.endswith(":null")) or \
+                (isinstance(root, yaml.MappingNode) and not root.value):
+            raise ConfigError(f"Config file '{y}' is empty (it holds no keys: only blank lines, comments, {{}} or null): {fix}.")
+        if isinstance(root, (yaml.SequenceNode, yaml.ScalarNode)):
+            what = "a YAML list" if isinstance(root, yaml.SequenceNode) else f"a single value ({root.value[:40]!r})"
+            raise ConfigError(f"Config file '{y}' holds {what}, not a mapping of config keys: {fix}.")
         try:
             yaml_confs.append(OmegaConf.load(y))
         except Exception as e:  # yaml syntax errors carry line numbers; keep them on one line
@@ -233,6 +262,7 @@ def read_config(*yamls: str, cli_args: list = [], from_string=False, **kwargs) -
             raise ConfigError(f"Config file '{y}' is not valid YAML: {msg}") from None
     _SOURCES["files"] = [] if from_string else list(yamls)
     _SOURCES["cli_keys"] = _cli_keys(cli_args)
+    _SOURCES["made_timestamp"] = None
     try:
         cli_conf = OmegaConf.from_cli(cli_args)
     except Exception as e:
@@ -286,8 +316,14 @@ def config_to_primitive(config, resolve: bool = True) -> Any:
 
 
 def dump_config(path: str, config) -> None:
-    with open(path, "w") as fp:
-        OmegaConf.save(config=config, f=fp)
+    """``OmegaConf.save``'s YAML, written atomically (``atomic_files.py``)."""
+    import io
+
+    from ...atomic_files import write_text
+
+    text = io.StringIO()
+    OmegaConf.save(config=config, f=text)
+    write_text(path, text.getvalue())
 
 
 # A component's config is a new OmegaConf root (parse_structured), so the keys below it start again

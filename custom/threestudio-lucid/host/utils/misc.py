@@ -145,7 +145,8 @@ def load_module_weights(
         raise ValueError("module_name and ignore_modules cannot be both set")
     if not os.path.isfile(path):
         raise ConfigError(f"Weights file '{path}' does not exist: check the 'weights' / 'resume' path.")
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    # torch.load's own default, as threestudio calls it (weights_only=True since torch 2.6)
+    ckpt = torch.load(path, map_location=map_location)
     state_dict = ckpt["state_dict"]
     if ignore_modules is not None:
         state_dict = {

@@ -15,12 +15,17 @@ Where the output differs from threestudio, on purpose:
   imageio-ffmpeg to a multiple of 16; even sizes are kept exactly.
 - Multi-channel ``uint16`` PNGs go through a small PNG encoder (Pillow cannot write them).
 - ``save_obj`` needs no mesh library (it writes text); ``save_mesh`` needs trimesh, as threestudio.
+- Every file is written atomically (``atomic_files.py``: a hidden temporary in the same folder, fsync,
+  rename): a kill leaves the previous file or none, never a partial one, and a full disk raises one
+  ``StorageError`` line. Images, data and meshes are encoded in memory first; an MP4 goes through
+  ffmpeg into the temporary and must be complete (a ``moov`` box) before it is renamed: imageio-ffmpeg
+  only logs ffmpeg's own failures, e.g. a full disk at the trailer.
 """
 import functools
+import io
 import json
 import os
 import re
-import shutil
 import struct
 import zlib
 
@@ -30,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...atomic_files import check_complete_mp4, copy_file, temporary_path, write_bytes, write_text
 from .. import warn
 from .typing import Any, Dict, DictConfig, List, Optional, Tuple
 
@@ -116,12 +122,11 @@ def _write_image(path: str, img: np.ndarray) -> None:
     if img.dtype == np.uint16:
         if ext != ".png":
             raise ValueError(f"uint16 images can only be saved as .png, got '{path}'")
-        with open(path, "wb") as f:
-            f.write(_encode_png16(img))
+        write_bytes(path, _encode_png16(img))
         return
     if ext in (".jpg", ".jpeg") and img.ndim == 3 and img.shape[-1] == 4:
         img = img[..., :3]  # JPEG has no alpha; cv2.imwrite drops it the same way
-    iio.imwrite(path, np.ascontiguousarray(img))
+    write_bytes(path, iio.imwrite("<bytes>", np.ascontiguousarray(img), extension=ext))
 
 
 def _read_frame_rgb(path: str) -> np.ndarray:
@@ -163,6 +168,10 @@ def _cfg_get(cfg: Any, key: str, default: Any = None) -> Any:
 # the mixin
 # ---------------------------------------------------------------------------------------------
 class SaverMixin:
+    # every writer below is atomic: a system that wraps threestudio's in-place writers (the plugin's)
+    # needs no temporary of its own here
+    SAVER_WRITES_ATOMICALLY = True
+
     _save_dir: Optional[str] = None
     _wandb_logger: Optional[Any] = None
 
@@ -483,26 +492,29 @@ class SaverMixin:
         if not filename.endswith(suffix):
             filename += suffix
         save_path = self.get_save_path(filename)
+        buffer = io.BytesIO()
         if isinstance(data, dict):
-            np.savez(save_path, **data)
+            np.savez(buffer, **data)
         else:
-            np.save(save_path, data)
+            np.save(buffer, data)
+        write_bytes(save_path, buffer.getbuffer())
         return save_path
 
     def save_state_dict(self, filename, data) -> str:
         save_path = self.get_save_path(filename)
-        torch.save(data, save_path)
+        buffer = io.BytesIO()
+        torch.save(data, buffer)
+        write_bytes(save_path, buffer.getbuffer())
         return save_path
 
     def save_file(self, filename, src_path) -> str:
         save_path = self.get_save_path(filename)
-        shutil.copyfile(src_path, save_path)
+        copy_file(src_path, save_path)
         return save_path
 
     def save_json(self, filename, payload) -> str:
         save_path = self.get_save_path(filename)
-        with open(save_path, "w") as f:
-            f.write(json.dumps(payload))
+        write_text(save_path, json.dumps(payload))
         return save_path
 
     # ---- videos ----
@@ -536,16 +548,16 @@ class SaverMixin:
 
         if save_format == "gif":
             # GIF stores delays in 1/100 s; loop=0 plays forever
-            iio.imwrite(save_path, np.stack(frames), extension=".gif", duration=1000.0 / fps, loop=0)
+            write_bytes(save_path, iio.imwrite("<bytes>", np.stack(frames), extension=".gif",
+                                               duration=1000.0 / fps, loop=0))
         else:
-            writer = imageio.v2.get_writer(
-                save_path, format="FFMPEG", mode="I", fps=fps, macro_block_size=1
-            )
-            try:
-                for frame in frames:
-                    writer.append_data(_pad_to_even(frame))
-            finally:
-                writer.close()
+            with temporary_path(save_path, verify=check_complete_mp4) as tmp:  # ffmpeg writes by path
+                writer = imageio.v2.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, macro_block_size=1)
+                try:
+                    for frame in frames:
+                        writer.append_data(_pad_to_even(frame))
+                finally:
+                    writer.close()
         self._log_media(name, step, save_path, video_format=save_format)
         return save_path
 
@@ -560,7 +572,13 @@ class SaverMixin:
             ) from err
         save_path = self.get_save_path(filename)
         mesh = trimesh.Trimesh(vertices=self.convert_data(v_pos), faces=self.convert_data(t_pos_idx))
-        mesh.export(save_path)
+        data = mesh.export(file_type=os.path.splitext(save_path)[1][1:].lower())
+        if isinstance(data, dict):  # a format of several files (glTF): each beside the first
+            data = {os.path.basename(save_path) if name == "model.gltf" else name: v for name, v in data.items()}
+            for name, content in data.items():
+                write_bytes(os.path.join(os.path.dirname(save_path), name), content)
+        else:
+            write_bytes(save_path, data.encode("utf-8") if isinstance(data, str) else data)
         return save_path
 
     def save_obj(
@@ -649,8 +667,7 @@ class SaverMixin:
                 corners.append(f"{face[j] + 1}/{tex}/{nrm}")
             lines.append("f " + " ".join(corners))
         save_path = self.get_save_path(filename)
-        with open(save_path, "w") as f:
-            f.write("".join(line + "\n" for line in lines))
+        write_text(save_path, "".join(line + "\n" for line in lines))
         return save_path
 
     def _save_mtl(
@@ -697,6 +714,5 @@ class SaverMixin:
             texture("map_Pm", "texture_metallic", map_Pm, "refl", grey=True)
         if map_Pr is not None:
             texture("map_Pr", "texture_roughness", map_Pr, "Ns", grey=True)
-        with open(mtl_save_path, "w") as f:
-            f.write("".join(line + "\n" for line in lines))
+        write_text(mtl_save_path, "".join(line + "\n" for line in lines))
         return save_paths

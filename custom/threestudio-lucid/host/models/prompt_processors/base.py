@@ -36,7 +36,6 @@ Deviations, each deliberate:
   :class:`ConfigError` instead of a ``KeyError``.
 """
 import hashlib
-import json
 import os
 
 import torch
@@ -350,10 +349,9 @@ class PromptProcessor(BaseObject):
 
     def load_prompt_library(self) -> Dict[str, Any]:
         """``load/prompt_library.json`` (relative to the working directory), or ``{}`` if absent."""
-        if not os.path.exists(PROMPT_LIBRARY_PATH):
-            return {}
-        with open(PROMPT_LIBRARY_PATH, "r", encoding="utf-8") as f:
-            return json.load(f)
+        from ....prompt_library import read_prompt_library
+
+        return read_prompt_library(PROMPT_LIBRARY_PATH)
 
     def preprocess_prompt(self, prompt: str) -> str:
         """Resolve ``lib:kw1_kw2``: the one DreamFusion library prompt containing every keyword

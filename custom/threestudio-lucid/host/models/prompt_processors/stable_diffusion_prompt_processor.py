@@ -22,6 +22,7 @@ As threestudio's, except:
 - a checkpoint that cannot be found is a one-line :class:`ConfigError` that names
   ``pretrained_model_name_or_path`` and how to make a local one (``lucid-build-tiny-sd PATH``).
 """
+import io
 import json
 import os
 
@@ -31,6 +32,7 @@ from ... import register
 from ...utils.config import ConfigError
 from ...utils.misc import cleanup
 from ...utils.typing import *
+from ....atomic_files import CACHE_HINT, write_bytes
 from ....prompt_length import check_prompt_lengths, processor_prompts_by_key
 from ....personalization import local_model_folder, text_encoder_fingerprint  # noqa: F401  (re-exported)
 from .base import FINGERPRINT_ATTRIBUTE, PromptProcessor, hash_prompt
@@ -152,14 +154,14 @@ def encode_prompts(tokenizer, text_encoder, prompts: List[str]) -> Float[Tensor,
 
 
 def _save_embedding(embedding: Tensor, path: str, fingerprint: Optional[str] = None) -> None:
-    # write-then-rename, so an interrupted run never leaves a truncated cache entry behind
-    tmp_path = f"{path}.tmp{os.getpid()}"
+    # atomic (atomic_files.py), so an interrupted run never leaves a truncated cache entry behind
     row = embedding.detach().to("cpu").clone()
     if fingerprint is not None:
         # pickled with the tensor and restored by torch.load; threestudio's reader sees a plain tensor
         setattr(row, FINGERPRINT_ATTRIBUTE, fingerprint)
-    torch.save(row, tmp_path)
-    os.replace(tmp_path, path)
+    buffer = io.BytesIO()
+    torch.save(row, buffer)
+    write_bytes(path, buffer.getbuffer(), hint=CACHE_HINT)
 
 
 @register("stable-diffusion-prompt-processor")
