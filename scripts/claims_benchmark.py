@@ -14,14 +14,15 @@ front-heavy and captioned without view words (trained with
 0, 0.5 (the official setting) and 1. Runs go one at a time (each uses every core: measured faster here
 than two one-thread runs side by side) and are resumable: a run whose scores file exists is skipped.
 
-    python scripts/claims_benchmark.py                    # default: 200 steps, seeds 0 1 2 (48 min on 2 shared cores)
+    python scripts/claims_benchmark.py                    # default: 200 steps, seeds 0-4 (about 80 min on 2 shared cores)
     python scripts/claims_benchmark.py --full             # 400 steps (the toy configs' own), seeds 0-4
     python scripts/claims_benchmark.py --worlds multimodal --methods sds ism --seeds 0   # one cell
 
 Writes ``<report>.md`` (default ``docs/claims.md``): per world a table of mean +- std over seeds, each
-claim with a verdict computed from those numbers (:func:`compare`), the command, date, machine and wall
-time; and ``<report>_<world>.png``: rows are the ground truth (every variant), then one row per method
-setting (the first seed), over the world's held-out views.
+claim with a verdict from the seeds' paired differences (:func:`compare`, ``toy_world/verdicts.py``:
+shown / refuted / inconclusive, with a 95 % interval and a margin stated per check before the run), the
+command, date, machine and wall time; and ``<report>_<world>.png``: rows are the ground truth (every
+variant), then one row per method setting (the first seed), over the world's held-out views.
 """
 import argparse
 import datetime
@@ -36,10 +37,12 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from threestudio_lucid.toy_world import verdicts
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from toy_benchmark import REPO, run_method, split_grid  # noqa: E402
 
-DEFAULT_STEPS, DEFAULT_SEEDS = 200, [0, 1, 2]
+DEFAULT_STEPS, DEFAULT_SEEDS = 200, [0, 1, 2, 3, 4]  # a verdict needs verdicts.MIN_SEEDS (5) paired seeds
 FULL_STEPS, FULL_SEEDS = 400, [0, 1, 2, 3, 4]
 
 
@@ -90,7 +93,15 @@ SETTINGS = {
 
 
 # ---------------------------------------------------------------------------------------------------
-# numbers: aggregation over seeds and the verdict rule
+# numbers: aggregation over seeds and the verdict rule (threestudio_lucid.toy_world.verdicts)
+
+# The smallest effect that matters per score, in the score's own units, stated here before any run
+# (a check's margin: an interval below it refutes the claimed difference).
+MARGINS = {
+    "sharpness": 0.05,  # 5 % of the truth's high-frequency energy
+    "consistency": 0.125,  # one held-out view of 8
+    "janus": 0.05,  # on the 0 (true back) .. 1 (second front) scale
+}
 
 
 @dataclass
@@ -100,9 +111,13 @@ class Stat:
     n: int
     exact: bool = False  # a constant of the claim (a threshold), not a measurement
     values: tuple = ()  # the per-seed values
+    seeds: tuple = ()  # the seed of each value (pairs the methods' runs); positions when not given
 
     def per_seed(self) -> str:
         return "" if self.exact or len(self.values) < 2 else " (" + ", ".join(f"{v:.3f}" for v in self.values) + ")"
+
+    def by_seed(self) -> Dict:
+        return dict(zip(self.seeds or range(len(self.values)), self.values))
 
     def __str__(self) -> str:
         if self.exact:
@@ -112,55 +127,47 @@ class Stat:
         return f"{self.mean:.3f}" if self.n == 1 or math.isnan(self.std) else f"{self.mean:.3f} ± {self.std:.3f}"
 
 
-def aggregate(values: Sequence[Optional[float]]) -> Stat:
+def aggregate(values: Sequence[Optional[float]], seeds: Optional[Sequence[int]] = None) -> Stat:
     """Mean and sample std (ddof 1) of the finite values (a nan score, e.g. sharpness where the truth has no
-    detail, and missing runs are left out)."""
-    xs = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    detail, and missing runs are left out), with the seed of each (``seeds[i]`` made ``values[i]``)."""
+    seeds = list(seeds) if seeds is not None else list(range(len(values)))
+    kept = [(s, float(v)) for s, v in zip(seeds, values) if v is not None and math.isfinite(float(v))]
+    xs = [v for _, v in kept]
     if not xs:
         return Stat(float("nan"), float("nan"), 0)
     std = float(np.std(xs, ddof=1)) if len(xs) > 1 else float("nan")
-    return Stat(float(np.mean(xs)), std, len(xs), values=tuple(xs))
+    return Stat(float(np.mean(xs)), std, len(xs), values=tuple(xs), seeds=tuple(s for s, _ in kept))
 
 
 @dataclass
 class Check:
-    """One measurable statement: ``lhs`` is less (``"<"``) or greater (``">"``) than ``rhs``."""
+    """One measurable statement: ``lhs`` is less (``"<"``) or greater (``">"``) than ``rhs`` by a margin that
+    matters (``margin``); a ``"precondition"`` (the world shows the failure) or a ``"claim"``."""
 
     text: str
     lhs_label: str
     lhs: Stat
     op: str
     rhs_label: str
-    rhs: Stat  # a constant is a Stat with std 0
+    rhs: Stat  # a constant is a Stat with exact=True
+    margin: float = 0.05
+    role: str = verdicts.CLAIM
     verdict: str = ""
     detail: str = ""
+    result: Optional[verdicts.Verdict] = None
 
 
-HOLDS, UNDECIDED = "holds", "undecided"
-OPPOSITE, WITHIN = "does not hold here: the opposite", "does not hold here: within the spread"
+SHOWN, REFUTED, INCONCLUSIVE = verdicts.SHOWN, verdicts.REFUTED, verdicts.INCONCLUSIVE
 
 
 def compare(check: Check) -> Check:
-    """The verdict rule. The difference in the claimed direction, ``d = rhs - lhs`` for ``<`` (``lhs - rhs``
-    for ``>``), against the spread ``s = sqrt(std_lhs^2 + std_rhs^2)`` (seed-to-seed spread of one run's
-    difference; a constant has std 0): ``holds`` if d > s, the opposite if -d > s, else within the
-    spread. Undecided when a side was not measured or has fewer than 2 seeds (no spread to compare with)."""
-    a, b = check.lhs, check.rhs
-    if a.n == 0 or b.n == 0 or math.isnan(a.mean) or math.isnan(b.mean):
-        check.verdict, check.detail = UNDECIDED, "not measured"
-        return check
-    if math.isnan(a.std) or math.isnan(b.std):
-        check.verdict, check.detail = UNDECIDED, "fewer than 2 seeds: no spread to compare the difference with"
-        return check
-    d = (b.mean - a.mean) if check.op == "<" else (a.mean - b.mean)
-    s = math.hypot(a.std, b.std)
-    if d > s:
-        check.verdict = HOLDS
-    elif -d > s:
-        check.verdict = OPPOSITE
-    else:
-        check.verdict = WITHIN
-    check.detail = f"difference {d:+.3f} in the claimed direction, spread {s:.3f}"
+    """The verdict rule (``verdicts`` module): the per-seed differences ``lhs_s - rhs_s`` in the claimed
+    direction over the seeds both sides have (against a constant, ``lhs_s - c``), their mean and 95 %
+    t interval: shown if it excludes 0 on the claimed side, refuted if not and its upper end is below the
+    check's margin, inconclusive otherwise or with fewer than ``verdicts.MIN_SEEDS`` paired seeds."""
+    other = check.rhs.mean if check.rhs.exact else check.rhs.by_seed()
+    v = verdicts.paired_verdict(check.lhs.by_seed(), other, check.op, check.margin)
+    check.result, check.verdict, check.detail = v, v.outcome, v.describe()
     return check
 
 
@@ -169,45 +176,42 @@ def constant(x: float) -> Stat:
 
 
 def claim_verdict(checks: Sequence[Check]) -> str:
-    """A claim holds only if every one of its checks holds; undecided if none fails but some is undecided."""
-    verdicts = [c.verdict for c in checks]
-    if all(v == HOLDS for v in verdicts):
-        return HOLDS
-    if any(v in (OPPOSITE, WITHIN) for v in verdicts):
-        return "does not hold here"
-    return UNDECIDED
+    """Inconclusive unless every precondition is shown; then refuted if a claim check is refuted, shown if
+    all are (``verdicts.claim_outcome``)."""
+    return verdicts.claim_outcome((c.role, c.verdict) for c in checks)[0]
 
 
 def build_claims(stats: Dict[str, Dict[str, Dict[str, Stat]]]) -> List[Dict]:
-    """The claims as checks over ``stats[world][setting][score]``; a world or setting not run gives
-    undecided checks. Returns ``[{"title", "paper", "checks", "verdict"}]``."""
+    """The claims as checks over ``stats[world][setting][score]``, every check and margin fixed here before
+    the run (no method is picked after it); a world or setting not run gives inconclusive checks. Returns
+    ``[{"title", "paper", "checks", "verdict"}]``."""
     missing = Stat(float("nan"), float("nan"), 0)
 
     def get(world, setting, score):
         return stats.get(world, {}).get(setting, {}).get(score, missing)
 
     mm, bi = "multimodal", "biased"
+    sharp, cons, jan = MARGINS["sharpness"], MARGINS["consistency"], MARGINS["janus"]
+    pre = verdicts.PRECONDITION
     lucid = [
         Check("the world exposes over-smoothing: SDS's renders are blurrier than the nearest variant "
-              "(sharpness < 1)", "SDS sharpness", get(mm, "sds", "sharpness"), "<", "1", constant(1.0)),
+              "(sharpness < 1)", "SDS sharpness", get(mm, "sds", "sharpness"), "<", "1", constant(1.0), sharp, pre),
         Check("ISM keeps more detail than SDS (higher sharpness)", "ISM sharpness", get(mm, "ism", "sharpness"), ">",
-              "SDS sharpness", get(mm, "sds", "sharpness")),
+              "SDS sharpness", get(mm, "sds", "sharpness"), sharp),
         Check("ISM's views commit to one variant more than SDS's (higher consistency)", "ISM consistency",
-              get(mm, "ism", "consistency"), ">", "SDS consistency", get(mm, "sds", "consistency")),
+              get(mm, "ism", "consistency"), ">", "SDS consistency", get(mm, "sds", "consistency"), cons),
     ]
     janus = {s: get(bi, s, "janus") for s in SETTINGS}
-    worst = max((s for s in janus if janus[s].n), key=lambda s: janus[s].mean, default="sds")
     esd = [
-        Check(f"the world exposes Janus: some method's Janus is above 0.5 (the highest: {worst.upper()})",
-              f"{worst.upper()} Janus", janus[worst], ">", "0.5", constant(0.5)),
-        Check("SDS collapses: Janus above 0.5", "SDS Janus", janus["sds"], ">", "0.5", constant(0.5)),
-        Check("VSD collapses: Janus above 0.5", "VSD Janus", janus["vsd"], ">", "0.5", constant(0.5)),
+        Check("the world exposes Janus: SDS collapses (Janus above 0.5)", "SDS Janus", janus["sds"], ">", "0.5",
+              constant(0.5), jan, pre),
+        Check("VSD collapses: Janus above 0.5", "VSD Janus", janus["vsd"], ">", "0.5", constant(0.5), jan),
         Check("the entropy term lowers Janus: ESD lambda 0.5 below ESD lambda 0", "ESD λ=0.5 Janus",
-              janus["esd-0.5"], "<", "ESD λ=0 Janus", janus["esd-0"]),
+              janus["esd-0.5"], "<", "ESD λ=0 Janus", janus["esd-0"], jan),
         Check("the entropy term lowers Janus: ESD lambda 1 below ESD lambda 0", "ESD λ=1 Janus",
-              janus["esd-1"], "<", "ESD λ=0 Janus", janus["esd-0"]),
+              janus["esd-1"], "<", "ESD λ=0 Janus", janus["esd-0"], jan),
         Check("ESD (official lambda 0.5) below VSD", "ESD λ=0.5 Janus", janus["esd-0.5"], "<", "VSD Janus",
-              janus["vsd"]),
+              janus["vsd"], jan),
     ]
     claims = [
         dict(title="SDS over-smooths; ISM keeps detail", paper="LucidDreamer (Liang et al., 2024)", world=mm,
@@ -223,27 +227,28 @@ def build_claims(stats: Dict[str, Dict[str, Dict[str, Stat]]]) -> List[Dict]:
 
 
 def lucid_notes(checks: Sequence[Check]) -> List[str]:
-    """What the numbers say where the LucidDreamer claim fails (rules over the checks' verdicts)."""
+    """What the numbers say about the LucidDreamer claim (rules over the checks' outcomes)."""
     blur, detail, consistent = checks
     notes = []
-    if blur.verdict == HOLDS and detail.verdict != HOLDS:
+    if blur.verdict == SHOWN and detail.verdict != SHOWN:
         notes.append(f"Both methods are blurrier than the nearest variant (SDS sharpness {blur.lhs}, ISM "
-                     f"{detail.lhs}): the world produces the over-smoothing, but ISM does not escape it here.")
-    if consistent.verdict in (OPPOSITE, WITHIN):
+                     f"{detail.lhs}): the world produces the over-smoothing, but ISM is not shown to escape it here.")
+    if consistent.verdict == REFUTED:
         notes.append(f"ISM's views do not commit to one variant more than SDS's (consistency {consistent.lhs} "
                      f"against {consistent.rhs}); the nearest-variant column of the table shows how the views split.")
     return notes
 
 
 def esd_notes(checks: Sequence[Check], janus: Dict[str, Stat]) -> List[str]:
-    """What the numbers say where the ESD claim fails (rules over the checks' verdicts)."""
-    _, sds, vsd, half, one, official = checks
+    """What the numbers say about the ESD claim (rules over the checks' outcomes)."""
+    sds, vsd, half, one, official = checks
     notes = []
-    if vsd.verdict != HOLDS and vsd.lhs.n and vsd.lhs.mean < 0.5:
+    if vsd.verdict == REFUTED and vsd.lhs.n and vsd.lhs.mean < 0.5:
         notes.append(f"VSD does not collapse on this world (Janus {vsd.lhs}, below 0.5: its backs are nearer the true "
                      "back than a second front), so there is no collapse for the entropy term to undo.")
-    if sds.verdict == HOLDS and vsd.verdict != HOLDS:
-        notes.append(f"SDS does collapse (Janus {sds.lhs}) where VSD, on the same world and budget, does not ({vsd.lhs}).")
+    if sds.verdict == SHOWN and vsd.verdict != SHOWN:
+        notes.append(f"SDS does collapse (Janus {sds.lhs}) where VSD, on the same world and budget, is not shown to "
+                     f"({vsd.lhs}).")
     lam0 = janus["esd-0"]
     if lam0.n and all(j.n and abs(j.mean - 0.5) < abs(lam0.mean - 0.5) and j.mean > lam0.mean for j in (half.lhs, one.lhs)):
         notes.append(f"The entropy term moves Janus up toward 0.5, \"cannot tell\" on the Janus scale (lambda 0: {lam0}, "
@@ -414,10 +419,13 @@ def report(path: str, results: Dict, stats: Dict, claims: List[Dict], args, comm
         f"- Scores (`docs/toy_worlds.md`): on the world's {args.n_eval_views} held-out views, against the nearest "
         "variant; mean ± sample std over the seeds.",
         "",
-        "Verdict rule (code: `compare`): a claimed difference *holds* if it exceeds the seed-to-seed spread "
-        "sqrt(std_a² + std_b²) in the claimed direction, is *the opposite* if it exceeds it in the other, and is "
-        "*within the spread* otherwise; a claim holds only if all its checks hold. With one seed there is no "
-        "spread, and the verdict is *undecided*.",
+        "Verdict rule (code: `compare`, `toy_world/verdicts.py`; `docs/toy_worlds.md`): the methods run on the same "
+        "seeds, and each check's evidence is the per-seed difference in the claimed direction, its mean and 95% "
+        "Student-t interval. *Shown*: the interval excludes 0 on the claimed side; *refuted*: not shown and the "
+        "interval's upper end is below the check's margin (the smallest effect that matters, fixed in the script "
+        f"before the run: {', '.join(f'{k} {v:g}' for k, v in MARGINS.items())}); *inconclusive* otherwise, and with "
+        f"fewer than {verdicts.MIN_SEEDS} paired seeds. A claim is inconclusive unless its precondition (the world "
+        "shows the failure) is shown; then refuted if a check is refuted, shown if all are.",
         "",
         "Why the claims fail on these worlds -- what each guidance's update does to fixed renders, measured with "
         "the runs' own guidance and final checkpoints (pseudo-ground-truths, the prior's posterior mode and view, "
@@ -432,7 +440,9 @@ def report(path: str, results: Dict, stats: Dict, claims: List[Dict], args, comm
                   "| check | measured | compared with | verdict |", "|---|---|---|---|"]
         for c in claim["checks"]:
             rhs = c.rhs_label if c.rhs.exact else f"{c.rhs_label} {c.rhs}{c.rhs.per_seed()}"
-            lines.append(f"| {c.text} | {c.lhs_label} {c.lhs}{c.lhs.per_seed()} | {c.op} {rhs} | {c.verdict} ({c.detail}) |")
+            role = " (precondition)" if c.role == verdicts.PRECONDITION else ""
+            lines.append(f"| {c.text}{role} | {c.lhs_label} {c.lhs}{c.lhs.per_seed()} | {c.op} {rhs} | "
+                         f"{c.verdict} ({c.detail}) |")
         if claim.get("notes"):
             lines += [""] + [f"- {n}" for n in claim["notes"]]
         lines.append("")
@@ -544,7 +554,7 @@ def main(argv=None):
                 how = "reused" if r["skipped"] else f"{r['seconds']:.0f} s"
                 print(f"{w:10s} {s:8s} seed {seed}: {shown} ({how})", flush=True)
 
-    stats = {w: {s: {k: aggregate([r.get(k) for r in runs]) for k in WORLDS[w].scores}
+    stats = {w: {s: {k: aggregate([r.get(k) for r in runs], args.seeds[:len(runs)]) for k in WORLDS[w].scores}
                  for s, runs in by_setting.items()} for w, by_setting in results.items()}
     claims = build_claims(stats)
 
@@ -575,7 +585,11 @@ def main(argv=None):
                for w, ws in stats.items()}
     with open(os.path.join(out_root, "claims_summary.json"), "w") as f:
         json.dump({"stats": summary, "claims": [{"title": c["title"], "verdict": c["verdict"],
-                                                 "checks": [[ch.text, ch.verdict, ch.detail] for ch in c["checks"]]}
+                                                 "checks": [dict(text=ch.text, role=ch.role, verdict=ch.verdict,
+                                                                 detail=ch.detail, margin=ch.margin, n=ch.result.n,
+                                                                 mean=ch.result.mean, low=ch.result.low,
+                                                                 high=ch.result.high, seeds=list(ch.result.seeds))
+                                                            for ch in c["checks"]]}
                                                 for c in claims], "meta": meta}, f, indent=2)
     for c in claims:
         print(f"{c['paper']}: {c['title']}: {c['verdict']}")

@@ -1,4 +1,5 @@
-"""scripts/claims_benchmark.py: the verdict rule and the aggregation over seeds on hand-made numbers, and a
+"""scripts/claims_benchmark.py: the verdict rule (paired seeds, ``toy_world/verdicts.py``) and the aggregation
+over seeds on hand-made numbers, and a
 tiny end-to-end run (16 px worlds, 2 steps, one seed, SDS and ISM) that writes the report, the grids,
 and skips its finished runs when started again."""
 import json
@@ -21,75 +22,100 @@ def cb():
     return load_repo_script("scripts/claims_benchmark.py")
 
 
-def test_aggregate_is_mean_and_sample_std_of_the_finite_values(cb):
-    s = cb.aggregate([1.0, 2.0, 3.0, float("nan"), None])
-    assert (s.mean, s.std, s.n, s.values) == (2.0, 1.0, 3, (1.0, 2.0, 3.0))
-    assert str(s) == "2.000 ± 1.000"
+def test_aggregate_is_mean_and_sample_std_of_the_finite_values_with_their_seeds(cb):
+    s = cb.aggregate([1.0, 2.0, 3.0, float("nan"), None], seeds=[5, 6, 7, 8, 9])
+    assert (s.mean, s.std, s.n, s.values, s.seeds) == (2.0, 1.0, 3, (1.0, 2.0, 3.0), (5, 6, 7))
+    assert str(s) == "2.000 ± 1.000" and s.by_seed() == {5: 1.0, 6: 2.0, 7: 3.0}
     one = cb.aggregate([0.25])
-    assert one.n == 1 and one.mean == 0.25 and math.isnan(one.std) and str(one) == "0.250"
+    assert one.n == 1 and one.mean == 0.25 and math.isnan(one.std) and str(one) == "0.250" and one.seeds == (0,)
     none = cb.aggregate([float("nan")])
     assert none.n == 0 and str(none) == "n/a"
 
 
-def check(cb, lhs, op, rhs):
-    return cb.compare(cb.Check("t", "a", lhs, op, "b", rhs))
+def check(cb, lhs, op, rhs, margin=0.1):
+    return cb.compare(cb.Check("t", "a", lhs, op, "b", rhs, margin))
 
 
-def test_a_difference_holds_only_beyond_the_combined_spread(cb):
-    S = cb.Stat
-    # spread sqrt(0.3^2 + 0.4^2) = 0.5
-    assert check(cb, S(1.0, 0.3, 3), "<", S(1.6, 0.4, 3)).verdict == cb.HOLDS
-    assert check(cb, S(1.0, 0.3, 3), "<", S(1.4, 0.4, 3)).verdict == cb.WITHIN
-    assert check(cb, S(1.6, 0.3, 3), "<", S(1.0, 0.4, 3)).verdict == cb.OPPOSITE
-    assert check(cb, S(1.6, 0.3, 3), ">", S(1.0, 0.4, 3)).verdict == cb.HOLDS
-    c = check(cb, S(0.7, 0.1, 3), ">", cb.constant(0.5))
-    assert c.verdict == cb.HOLDS and "+0.200" in c.detail and "spread 0.100" in c.detail
-    assert check(cb, S(0.55, 0.1, 3), ">", cb.constant(0.5)).verdict == cb.WITHIN
-    # one seed: no spread; nothing measured
-    assert check(cb, S(1.0, float("nan"), 1), "<", S(9.0, 0.1, 3)).verdict == cb.UNDECIDED
-    assert check(cb, S(float("nan"), float("nan"), 0), "<", cb.constant(1.0)).verdict == cb.UNDECIDED
+def stat(cb, values, seeds=None):
+    return cb.aggregate(values, seeds)
 
 
-def test_a_claim_holds_only_if_every_check_holds(cb):
-    def c(v):
-        return cb.Check("t", "a", None, "<", "b", None, verdict=v)
+def test_compare_pairs_the_seeds_and_decides_on_the_interval_of_the_paired_difference(cb):
+    base = [0.50, 0.62, 0.41, 0.70, 0.55]
+    # the seed-to-seed spread (0.11) dwarfs the difference (0.05), but every seed's pair moves the same way:
+    # the old rule (difference > hypot of the stds) said "within the spread"; the paired interval shows it
+    up = check(cb, stat(cb, [b + 0.05 + 0.002 * i for i, b in enumerate(base)]), ">", stat(cb, base))
+    assert up.verdict == cb.SHOWN and up.result.n == 5 and up.result.low > 0
+    assert "interval excludes 0" in up.detail and "n = 5" in up.detail and "margin 0.1" in up.detail
+    # the same numbers claimed the other way round are refuted (the interval lies below 0)
+    down = check(cb, stat(cb, [b + 0.05 + 0.002 * i for i, b in enumerate(base)]), "<", stat(cb, base))
+    assert down.verdict == cb.REFUTED and "the opposite" in down.detail
+    # no difference at all: equivalent within the margin, refuted
+    same = check(cb, stat(cb, base), ">", stat(cb, [b + 1e-4 * (-1) ** i for i, b in enumerate(base)]))
+    assert same.verdict == cb.REFUTED and "equivalent" in same.detail
+    # noisy differences of both signs: the interval holds 0 and the margin
+    noisy = check(cb, stat(cb, [b + d for b, d in zip(base, [0.3, -0.2, 0.25, -0.1, 0.2])]), ">", stat(cb, base))
+    assert noisy.verdict == cb.INCONCLUSIVE
+    # pairs are made by seed, not by position: seeds 1-5 against seeds 0-4 pair only 4, too few
+    shifted = check(cb, stat(cb, base, seeds=[1, 2, 3, 4, 5]), ">", stat(cb, base, seeds=[0, 1, 2, 3, 4]))
+    assert shifted.verdict == cb.INCONCLUSIVE and shifted.result.n == 4 and "too few seeds" in shifted.detail
+    assert shifted.result.unpaired == (5, 0)
+    # a constant: one-sample
+    assert check(cb, stat(cb, [0.7, 0.72, 0.69, 0.71, 0.7]), ">", cb.constant(0.5)).verdict == cb.SHOWN
+    # three seeds never decide, nor does an unmeasured side
+    assert check(cb, stat(cb, [0.9, 0.91, 0.92]), ">", cb.constant(0.5)).verdict == cb.INCONCLUSIVE
+    nothing = check(cb, cb.Stat(float("nan"), float("nan"), 0), "<", cb.constant(1.0))
+    assert nothing.verdict == cb.INCONCLUSIVE and "not measured" in nothing.detail
 
-    assert cb.claim_verdict([c(cb.HOLDS), c(cb.HOLDS)]) == cb.HOLDS
-    assert cb.claim_verdict([c(cb.HOLDS), c(cb.WITHIN)]) == "does not hold here"
-    assert cb.claim_verdict([c(cb.UNDECIDED), c(cb.OPPOSITE)]) == "does not hold here"
-    assert cb.claim_verdict([c(cb.HOLDS), c(cb.UNDECIDED)]) == cb.UNDECIDED
+
+def test_a_claim_needs_its_precondition_shown_and_is_refuted_by_one_refuted_check(cb):
+    def c(v, role="claim"):
+        return cb.Check("t", "a", None, "<", "b", None, role=role, verdict=v)
+
+    pre = c(cb.SHOWN, "precondition")
+    assert cb.claim_verdict([pre, c(cb.SHOWN), c(cb.SHOWN)]) == cb.SHOWN
+    assert cb.claim_verdict([pre, c(cb.SHOWN), c(cb.REFUTED)]) == cb.REFUTED
+    assert cb.claim_verdict([pre, c(cb.INCONCLUSIVE), c(cb.SHOWN)]) == cb.INCONCLUSIVE
+    assert cb.claim_verdict([c(cb.REFUTED, "precondition"), c(cb.SHOWN)]) == cb.INCONCLUSIVE
 
 
 def test_claims_from_hand_made_tables(cb):
-    S = cb.Stat
+    seeds = [0, 1, 2, 3, 4]
+    wobble = [0.01, -0.02, 0.0, 0.02, -0.01]
+
+    def s(mean, shift=None):
+        return cb.aggregate([mean + w for w in (shift or wobble)], seeds)
+
     stats = {
         "multimodal": {
-            "sds": {"sharpness": S(0.2, 0.05, 3), "consistency": S(0.5, 0.1, 3)},
-            "ism": {"sharpness": S(0.6, 0.05, 3), "consistency": S(0.9, 0.1, 3)},
+            "sds": {"sharpness": s(0.2), "consistency": s(0.5)},
+            "ism": {"sharpness": s(0.6), "consistency": s(0.9)},
         },
         "biased": {
-            "sds": {"janus": S(0.8, 0.05, 3)}, "vsd": {"janus": S(0.7, 0.05, 3)},
-            "esd-0": {"janus": S(0.7, 0.05, 3)}, "esd-0.5": {"janus": S(0.4, 0.05, 3)},
-            "esd-1": {"janus": S(0.69, 0.05, 3)},  # within the spread of lambda 0
+            "sds": {"janus": s(0.8)}, "vsd": {"janus": s(0.7, [-0.01, 0.02, 0.0, -0.02, 0.01])},
+            "esd-0": {"janus": s(0.7)}, "esd-0.5": {"janus": s(0.4)},
+            "esd-1": {"janus": s(0.7, [0.012, -0.018, 0.001, 0.019, -0.011])},  # lambda 0's janus, seed for seed
         },
     }
     lucid, esd = cb.build_claims(stats)
-    assert lucid["verdict"] == cb.HOLDS and all(c.verdict == cb.HOLDS for c in lucid["checks"])
-    assert esd["verdict"] == "does not hold here"
+    assert lucid["verdict"] == cb.SHOWN and all(c.verdict == cb.SHOWN for c in lucid["checks"])
+    assert lucid["checks"][0].role == "precondition" and lucid["checks"][0].margin == cb.MARGINS["sharpness"]
+    assert esd["verdict"] == cb.REFUTED
     verdicts = {c.text: c.verdict for c in esd["checks"]}
-    assert verdicts["the entropy term lowers Janus: ESD lambda 1 below ESD lambda 0"] == cb.WITHIN
-    assert verdicts["ESD (official lambda 0.5) below VSD"] == cb.HOLDS
-    assert "(the highest: SDS)" in esd["checks"][0].text
+    assert verdicts["the entropy term lowers Janus: ESD lambda 1 below ESD lambda 0"] == cb.REFUTED
+    assert verdicts["ESD (official lambda 0.5) below VSD"] == cb.SHOWN
+    # no check is chosen after the run: the precondition is SDS's collapse, whatever method is highest
+    assert esd["checks"][0].text == "the world exposes Janus: SDS collapses (Janus above 0.5)"
     assert esd["notes"] == []
     # VSD that does not collapse, and ESD at lambda 0 equal to VSD run for run: said, from the numbers
-    same = S(0.1, 0.05, 3, values=(0.05, 0.1, 0.15))
+    same = s(0.1)
     stats["biased"].update({"vsd": {"janus": same}, "esd-0": {"janus": same}})
     notes = " ".join(cb.build_claims(stats)[1]["notes"])
-    assert "VSD does not collapse on this world (Janus 0.100 ± 0.050" in notes
-    assert "SDS does collapse (Janus 0.800 ± 0.050)" in notes and "reproduces VSD run for run" in notes
-    # a world not run: its claim is undecided, not failed
+    assert "VSD does not collapse on this world (Janus 0.100 ± 0.016" in notes
+    assert "SDS does collapse (Janus 0.800 ± 0.016)" in notes and "reproduces VSD run for run" in notes
+    # a world not run: its claim is inconclusive, not failed
     only_mm = cb.build_claims({"multimodal": stats["multimodal"]})
-    assert only_mm[0]["verdict"] == cb.HOLDS and only_mm[1]["verdict"] == cb.UNDECIDED
+    assert only_mm[0]["verdict"] == cb.SHOWN and only_mm[1]["verdict"] == cb.INCONCLUSIVE
 
 
 def test_tiny_benchmark_writes_report_and_grids_and_resumes(tmp_path):
@@ -112,7 +138,7 @@ def test_tiny_benchmark_writes_report_and_grids_and_resumes(tmp_path):
         rows = [line for line in section.splitlines() if line.startswith("| SDS") or line.startswith("| ISM")]
         assert len(rows) == 2 and all(re.search(r"\| \d+\.\d{3} \|", r) for r in rows), section
         assert score in section
-    assert "Verdict: undecided" in text and "--steps 2" in text
+    assert "Verdict: inconclusive" in text and "too few seeds" in text and "--steps 2" in text
     mm = imageio.imread(str(report) + "_multimodal.png")
     bi = imageio.imread(str(report) + "_biased.png")
     assert mm.shape[0] == 5 * 16 + 4 * 2 and mm.shape[1] == 4 * 16  # three variants' truth, SDS, ISM

@@ -11,5 +11,9 @@ renders, behind the interfaces the guidance uses for Stable Diffusion (see issue
   (the guidance's ``load_stable_diffusion`` does so for folders whose ``model_index.json`` names
   ``LucidToyWorldPipeline``); console entry ``lucid-build-toy-world``;
 - ``evaluate``: scores of an asset against the ground truth (PSNR, IoU, sharpness, Janus and, on a
-  multi-modal world, the nearest variant and view consistency).
+  multi-modal world, the nearest variant and view consistency);
+- ``structure_metrics``: scores that read structure, not brightness (identity, sharpness, consistency,
+  Janus on held-out back views, view diversity; issue 27); ``positive_controls``: assets whose right
+  score is known (a two-faced penguin, blends, blurs, flat discs, a brightness change) and whether a
+  metric separates them; ``verdicts``: the claims benchmark's paired-seed verdict rule.
 """
