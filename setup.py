@@ -33,7 +33,8 @@ setup(
     python_requires=">=3.9",
     packages=sorted(PACKAGES),
     package_dir=PACKAGES,
-    package_data={"threestudio_lucid": ["configs/*.yaml", "configs/luciddreamer/*.yaml", "renderer/cpu_kernel/*.cpp"]},
+    package_data={"threestudio_lucid": ["configs/*.yaml", "configs/luciddreamer/*.yaml", "renderer/cpu_kernel/*.cpp"],
+                  "threestudio_lucid.app": ["static/*"]},
     include_package_data=True,
     install_requires=[
         # torch is pinned by scripts/setup.sh (a CPU wheel); here any 2.x satisfies the import
@@ -65,9 +66,12 @@ setup(
     extras_require={
         # gsplat: its pure-torch reference code checks the gsplat adapter on the CPU (it needs no CUDA
         # to import; pinned because the tests call its torch implementation's private functions)
-        "test": ["pytest>=7", "pytest-timeout", "gsplat==1.5.3", "ray>=2.9"],
+        # playwright drives the installed Chromium (scripts/setup.sh) in lucid-app's browser tests
+        "test": ["pytest>=7", "pytest-timeout", "gsplat==1.5.3", "ray>=2.9", "aiohttp>=3.9", "playwright>=1.40"],
         # lucid-sweep runs its runs as Ray tasks
         "sweep": ["ray>=2.9"],
+        # lucid-app: the web page (an aiohttp server)
+        "app": ["aiohttp>=3.9"],
         # CUDA rasterizers; diff-gaussian-rasterization is installed from the user's own checkout
         "gpu": ["gsplat>=1.5"],
     },
@@ -78,6 +82,7 @@ setup(
             "lucid-build-toy-world=threestudio_lucid.toy_world.pipeline:main",
             "lucid-sweep=threestudio_lucid.sweep:main",
             "lucid-report=threestudio_lucid.report:main",
+            "lucid-app=threestudio_lucid.app.cli:main",
             "lucid-import-luciddreamer=threestudio_lucid.luciddreamer_import:main",
         ]
     },

@@ -12,7 +12,8 @@ PY="$VENV/bin/python"
 # torch first and pinned: an unpinned torch pulls the CUDA build (gigabytes) as a dependency.
 "$PY" -m pip install -q --disable-pip-version-check "$TORCH_SPEC" 2>&1 | grep -v "is ignored" || true
 "$PY" -m pip install -q --disable-pip-version-check -e ".[test]" "$TORCH_SPEC" 2>&1 | grep -v "is ignored" || true
-# a headless Chromium for the report's browser test (lucid-report's page is checked as a browser renders it)
+# a headless Chromium for the browser tests (lucid-report's page, and lucid-app's page driven through Playwright,
+# which the test extra installs; Playwright's own browser download is not needed: the tests launch this one)
 if ! command -v chromium-headless-shell >/dev/null && ! command -v chromium >/dev/null && command -v apt-get >/dev/null; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo -n"
   $SUDO apt-get install -y -qq chromium-headless-shell >/dev/null 2>&1 \

@@ -1,0 +1,334 @@
+// The page's 3D view (WebGL): Gaussian splats from an INRIA-layout PLY (the run's point_cloud.ply, or
+// the live checkpoint), meshes from a PLY with faces (the --export model.ply), plain coloured points.
+// Splats are drawn as screen-space Gaussians, sorted back to front (a counting sort on depth) and
+// composited with premultiplied alpha; meshes with a headlight. Drag to orbit, wheel to zoom,
+// double-click to reset. z is up, as in threestudio's world.
+"use strict";
+(function () {
+  const SH_C0 = 0.28209479177387814;
+  const TYPES = {
+    char: ["getInt8", 1], int8: ["getInt8", 1], uchar: ["getUint8", 1], uint8: ["getUint8", 1],
+    short: ["getInt16", 2], int16: ["getInt16", 2], ushort: ["getUint16", 2], uint16: ["getUint16", 2],
+    int: ["getInt32", 4], int32: ["getInt32", 4], uint: ["getUint32", 4], uint32: ["getUint32", 4],
+    float: ["getFloat32", 4], float32: ["getFloat32", 4], double: ["getFloat64", 8], float64: ["getFloat64", 8],
+  };
+
+  // ---- PLY (binary little-endian, as plyfile and trimesh write it) ----
+  function parsePly(buffer) {
+    const bytes = new Uint8Array(buffer);
+    const marker = "end_header";
+    let end = -1;
+    const limit = Math.min(bytes.length, 1 << 16);
+    const head = new TextDecoder("ascii").decode(bytes.subarray(0, limit));
+    const at = head.indexOf(marker);
+    if (!head.startsWith("ply") || at < 0) throw new Error("not a PLY file");
+    end = at + marker.length;
+    while (end < bytes.length && bytes[end] !== 10) end++;
+    end++;
+    const elements = [];
+    let format = "";
+    for (const line of head.slice(0, at).split(/\r?\n/)) {
+      const w = line.trim().split(/\s+/);
+      if (w[0] === "format") format = w[1];
+      else if (w[0] === "element") elements.push({ name: w[1], count: parseInt(w[2], 10), props: [] });
+      else if (w[0] === "property" && elements.length) {
+        const el = elements[elements.length - 1];
+        if (w[1] === "list") el.props.push({ name: w[4], list: true, countType: w[2], type: w[3] });
+        else el.props.push({ name: w[2], type: w[1] });
+      }
+    }
+    if (format !== "binary_little_endian") throw new Error("PLY format " + format + " is not shown here");
+    const view = new DataView(buffer);
+    let offset = end;
+    const out = {};
+    for (const el of elements) {
+      const data = {};
+      if (el.props.every((p) => !p.list)) {
+        let stride = 0;
+        const offs = el.props.map((p) => { const o = stride; stride += TYPES[p.type][1]; return o; });
+        el.props.forEach((p, k) => {
+          const col = new Float32Array(el.count);
+          const getter = TYPES[p.type][0];
+          for (let i = 0, o = offset + offs[k]; i < el.count; i++, o += stride) col[i] = view[getter](o, true);
+          data[p.name] = col;
+        });
+        offset += stride * el.count;
+      } else {
+        const tris = [];
+        for (let i = 0; i < el.count; i++) {
+          for (const p of el.props) {
+            if (p.list) {
+              const [cg, cs] = TYPES[p.countType];
+              const n = view[cg](offset, true); offset += cs;
+              const [g, s] = TYPES[p.type];
+              const idx = [];
+              for (let k = 0; k < n; k++) { idx.push(view[g](offset, true)); offset += s; }
+              if (p.name === "vertex_indices" || p.name === "vertex_index") {
+                for (let k = 1; k + 1 < n; k++) tris.push(idx[0], idx[k], idx[k + 1]);
+              }
+            } else {
+              offset += TYPES[p.type][1];
+            }
+          }
+        }
+        data.triangles = new Uint32Array(tris);
+      }
+      out[el.name] = data;
+    }
+    return out;
+  }
+
+  // ---- small matrix helpers (column-major, as WebGL wants) ----
+  function perspective(fovy, aspect, near, far) {
+    const f = 1 / Math.tan(fovy / 2), nf = 1 / (near - far);
+    return new Float32Array([f / aspect, 0, 0, 0, 0, f, 0, 0, 0, 0, (far + near) * nf, -1, 0, 0, 2 * far * near * nf, 0]);
+  }
+  function lookAt(eye, target, up) {
+    const z = norm(sub(eye, target)), x = norm(cross(up, z)), y = cross(z, x);
+    return new Float32Array([x[0], y[0], z[0], 0, x[1], y[1], z[1], 0, x[2], y[2], z[2], 0,
+      -dot(x, eye), -dot(y, eye), -dot(z, eye), 1]);
+  }
+  const sub = (a, b) => [a[0] - b[0], a[1] - b[1], a[2] - b[2]];
+  const dot = (a, b) => a[0] * b[0] + a[1] * b[1] + a[2] * b[2];
+  const cross = (a, b) => [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]];
+  const norm = (a) => { const l = Math.hypot(a[0], a[1], a[2]) || 1; return [a[0] / l, a[1] / l, a[2] / l]; };
+
+  function quantile(values, q) {
+    const s = Float32Array.from(values).sort();
+    return s.length ? s[Math.min(s.length - 1, Math.floor(q * (s.length - 1)))] : 0;
+  }
+
+  const SPLAT_VS = `
+    attribute vec3 position; attribute vec4 color; attribute float radius;
+    uniform mat4 view; uniform mat4 proj; uniform float focal; uniform float maxSize;
+    varying vec4 vColor;
+    void main() {
+      vec4 p = view * vec4(position, 1.0);
+      gl_Position = proj * p;
+      gl_PointSize = clamp(2.0 * radius * focal / max(-p.z, 1e-3), 1.5, maxSize);
+      vColor = color;
+    }`;
+  const SPLAT_FS = `
+    precision mediump float; varying vec4 vColor;
+    void main() {
+      vec2 d = gl_PointCoord * 2.0 - 1.0;
+      float r2 = dot(d, d);
+      if (r2 > 1.0) discard;
+      float a = vColor.a * exp(-4.5 * r2);
+      gl_FragColor = vec4(vColor.rgb * a, a);
+    }`;
+  const MESH_VS = `
+    attribute vec3 position; attribute vec3 normal; attribute vec3 color;
+    uniform mat4 view; uniform mat4 proj;
+    varying vec3 vColor; varying vec3 vNormal;
+    void main() { vNormal = mat3(view) * normal; vColor = color; gl_Position = proj * view * vec4(position, 1.0); }`;
+  const MESH_FS = `
+    precision mediump float; varying vec3 vColor; varying vec3 vNormal;
+    void main() { float l = abs(normalize(vNormal).z); gl_FragColor = vec4(vColor * (0.35 + 0.65 * l), 1.0); }`;
+
+  class View3D {
+    constructor(canvas) {
+      this.canvas = canvas;
+      const gl = canvas.getContext("webgl", { premultipliedAlpha: false, antialias: true });
+      if (!gl) throw new Error("WebGL is not available in this browser");
+      this.gl = gl;
+      this.uint = gl.getExtension("OES_element_index_uint");
+      this.splatProgram = this.program(SPLAT_VS, SPLAT_FS);
+      this.meshProgram = this.program(MESH_VS, MESH_FS);
+      this.kind = null;
+      this.az = 0.6; this.el = 0.35; this.dist = 3; this.target = [0, 0, 0]; this.fovy = 0.7;
+      this.pointRange = gl.getParameter(gl.ALIASED_POINT_SIZE_RANGE);
+      this.bindControls();
+      this.draw();
+    }
+
+    program(vs, fs) {
+      const gl = this.gl;
+      const p = gl.createProgram();
+      for (const [type, src] of [[gl.VERTEX_SHADER, vs], [gl.FRAGMENT_SHADER, fs]]) {
+        const s = gl.createShader(type);
+        gl.shaderSource(s, src); gl.compileShader(s);
+        if (!gl.getShaderParameter(s, gl.COMPILE_STATUS)) throw new Error(gl.getShaderInfoLog(s));
+        gl.attachShader(p, s);
+      }
+      gl.linkProgram(p);
+      if (!gl.getProgramParameter(p, gl.LINK_STATUS)) throw new Error(gl.getProgramInfoLog(p));
+      return p;
+    }
+
+    buffer(data, target) {
+      const gl = this.gl, b = gl.createBuffer();
+      gl.bindBuffer(target || gl.ARRAY_BUFFER, b);
+      gl.bufferData(target || gl.ARRAY_BUFFER, data, gl.STATIC_DRAW);
+      return b;
+    }
+
+    bindControls() {
+      let last = null;
+      const c = this.canvas;
+      c.addEventListener("pointerdown", (e) => { last = [e.clientX, e.clientY]; c.setPointerCapture(e.pointerId); });
+      c.addEventListener("pointerup", () => { last = null; this.sortAndDraw(); });
+      c.addEventListener("pointermove", (e) => {
+        if (!last) return;
+        this.az -= (e.clientX - last[0]) * 0.01;
+        this.el = Math.max(-1.5, Math.min(1.5, this.el + (e.clientY - last[1]) * 0.01));
+        last = [e.clientX, e.clientY];
+        this.draw();
+      });
+      c.addEventListener("wheel", (e) => { e.preventDefault(); this.dist *= Math.exp(e.deltaY * 0.001); this.sortAndDraw(); }, { passive: false });
+      c.addEventListener("dblclick", () => { this.fit(); this.sortAndDraw(); });
+    }
+
+    // Load a PLY (ArrayBuffer): splats when it has f_dc_0/opacity, a mesh when it has faces, else points.
+    load(buffer) {
+      const ply = parsePly(buffer);
+      const v = ply.vertex;
+      if (!v || !v.x) throw new Error("the PLY has no vertices");
+      const n = v.x.length;
+      const pos = new Float32Array(n * 3);
+      for (let i = 0; i < n; i++) { pos[3 * i] = v.x[i]; pos[3 * i + 1] = v.y[i]; pos[3 * i + 2] = v.z[i]; }
+      const faces = ply.face && ply.face.triangles && ply.face.triangles.length ? ply.face.triangles : null;
+      this.positions = pos; this.count = n;
+      if (faces) this.loadMesh(v, faces);
+      else this.loadSplats(v);
+      this.fit();
+      this.sortAndDraw();
+      return { kind: this.kind, count: n, faces: faces ? faces.length / 3 : 0 };
+    }
+
+    loadSplats(v) {
+      const gl = this.gl, n = this.count;
+      const color = new Float32Array(n * 4), radius = new Float32Array(n);
+      const splat = v.f_dc_0 !== undefined;
+      for (let i = 0; i < n; i++) {
+        if (splat) {
+          color[4 * i] = Math.min(1, Math.max(0, 0.5 + SH_C0 * v.f_dc_0[i]));
+          color[4 * i + 1] = Math.min(1, Math.max(0, 0.5 + SH_C0 * v.f_dc_1[i]));
+          color[4 * i + 2] = Math.min(1, Math.max(0, 0.5 + SH_C0 * v.f_dc_2[i]));
+          color[4 * i + 3] = v.opacity ? 1 / (1 + Math.exp(-v.opacity[i])) : 1;
+          radius[i] = v.scale_0 ? 3 * Math.exp(Math.max(v.scale_0[i], v.scale_1[i], v.scale_2[i])) : 0.01;  // 3 sigma
+        } else {
+          const k = v.red ? (v.red[0] > 1 || v.green[0] > 1 ? 1 / 255 : 1) : 0;
+          color[4 * i] = v.red ? v.red[i] * k : 0.8; color[4 * i + 1] = v.green ? v.green[i] * k : 0.8;
+          color[4 * i + 2] = v.blue ? v.blue[i] * k : 0.8; color[4 * i + 3] = 1; radius[i] = 0.01;
+        }
+      }
+      this.kind = "splats";
+      this.posBuf = this.buffer(this.positions);
+      this.colorBuf = this.buffer(color);
+      this.radiusBuf = this.buffer(radius);
+      this.order = new Uint32Array(n);
+      this.indexBuf = gl.createBuffer();
+    }
+
+    loadMesh(v, tris) {
+      const n = this.count, pos = this.positions;
+      const normals = new Float32Array(n * 3), color = new Float32Array(n * 3);
+      for (let t = 0; t < tris.length; t += 3) {
+        const a = tris[t] * 3, b = tris[t + 1] * 3, c = tris[t + 2] * 3;
+        const e1 = [pos[b] - pos[a], pos[b + 1] - pos[a + 1], pos[b + 2] - pos[a + 2]];
+        const e2 = [pos[c] - pos[a], pos[c + 1] - pos[a + 1], pos[c + 2] - pos[a + 2]];
+        const f = cross(e1, e2);
+        for (const i of [a, b, c]) { normals[i] += f[0]; normals[i + 1] += f[1]; normals[i + 2] += f[2]; }
+      }
+      const k = v.red ? (Math.max(...Array.from(v.red.subarray(0, Math.min(n, 1000)))) > 1 ? 1 / 255 : 1) : 0;
+      for (let i = 0; i < n; i++) {
+        color[3 * i] = v.red ? v.red[i] * k : 0.75; color[3 * i + 1] = v.green ? v.green[i] * k : 0.75;
+        color[3 * i + 2] = v.blue ? v.blue[i] * k : 0.75;
+      }
+      this.kind = "mesh";
+      this.posBuf = this.buffer(pos);
+      this.normalBuf = this.buffer(normals);
+      this.colorBuf = this.buffer(color);
+      this.triangles = tris.length;
+      this.indexBuf = this.buffer(tris, this.gl.ELEMENT_ARRAY_BUFFER);
+    }
+
+    fit() {
+      if (!this.positions) return;
+      const n = this.count, p = this.positions;
+      const step = Math.max(1, Math.floor(n / 20000));
+      const xs = [], ys = [], zs = [];
+      for (let i = 0; i < n; i += step) { xs.push(p[3 * i]); ys.push(p[3 * i + 1]); zs.push(p[3 * i + 2]); }
+      this.target = [quantile(xs, 0.5), quantile(ys, 0.5), quantile(zs, 0.5)];
+      const d = xs.map((x, i) => Math.hypot(x - this.target[0], ys[i] - this.target[1], zs[i] - this.target[2]));
+      const r = Math.max(quantile(d, 0.97), 1e-3);
+      this.dist = (1.25 * r) / Math.sin(this.fovy / 2);
+      this.az = 0.6; this.el = 0.35;
+    }
+
+    eye() {
+      const c = Math.cos(this.el);
+      return [this.target[0] + this.dist * c * Math.cos(this.az), this.target[1] + this.dist * c * Math.sin(this.az),
+        this.target[2] + this.dist * Math.sin(this.el)];
+    }
+
+    // back to front by view depth: a counting sort on 16-bit depth keys (O(n), fast enough per move)
+    sort() {
+      if (this.kind !== "splats") return;
+      const n = this.count, p = this.positions, e = this.eye();
+      const dir = norm(sub(this.target, e));
+      const depth = new Float32Array(n);
+      let lo = Infinity, hi = -Infinity;
+      for (let i = 0; i < n; i++) {
+        const d = (p[3 * i] - e[0]) * dir[0] + (p[3 * i + 1] - e[1]) * dir[1] + (p[3 * i + 2] - e[2]) * dir[2];
+        depth[i] = d; if (d < lo) lo = d; if (d > hi) hi = d;
+      }
+      const buckets = 65536, scale = (buckets - 1) / Math.max(hi - lo, 1e-9);
+      const counts = new Uint32Array(buckets), keys = new Uint16Array(n);
+      for (let i = 0; i < n; i++) { const k = buckets - 1 - Math.floor((depth[i] - lo) * scale); keys[i] = k; counts[k]++; }
+      for (let k = 1; k < buckets; k++) counts[k] += counts[k - 1];
+      for (let i = n - 1; i >= 0; i--) this.order[--counts[keys[i]]] = i;
+      const gl = this.gl;
+      gl.bindBuffer(gl.ELEMENT_ARRAY_BUFFER, this.indexBuf);
+      gl.bufferData(gl.ELEMENT_ARRAY_BUFFER, this.order, gl.DYNAMIC_DRAW);
+    }
+
+    sortAndDraw() { this.sort(); this.draw(); }
+
+    attrib(program, name, buffer, size) {
+      const gl = this.gl, loc = gl.getAttribLocation(program, name);
+      if (loc < 0) return;
+      gl.bindBuffer(gl.ARRAY_BUFFER, buffer);
+      gl.enableVertexAttribArray(loc);
+      gl.vertexAttribPointer(loc, size, gl.FLOAT, false, 0, 0);
+    }
+
+    draw() {
+      const gl = this.gl, c = this.canvas;
+      gl.viewport(0, 0, c.width, c.height);
+      gl.clearColor(0.17, 0.176, 0.192, 1);
+      gl.clear(gl.COLOR_BUFFER_BIT | gl.DEPTH_BUFFER_BIT);
+      if (!this.kind) return;
+      const proj = perspective(this.fovy, c.width / c.height, this.dist * 0.01, this.dist * 100);
+      const view = lookAt(this.eye(), this.target, [0, 0, 1]);
+      const prog = this.kind === "splats" ? this.splatProgram : this.meshProgram;
+      gl.useProgram(prog);
+      gl.uniformMatrix4fv(gl.getUniformLocation(prog, "view"), false, view);
+      gl.uniformMatrix4fv(gl.getUniformLocation(prog, "proj"), false, proj);
+      const indexType = this.uint ? gl.UNSIGNED_INT : gl.UNSIGNED_SHORT;
+      if (this.kind === "splats") {
+        gl.disable(gl.DEPTH_TEST);
+        gl.enable(gl.BLEND);
+        gl.blendFunc(gl.ONE, gl.ONE_MINUS_SRC_ALPHA);
+        gl.uniform1f(gl.getUniformLocation(prog, "focal"), c.height / (2 * Math.tan(this.fovy / 2)));
+        gl.uniform1f(gl.getUniformLocation(prog, "maxSize"), Math.min(256, this.pointRange[1]));
+        this.attrib(prog, "position", this.posBuf, 3);
+        this.attrib(prog, "color", this.colorBuf, 4);
+        this.attrib(prog, "radius", this.radiusBuf, 1);
+        gl.bindBuffer(gl.ELEMENT_ARRAY_BUFFER, this.indexBuf);
+        gl.drawElements(gl.POINTS, this.count, indexType, 0);
+      } else {
+        gl.disable(gl.BLEND);
+        gl.enable(gl.DEPTH_TEST);
+        this.attrib(prog, "position", this.posBuf, 3);
+        this.attrib(prog, "normal", this.normalBuf, 3);
+        this.attrib(prog, "color", this.colorBuf, 3);
+        gl.bindBuffer(gl.ELEMENT_ARRAY_BUFFER, this.indexBuf);
+        gl.drawElements(gl.TRIANGLES, this.triangles, indexType, 0);
+      }
+    }
+  }
+
+  window.LucidViewer = { View3D, parsePly };
+})();

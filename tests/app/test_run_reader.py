@@ -1,0 +1,65 @@
+"""What the page reads from a launch's console and a run folder."""
+import os
+
+import pytest
+
+from threestudio_lucid.app import run_reader
+
+BAR = "\rEpoch 0:  57%|█████▋    | 855/1500 [00:19<00:14, 44.84it/s, train/loss=3.590, gauss_num=3442.0]"
+
+
+def test_progress_is_the_last_training_bar_and_the_phase_the_last_bar():
+    console = ("Seed set to 0\n" + BAR.replace("855", "854") + BAR + "\nValidation DataLoader 0:  50%|█████     | "
+               "1/2 [00:00<00:00, 109.63it/s]\x1b[A")
+    p = run_reader.progress_of(console)
+    assert p == {"step": 855, "total": 1500, "rate": 44.84, "elapsed": 19.0, "remaining": 14.0, "phase": "validation"}
+    slow = run_reader.progress_of("Epoch 0:   1%|          | 3/400 [01:02<2:17:40, 20.81s/it, train/loss=1.0]")
+    assert slow["rate"] == pytest.approx(1 / 20.81) and slow["remaining"] == 2 * 3600 + 17 * 60 + 40
+    # a resumed run's bar has no total: the run's max_steps is the total, the time left follows the rate
+    resumed = run_reader.progress_of("Training: |          | 892/? [00:15<00:00, 55.77it/s, train/loss=3.54]", 1500)
+    assert resumed["total"] == 1500 and resumed["remaining"] == pytest.approx((1500 - 892) / 55.77)
+    assert run_reader.progress_of("Seed set to 0\nINFO Loading Stable Diffusion") is None
+
+
+def test_the_error_is_one_line_never_a_traceback():
+    launcher = "INFO loading\nerror: trainer.max_steps=0 on the command line: 0 steps trains nothing\n"
+    assert run_reader.error_line(launcher) == "error: trainer.max_steps=0 on the command line: 0 steps trains nothing"
+    crash = "Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n    boom()\nRuntimeError: CUDA out of memory\n"
+    assert run_reader.error_line(crash) == "RuntimeError: CUDA out of memory"
+    assert run_reader.console_lines("a\rb\rc\nnext\n\n") == ["c", "next"]
+
+
+def touch(path, data=b""):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def test_a_run_folder_is_read_for_its_newest_images_video_splats_and_checkpoints(tmp_path):
+    run = tmp_path / "lucid-ism-toy" / "a_penguin@20261207-000000"
+    touch(run / "configs" / "parsed.yaml", b"name: lucid-ism-toy\nsystem:\n  prompt_processor:\n    prompt: a penguin\n"
+                                         b"  guidance_type: lucid-ism-guidance\ntrainer:\n  max_steps: 400\n")
+    for name in ("it5-0.png", "it10-0.png", "it10-1.png", "it10-test.mp4", "it5-test.mp4", "toy_world_eval.png"):
+        touch(run / "save" / name)
+    touch(run / "save" / "toy_world_scores.json", b'{"object": "penguin", "psnr": 20.5, "renders": [1, 2]}')
+    touch(run / "save" / "it10-export" / "model.obj")
+    touch(run / "save" / "it10-export" / "model.ply")
+    touch(run / "csv_logs" / "version_0" / "metrics.csv", b"step,train/loss\n0,\n0,5.0\n1,4.0\n2,3.5\n")
+    touch(run / "csv_logs" / "version_1" / "metrics.csv", b"step,train/loss\n2,3.0\n3,2.0\n")
+    for i, name in enumerate(("epoch=0-step=5.ckpt", "last.ckpt", "interrupted-step=7.ckpt")):
+        touch(run / "ckpts" / name)
+        os.utime(run / "ckpts" / name, (1000 + i, 1000 + i))
+    r = run_reader.results(str(run))
+    assert [os.path.basename(p) for p in r["images"]] == ["it10-0.png", "it10-1.png"] and r["image_step"] == 10
+    assert os.path.basename(r["video"]) == "it10-test.mp4" and r["splats"] is None
+    assert r["scores"] == {"object": "penguin", "psnr": 20.5}
+    assert r["loss"] == [(0, 5.0), (1, 4.0), (2, 3.0), (3, 2.0)]  # the resumed version wins at step 2
+    assert os.path.basename(r["resume_from"]) == "interrupted-step=7.ckpt"
+    assert r["exports"][0]["step"] == 10 and set(r["exports"][0]["files"]) == {"obj", "ply"}
+    touch(run / "save" / "it7-interrupted" / "point_cloud.ply")
+    assert run_reader.splats_file(str(run)).endswith("it7-interrupted/point_cloud.ply")
+    touch(run / "save" / "point_cloud.ply")
+    assert run_reader.splats_file(str(run)) == str(run / "save" / "point_cloud.ply")
+    assert run_reader.find_run_folders(str(tmp_path)) == [str(run)]
+    s = run_reader.summary(str(run))
+    assert (s["prompt"], s["name"], s["max_steps"], s["state"]) == ("a penguin", "lucid-ism-toy", 400, "done")
