@@ -1,28 +1,39 @@
-"""Test the two seed papers' claims on the toy worlds made to expose them (issue 15).
+"""Test the two seed papers' claims on the toy worlds made to expose them (issues 15 and 27).
 
 - LucidDreamer: SDS over-smooths (its targets are blends of the modes a caption holds) and ISM keeps
-  detail: on the multi-modal world SDS should score a lower ``sharpness`` and a lower ``consistency``.
+  detail: on the multi-modal world SDS should score a lower structure ``sharpness`` and ``consistency``.
 - ESD: SDS and VSD collapse every view onto the dominant mode, which shows as the Janus problem on the
   biased world; the entropy term (``lambda_coeff`` > 0) lowers it.
 
 Two worlds are built under ``load/`` (renders cached; ``docs/toy_worlds.md``): ``multimodal``, the blue
 ball in three textured variants under the same captions, and ``biased``, the penguin rendered
 front-heavy and captioned without view words (trained with
-``system.guidance.view_dependent_prompting=false``). On each, every method setting runs its official
-``lucid-<method>-toy.yaml`` through ``lucid-launch`` with the same step budget
-(``toy_benchmark.schedule_overrides``) and the same seeds: SDS, ISM, VSD and ESD at ``lambda_coeff``
-0, 0.5 (the official setting) and 1. Runs go one at a time (each uses every core: measured faster here
-than two one-thread runs side by side) and are resumable: a run whose scores file exists is skipped.
+``system.guidance.view_dependent_prompting=false``).
+
+Positive controls first (issue 27): on each world and seed the ORACLE FIT runs before the methods
+(``lucid-oracle-toy.yaml``, ``toy_world/oracle.py``: the same splats, cameras, seed and step budget, trained
+with an L2 image loss against the world's true renders), and every method's structure scores are reported
+also as fractions of that seed's oracle (``evaluate.fractions_of_oracle``; Janus as a fraction of the way from
+the oracle's back to the two-faced control's). The analytic controls (``positive_controls.separations``, at the
+benchmark's image size) say whether each structure metric separates them; a check on a metric that does not
+is inconclusive.
+
+Then every method setting runs its official ``lucid-<method>-toy.yaml`` through ``lucid-launch`` with the same
+step budget (``toy_benchmark.schedule_overrides``) and the same seeds: SDS, ISM, VSD and ESD at
+``lambda_coeff`` 0, 0.5 (the official setting) and 1. Runs go one at a time (each uses every core: measured
+faster here than two one-thread runs side by side) and are resumable: a run whose scores file exists is skipped.
 
     python scripts/claims_benchmark.py                    # default: 200 steps, seeds 0-4 (about 80 min on 2 shared cores)
     python scripts/claims_benchmark.py --full             # 400 steps (the toy configs' own), seeds 0-4
-    python scripts/claims_benchmark.py --worlds multimodal --methods sds ism --seeds 0   # one cell
+    python scripts/claims_benchmark.py --worlds multimodal --methods sds ism --seeds 0   # one cell (and its oracle)
 
-Writes ``<report>.md`` (default ``docs/claims.md``): per world a table of mean +- std over seeds, each
-claim with a verdict from the seeds' paired differences (:func:`compare`, ``toy_world/verdicts.py``:
-shown / refuted / inconclusive, with a 95 % interval and a margin stated per check before the run), the
-command, date, machine and wall time; and ``<report>_<world>.png``: rows are the ground truth (every
-variant), then one row per method setting (the first seed), over the world's held-out views.
+Writes ``<report>.md`` (default ``docs/claims.md``): the positive controls (the oracle's scores per world,
+the metrics' separations), each claim with a verdict from the seeds' paired differences (:func:`compare`,
+``toy_world/verdicts.py``: shown / refuted / inconclusive, with a 95 % interval and a margin stated per check
+before the run, ``MARGINS``), per world a table of mean +- std over seeds (the oracle's row first, then each
+method's scores and their fractions of the oracle's), the command, date, machine and wall time; and
+``<report>_<world>.png``: rows are the ground truth (every variant), the oracle, then one row per method
+setting (the first seed), over the world's held-out views.
 """
 import argparse
 import datetime
@@ -38,6 +49,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from threestudio_lucid.toy_world import verdicts
+from threestudio_lucid.toy_world.evaluate import fractions_of_oracle
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from toy_benchmark import REPO, run_method, split_grid  # noqa: E402
@@ -51,8 +63,10 @@ class World:
     name: str
     caption: str
     build: Dict  # build_toy_world keyword arguments (besides the size options)
-    overrides: List[str] = field(default_factory=list)  # config overrides every run on this world needs
-    scores: Sequence[str] = ("psnr", "iou", "sharpness")
+    overrides: List[str] = field(default_factory=list)  # config overrides every method run on this world needs
+    scores: Sequence[str] = ("psnr", "iou", "structure_identity", "structure_sharpness")  # keys of the scores file
+    fractions: Sequence[str] = ()  # fraction-of-the-oracle keys reported beside them
+    oracle_variant: Optional[str] = None  # the variant the oracle fits (None: the object's first)
     about: str = ""
 
 
@@ -60,17 +74,35 @@ WORLDS = {
     "multimodal": World(
         "multimodal", "a blue ball",
         dict(objects=["ball"], variants=["striped", "spotted", "checkered"], bandwidth=0.2),
-        scores=("psnr", "iou", "sharpness", "consistency"),
+        scores=("psnr", "iou", "structure_identity", "structure_sharpness", "structure_consistency"),
+        fractions=("structure_identity_fraction_of_oracle", "structure_sharpness_fraction_of_oracle",
+                   "structure_consistency_fraction_of_oracle"),
+        oracle_variant="spotted",  # the variant the positive controls are made from (positive_controls.CONTROL_VARIANT)
         about="the blue ball in three textured variants (striped, spotted, checkered) under the same captions",
     ),
     "biased": World(
         "biased", "a penguin",
         dict(objects=["penguin"], bandwidth=0.2, view_distribution="front_heavy", caption_views=False),
         overrides=["system.guidance.view_dependent_prompting=false"],
-        scores=("psnr", "iou", "sharpness", "janus"),
+        scores=("psnr", "iou", "structure_identity", "structure_sharpness", "structure_janus",
+                "structure_view_diversity"),
+        fractions=("structure_identity_fraction_of_oracle", "structure_janus_fraction_of_two_faced",
+                   "structure_view_diversity_fraction_of_oracle"),
         about="the penguin rendered front-heavy (R = 8: the front 8 times, the back once) with captions "
         "without view words",
     ),
+}
+
+# how the scores file's keys are headed in the report
+LABELS = {
+    "psnr": "PSNR", "iou": "IoU", "structure_identity": "identity", "structure_sharpness": "sharpness",
+    "structure_consistency": "consistency", "structure_janus": "Janus", "structure_view_diversity": "view diversity",
+    "structure_janus_two_faced": "Janus of the two-faced control",
+    "structure_identity_fraction_of_oracle": "identity / oracle",
+    "structure_sharpness_fraction_of_oracle": "sharpness / oracle",
+    "structure_consistency_fraction_of_oracle": "consistency / oracle",
+    "structure_view_diversity_fraction_of_oracle": "view diversity / oracle",
+    "structure_janus_fraction_of_two_faced": "Janus, oracle 0 .. two-faced 1",
 }
 
 
@@ -81,6 +113,8 @@ class Setting:
     overrides: List[str] = field(default_factory=list)
     official: bool = True
 
+
+ORACLE = Setting("oracle", "oracle")  # lucid-oracle-toy.yaml: run first on every world and seed, not a method
 
 SETTINGS = {
     "sds": Setting("sds", "sds"),
@@ -96,12 +130,21 @@ SETTINGS = {
 # numbers: aggregation over seeds and the verdict rule (threestudio_lucid.toy_world.verdicts)
 
 # The smallest effect that matters per score, in the score's own units, stated here before any run
-# (a check's margin: an interval below it refutes the claimed difference).
+# (a check's margin: an interval below it refutes the claimed difference). Scores are the structure scores
+# (toy_world/structure_metrics.py) and their fractions of the oracle fit's.
 MARGINS = {
-    "sharpness": 0.05,  # 5 % of the truth's high-frequency energy
-    "consistency": 0.125,  # one held-out view of 8
-    "janus": 0.05,  # on the 0 (true back) .. 1 (second front) scale
+    # normalised correlation of the finest band with the truth's: a 3 x 3 blur of the truth loses 0.18
+    "structure_sharpness": 0.05,
+    "structure_consistency": 0.125,  # one held-out view of 8
+    # Janus on the scale of the controls, per seed: 0 = the oracle fit's back, 1 = the two-faced penguin's
+    "structure_janus_fraction_of_two_faced": 0.1,
 }
+# A collapse (the Janus problem), defined from the controls before any run: a back a quarter of the way or more
+# from the oracle fit's back to the two-faced control's, on the scale above.
+JANUS_COLLAPSE = 0.25
+# The metric each checked score belongs to (its positive controls decide whether it sees)
+METRIC_OF = {"structure_sharpness": "sharpness", "structure_consistency": "consistency",
+             "structure_janus_fraction_of_two_faced": "janus"}
 
 
 @dataclass
@@ -155,6 +198,7 @@ class Check:
     verdict: str = ""
     detail: str = ""
     result: Optional[verdicts.Verdict] = None
+    sees: Optional[bool] = None  # whether the score's metric separates its positive controls (None: not asked)
 
 
 SHOWN, REFUTED, INCONCLUSIVE = verdicts.SHOWN, verdicts.REFUTED, verdicts.INCONCLUSIVE
@@ -164,9 +208,10 @@ def compare(check: Check) -> Check:
     """The verdict rule (``verdicts`` module): the per-seed differences ``lhs_s - rhs_s`` in the claimed
     direction over the seeds both sides have (against a constant, ``lhs_s - c``), their mean and 95 %
     t interval: shown if it excludes 0 on the claimed side, refuted if not and its upper end is below the
-    check's margin, inconclusive otherwise or with fewer than ``verdicts.MIN_SEEDS`` paired seeds."""
+    check's margin, inconclusive otherwise, with fewer than ``verdicts.MIN_SEEDS`` paired seeds, or when the
+    check's metric does not separate its positive controls (``check.sees`` False)."""
     other = check.rhs.mean if check.rhs.exact else check.rhs.by_seed()
-    v = verdicts.paired_verdict(check.lhs.by_seed(), other, check.op, check.margin)
+    v = verdicts.paired_verdict(check.lhs.by_seed(), other, check.op, check.margin, sees=check.sees)
     check.result, check.verdict, check.detail = v, v.outcome, v.describe()
     return check
 
@@ -181,37 +226,48 @@ def claim_verdict(checks: Sequence[Check]) -> str:
     return verdicts.claim_outcome((c.role, c.verdict) for c in checks)[0]
 
 
-def build_claims(stats: Dict[str, Dict[str, Dict[str, Stat]]]) -> List[Dict]:
-    """The claims as checks over ``stats[world][setting][score]``, every check and margin fixed here before
-    the run (no method is picked after it); a world or setting not run gives inconclusive checks. Returns
-    ``[{"title", "paper", "checks", "verdict"}]``."""
+def build_claims(stats: Dict[str, Dict[str, Dict[str, Stat]]], sees: Optional[Dict[str, bool]] = None) -> List[Dict]:
+    """The claims as checks over ``stats[world][setting][score]`` (``setting`` "oracle" for the oracle fit), every
+    check, threshold and margin fixed here before the run (no method is picked after it); a world or setting
+    not run gives inconclusive checks, and so does a check whose metric does not separate its positive controls
+    (``sees[metric]`` False; ``None``: not asked). Returns ``[{"title", "paper", "world", "checks", "verdict",
+    "notes"}]``."""
     missing = Stat(float("nan"), float("nan"), 0)
+    sees = sees or {}
 
     def get(world, setting, score):
         return stats.get(world, {}).get(setting, {}).get(score, missing)
 
+    def check(text, lhs_label, lhs, op, rhs_label, rhs, score, role=verdicts.CLAIM):
+        return Check(text, lhs_label, lhs, op, rhs_label, rhs, MARGINS[score], role, sees=sees.get(METRIC_OF[score]))
+
     mm, bi = "multimodal", "biased"
-    sharp, cons, jan = MARGINS["sharpness"], MARGINS["consistency"], MARGINS["janus"]
     pre = verdicts.PRECONDITION
+    sharp, cons = "structure_sharpness", "structure_consistency"
     lucid = [
-        Check("the world exposes over-smoothing: SDS's renders are blurrier than the nearest variant "
-              "(sharpness < 1)", "SDS sharpness", get(mm, "sds", "sharpness"), "<", "1", constant(1.0), sharp, pre),
-        Check("ISM keeps more detail than SDS (higher sharpness)", "ISM sharpness", get(mm, "ism", "sharpness"), ">",
-              "SDS sharpness", get(mm, "sds", "sharpness"), sharp),
-        Check("ISM's views commit to one variant more than SDS's (higher consistency)", "ISM consistency",
-              get(mm, "ism", "consistency"), ">", "SDS consistency", get(mm, "sds", "consistency"), cons),
+        check("the world exposes over-smoothing: SDS's renders are blurrier than the oracle fit's (structure "
+              "sharpness, paired by seed)", "SDS sharpness", get(mm, "sds", sharp), "<", "oracle sharpness",
+              get(mm, "oracle", sharp), sharp, pre),
+        check("ISM keeps more detail than SDS (higher structure sharpness)", "ISM sharpness", get(mm, "ism", sharp),
+              ">", "SDS sharpness", get(mm, "sds", sharp), sharp),
+        check("ISM's views commit to one variant more than SDS's (higher consistency)", "ISM consistency",
+              get(mm, "ism", cons), ">", "SDS consistency", get(mm, "sds", cons), cons),
     ]
-    janus = {s: get(bi, s, "janus") for s in SETTINGS}
+    jf = "structure_janus_fraction_of_two_faced"
+    janus = {s: get(bi, s, jf) for s in SETTINGS}
+    collapse = f"{JANUS_COLLAPSE:g}"
     esd = [
-        Check("the world exposes Janus: SDS collapses (Janus above 0.5)", "SDS Janus", janus["sds"], ">", "0.5",
-              constant(0.5), jan, pre),
-        Check("VSD collapses: Janus above 0.5", "VSD Janus", janus["vsd"], ">", "0.5", constant(0.5), jan),
-        Check("the entropy term lowers Janus: ESD lambda 0.5 below ESD lambda 0", "ESD λ=0.5 Janus",
-              janus["esd-0.5"], "<", "ESD λ=0 Janus", janus["esd-0"], jan),
-        Check("the entropy term lowers Janus: ESD lambda 1 below ESD lambda 0", "ESD λ=1 Janus",
-              janus["esd-1"], "<", "ESD λ=0 Janus", janus["esd-0"], jan),
-        Check("ESD (official lambda 0.5) below VSD", "ESD λ=0.5 Janus", janus["esd-0.5"], "<", "VSD Janus",
-              janus["vsd"], jan),
+        check(f"the world exposes Janus: SDS collapses (its Janus at least {collapse} of the way from the oracle's back "
+              "to the two-faced control's)", "SDS Janus fraction", janus["sds"], ">", collapse, constant(JANUS_COLLAPSE),
+              jf, pre),
+        check(f"VSD collapses (Janus fraction above {collapse})", "VSD Janus fraction", janus["vsd"], ">", collapse,
+              constant(JANUS_COLLAPSE), jf),
+        check("the entropy term lowers Janus: ESD lambda 0.5 below ESD lambda 0", "ESD λ=0.5 Janus fraction",
+              janus["esd-0.5"], "<", "ESD λ=0 Janus fraction", janus["esd-0"], jf),
+        check("the entropy term lowers Janus: ESD lambda 1 below ESD lambda 0", "ESD λ=1 Janus fraction",
+              janus["esd-1"], "<", "ESD λ=0 Janus fraction", janus["esd-0"], jf),
+        check("ESD (official lambda 0.5) below VSD", "ESD λ=0.5 Janus fraction", janus["esd-0.5"], "<",
+              "VSD Janus fraction", janus["vsd"], jf),
     ]
     claims = [
         dict(title="SDS over-smooths; ISM keeps detail", paper="LucidDreamer (Liang et al., 2024)", world=mm,
@@ -231,8 +287,8 @@ def lucid_notes(checks: Sequence[Check]) -> List[str]:
     blur, detail, consistent = checks
     notes = []
     if blur.verdict == SHOWN and detail.verdict != SHOWN:
-        notes.append(f"Both methods are blurrier than the nearest variant (SDS sharpness {blur.lhs}, ISM "
-                     f"{detail.lhs}): the world produces the over-smoothing, but ISM is not shown to escape it here.")
+        notes.append(f"Both methods are blurrier than the oracle fit (SDS sharpness {blur.lhs}, ISM {detail.lhs}, oracle "
+                     f"{blur.rhs}): the world produces the over-smoothing, but ISM is not shown to escape it here.")
     if consistent.verdict == REFUTED:
         notes.append(f"ISM's views do not commit to one variant more than SDS's (consistency {consistent.lhs} "
                      f"against {consistent.rhs}); the nearest-variant column of the table shows how the views split.")
@@ -243,21 +299,37 @@ def esd_notes(checks: Sequence[Check], janus: Dict[str, Stat]) -> List[str]:
     """What the numbers say about the ESD claim (rules over the checks' outcomes)."""
     sds, vsd, half, one, official = checks
     notes = []
-    if vsd.verdict == REFUTED and vsd.lhs.n and vsd.lhs.mean < 0.5:
-        notes.append(f"VSD does not collapse on this world (Janus {vsd.lhs}, below 0.5: its backs are nearer the true "
-                     "back than a second front), so there is no collapse for the entropy term to undo.")
+    if vsd.verdict == REFUTED and vsd.lhs.n and vsd.lhs.mean < JANUS_COLLAPSE:
+        notes.append(f"VSD does not collapse on this world (Janus fraction {vsd.lhs}, below {JANUS_COLLAPSE:g}: its backs "
+                     "are nearer the oracle's back than a second front), so there is no collapse for the entropy term to undo.")
     if sds.verdict == SHOWN and vsd.verdict != SHOWN:
-        notes.append(f"SDS does collapse (Janus {sds.lhs}) where VSD, on the same world and budget, is not shown to "
-                     f"({vsd.lhs}).")
-    lam0 = janus["esd-0"]
-    if lam0.n and all(j.n and abs(j.mean - 0.5) < abs(lam0.mean - 0.5) and j.mean > lam0.mean for j in (half.lhs, one.lhs)):
-        notes.append(f"The entropy term moves Janus up toward 0.5, \"cannot tell\" on the Janus scale (lambda 0: {lam0}, "
-                     f"0.5: {half.lhs}, 1: {one.lhs}): backs less like the true back, not fewer second fronts.")
+        notes.append(f"SDS does collapse (Janus fraction {sds.lhs}) where VSD, on the same world and budget, is not shown "
+                     f"to ({vsd.lhs}).")
     same = janus["esd-0"].values and janus["esd-0"].values == janus["vsd"].values
     if same:
         notes.append("ESD at lambda 0 reproduces VSD run for run (the same update: guidance_scale_lora = 1 - lambda), "
                      "as the implementation says.")
     return notes
+
+
+def stat_keys(world: World) -> List[str]:
+    """The scores aggregated per world and setting: the table's, their fractions, the two-faced control's Janus."""
+    return list(dict.fromkeys([*world.scores, *world.fractions, "structure_janus_two_faced"]))
+
+
+def _number(x) -> float:
+    return float("nan") if x is None else float(x)
+
+
+def control_separations(size_options: Dict) -> Dict[str, object]:
+    """``positive_controls.separations`` of every structure metric, its analytic controls rendered at the
+    benchmark's world size (``size_options``): ``{metric: Separation}``."""
+    from threestudio_lucid.toy_world import positive_controls as pc
+
+    out = {}
+    for group in (("identity", "sharpness", "consistency"), ("janus", "view_diversity")):
+        out.update(pc.separations(group, pc.control_settings(group[0], **size_options)))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -299,10 +371,12 @@ def steps_of_run(trial: str) -> Optional[int]:
 
 
 def run_cell(world: World, world_path: str, setting: Setting, seed: int, steps: int, out_root: str, backend: str,
-             size: int, extra: Sequence[str]) -> Dict:
+             size: int, extra: Sequence[str], oracle_scores: Optional[str] = None) -> Dict:
     """One run, or its saved record when its scores file exists (resume). Returns the scores with
-    ``seconds`` (nan when the run was made by an earlier invocation without a record), ``grid`` and
-    ``skipped``."""
+    ``seconds`` (nan when the run was made by an earlier invocation without a record), ``grid``,
+    ``scores_file`` and ``skipped``. The oracle (``setting`` :data:`ORACLE`) fits the world's
+    ``oracle_variant``; a method run gets ``oracle_scores`` (that seed's oracle's scores file) for the
+    fractions its evaluator writes."""
     tag = run_key(world.name, setting.name, seed)
     trial = os.path.join(out_root, f"lucid-{setting.method}-toy", tag)
     scores_file = os.path.join(trial, "save", "toy_world_scores.json")
@@ -318,15 +392,21 @@ def run_cell(world: World, world_path: str, setting: Setting, seed: int, steps: 
         if os.path.exists(record_file):
             with open(record_file) as f:
                 seconds = json.load(f).get("seconds", float("nan"))
-        scores.update(seconds=seconds, grid=os.path.join(trial, "save", "toy_world_eval.png"), skipped=True)
+        scores.update(seconds=seconds, grid=os.path.join(trial, "save", "toy_world_eval.png"), skipped=True,
+                      scores_file=scores_file)
         return scores
     if os.path.isdir(trial):  # a run killed before it scored: the launcher refuses an existing folder, so it
         k = 1  # is kept aside (never deleted) and the run starts again
         while os.path.exists(f"{trial}.interrupted-{k}"):
             k += 1
         os.replace(trial, f"{trial}.interrupted-{k}")
+    if setting is ORACLE:  # the oracle has no prompt-processing options: the world's method overrides do not apply
+        own = [f"system.guidance.variant={world.oracle_variant}"] if world.oracle_variant else []
+    else:
+        own = [*world.overrides, *setting.overrides]
+        own += [f"system.evaluator.oracle_scores={oracle_scores}"] if oracle_scores else []
     overrides = [
-        *world.overrides, *setting.overrides,
+        *own,
         f"data.width={size}", f"data.height={size}", f"data.eval_width={size}", f"data.eval_height={size}",
         *extra,
     ]
@@ -335,7 +415,7 @@ def run_cell(world: World, world_path: str, setting: Setting, seed: int, steps: 
     with open(record_file, "w") as f:
         json.dump({"seconds": scores["seconds"], "steps": steps, "seed": seed, "world": world.name,
                    "setting": setting.name}, f, indent=2)
-    scores["skipped"] = False
+    scores.update(skipped=False, scores_file=scores_file)
     return scores
 
 
@@ -377,6 +457,8 @@ def write_grid(path: str, rows: List[np.ndarray]) -> None:
 
 
 def setting_label(name: str) -> str:
+    if name == ORACLE.name:
+        return "oracle fit"
     s = SETTINGS[name]
     if s.method == "esd":
         lam = name.split("-", 1)[1]
@@ -385,13 +467,15 @@ def setting_label(name: str) -> str:
 
 
 def variant_counts(runs: List[Dict]) -> str:
-    """How the nearest variants fall over the seeds (run level) and the views (view level)."""
+    """How the variants the structure identity finds fall over the seeds (run level) and the views (view level;
+    "none": no variant reaches ``structure_metrics.MIN_MATCH``)."""
     chosen, views = {}, {}
     for r in runs:
-        if "variant" in r:
-            chosen[r["variant"]] = chosen.get(r["variant"], 0) + 1
-        for v in r.get("view_variants", []):
-            views[v] = views.get(v, 0) + 1
+        if "structure_variant" in r:
+            v = r["structure_variant"] or "none"
+            chosen[v] = chosen.get(v, 0) + 1
+        for v in r.get("structure_view_variants", []):
+            views[v or "none"] = views.get(v or "none", 0) + 1
     if not chosen:
         return ""
     total = sum(views.values()) or 1
@@ -399,14 +483,52 @@ def variant_counts(runs: List[Dict]) -> str:
         f"{k} {100 * n / total:.0f}%" for k, n in sorted(views.items()))
 
 
-def report(path: str, results: Dict, stats: Dict, claims: List[Dict], args, command: str, meta: Dict) -> str:
+def controls_section(stats: Dict, separations: Dict[str, object], args) -> List[str]:
+    """The positive controls, reported first: each world's oracle fit, and whether each metric separates its
+    analytic controls."""
+    lines = [
+        "## Positive controls",
+        "",
+        "**The oracle fit** (`lucid-oracle-toy.yaml`, `toy_world/oracle.py`): on each world and seed, before the "
+        f"methods, the same splats, cameras, seed and budget ({args.steps} steps) trained with an L2 image loss "
+        "against the world's true renders from the batch's own cameras; scored by the same evaluator. Its scores are "
+        "each score's ceiling here; every method's are also given as fractions of the same seed's oracle "
+        "(`evaluate.fractions_of_oracle`), Janus as the fraction of the way from the oracle's back (0) to the "
+        "two-faced control's (1).",
+        "",
+    ]
+    for wname, world_stats in stats.items():
+        oracle = world_stats.get(ORACLE.name)
+        if not oracle:
+            continue
+        world = WORLDS[wname]
+        keys = [k for k in world.scores] + (["structure_janus_two_faced"] if wname == "biased" else [])
+        fit = f" (fits the {world.oracle_variant} variant)" if world.oracle_variant else ""
+        lines += [f"| {wname} world{fit} | " + " | ".join(LABELS.get(k, k) for k in keys) + " | seeds |",
+                  "|---" * (len(keys) + 2) + "|",
+                  "| oracle fit | " + " | ".join(str(oracle[k]) for k in keys) + f" | {oracle[keys[0]].n} |", ""]
+    lines += [
+        f"**The analytic controls** (`toy_world/positive_controls.py`, rendered at {args.image_size} px): a structure "
+        "metric whose scores do not separate them (a brightness change, flat discs, blends, blurs, the two-faced "
+        "penguin, views collapsed onto the front) is not used for a verdict: its checks are inconclusive.",
+        "",
+    ]
+    for metric, sep in separations.items():
+        lines += [f"- {line}" if not line.startswith("  ") else f"  - {line.strip()}" for line in sep.summary().splitlines()]
+    lines.append("")
+    return lines
+
+
+def report(path: str, results: Dict, stats: Dict, claims: List[Dict], args, command: str, meta: Dict,
+           separations: Optional[Dict[str, object]] = None) -> str:
     lines = [
         "# The papers' claims on the toy worlds",
         "",
-        "Written by `scripts/claims_benchmark.py` from the runs it made (nothing here is typed by hand). Each "
-        "method setting runs its official `lucid-<method>-toy.yaml`, unchanged except for the shared step budget "
-        "(the step-dependent schedules scaled by `toy_benchmark.schedule_overrides`) and what the world needs; "
-        "ESD's `lambda_coeff` 0 and 1 are a settings sweep beside the official 0.5.",
+        "Written by `scripts/claims_benchmark.py` from the runs it made (nothing here is typed by hand). The oracle "
+        "fit runs first on every world and seed; then each method setting runs its official "
+        "`lucid-<method>-toy.yaml`, unchanged except for the shared step budget (the step-dependent schedules scaled "
+        "by `toy_benchmark.schedule_overrides`) and what the world needs; ESD's `lambda_coeff` 0 and 1 are a settings "
+        "sweep beside the official 0.5.",
         "",
         f"- Command: `{command}`",
         f"- Budget: {args.steps} steps per run, seeds {' '.join(map(str, args.seeds))}; {meta['n_runs']} runs, "
@@ -416,24 +538,26 @@ def report(path: str, results: Dict, stats: Dict, claims: List[Dict], args, comm
         *[f"  - {i['started']}: `{i['command']}`, {i['runs_made']} runs made, {i['wall_minutes']:.1f} min wall; "
           f"{i['machine']}; load {i['load_start']} → {i['load_end']}" + (f" ({i['note']})" if i.get("note") else "")
           for i in meta["invocations"]],
-        f"- Scores (`docs/toy_worlds.md`): on the world's {args.n_eval_views} held-out views, against the nearest "
-        "variant; mean ± sample std over the seeds.",
+        f"- Scores (`docs/toy_worlds.md`, \"Structure scores\"): the structure scores (`toy_world/structure_metrics.py`: "
+        f"normalised correlations of band-passed images, blind to brightness) on the world's {args.n_eval_views} "
+        "held-out views and 12 back views, against the nearest variant, with PSNR and IoU; mean ± sample std over "
+        "the seeds.",
         "",
         "Verdict rule (code: `compare`, `toy_world/verdicts.py`; `docs/toy_worlds.md`): the methods run on the same "
         "seeds, and each check's evidence is the per-seed difference in the claimed direction, its mean and 95% "
         "Student-t interval. *Shown*: the interval excludes 0 on the claimed side; *refuted*: not shown and the "
         "interval's upper end is below the check's margin (the smallest effect that matters, fixed in the script "
-        f"before the run: {', '.join(f'{k} {v:g}' for k, v in MARGINS.items())}); *inconclusive* otherwise, and with "
-        f"fewer than {verdicts.MIN_SEEDS} paired seeds. A claim is inconclusive unless its precondition (the world "
-        "shows the failure) is shown; then refuted if a check is refuted, shown if all are.",
+        f"before the run: {', '.join(f'{k} {v:g}' for k, v in MARGINS.items())}; a Janus collapse is a fraction above "
+        f"{JANUS_COLLAPSE:g}); *inconclusive* otherwise, with fewer than {verdicts.MIN_SEEDS} paired seeds, and when "
+        "the check's metric does not separate its positive controls. A claim is inconclusive unless its precondition "
+        "(the world shows the failure) is shown; then refuted if a check is refuted, shown if all are.",
         "",
-        "Why the claims fail on these worlds -- what each guidance's update does to fixed renders, measured with "
-        "the runs' own guidance and final checkpoints (pseudo-ground-truths, the prior's posterior mode and view, "
-        "and the split of VSD/ESD's update into pretrained and estimator terms) -- is in "
-        "[`claims_mechanism.md`](claims_mechanism.md), written by `python scripts/claims_diagnostics.py` from this "
-        "benchmark's runs.",
+        "Why the claims failed on these worlds under the earlier colour scores -- what each guidance's update does to "
+        "fixed renders -- is in [`claims_mechanism.md`](claims_mechanism.md), written by "
+        "`python scripts/claims_diagnostics.py` from this benchmark's runs.",
         "",
     ]
+    lines += controls_section(stats, separations or {}, args)
     for claim in claims:
         lines += [f"## {claim['paper']}: {claim['title']}", "", f"**Verdict: {claim['verdict']}** "
                   f"(on the {claim['world']} world).", "",
@@ -448,28 +572,31 @@ def report(path: str, results: Dict, stats: Dict, claims: List[Dict], args, comm
         lines.append("")
     for wname, world_stats in stats.items():
         world = WORLDS[wname]
-        lines += [f"## The {wname} world", "", f"{world.about}; prompt \"{world.caption}\".", "",
-                  "| method | " + " | ".join(world.scores) + " | seeds | time / run (s) |"
-                  + (" nearest variant (runs / views) |" if wname == "multimodal" else ""),
-                  "|---" * (len(world.scores) + 3 + (wname == "multimodal")) + "|"]
+        keys = list(world.scores) + list(world.fractions)
+        lines += [f"## The {wname} world", "", f"{world.about}; prompt \"{world.caption}\". The oracle fit's row "
+                  "first; the last columns are each method's scores as fractions of the same seed's oracle.", "",
+                  "| method | " + " | ".join(LABELS.get(k, k) for k in keys) + " | seeds | time / run (s) |"
+                  + (" structure variant (runs / views) |" if wname == "multimodal" else ""),
+                  "|---" * (len(keys) + 3 + (wname == "multimodal")) + "|"]
         for sname, s in world_stats.items():
             runs = results[wname][sname]
             secs = aggregate([r["seconds"] for r in runs])
-            row = f"| {setting_label(sname)} | " + " | ".join(str(s[k]) for k in world.scores)
+            row = f"| {setting_label(sname)} | " + " | ".join(str(s[k]) for k in keys)
             row += f" | {len(runs)} | {secs.mean:.0f} |" if secs.n else f" | {len(runs)} | n/a |"
             if wname == "multimodal":
                 row += f" {variant_counts(runs)} |"
             lines.append(row)
         image = f"{os.path.basename(path)}_{wname}.png"
         lines += ["", f"![{wname}]({image})", "",
-                  f"`{image}`: the ground truth of every variant, then one row per method setting ("
+                  f"`{image}`: the ground truth of every variant, then one row per setting ("
                   + ", ".join(setting_label(s) for s in world_stats) + f"), seed {args.seeds[0]}, over the held-out "
                   "views.", ""]
     lines += [
         "## Reproducing one cell",
         "",
         "The runs are deterministic on a CPU (the same seed gives the same scores). One cell, e.g. "
-        f"{setting_label(args.methods[0])} on the {args.worlds[0]} world, seed {args.seeds[0]}, into a fresh folder:",
+        f"{setting_label(args.methods[0])} on the {args.worlds[0]} world, seed {args.seeds[0]} (and its oracle), "
+        "into a fresh folder:",
         "",
         "    " + cell_command(args, args.worlds[0], args.methods[0], args.seeds[0]),
         "",
@@ -543,26 +670,35 @@ def main(argv=None):
     started = datetime.datetime.now(datetime.timezone.utc)
     worlds = {w: ensure_world(WORLDS[w], os.path.abspath(args.load), size_options) for w in args.worlds}
 
-    results = {w: {s: [] for s in args.methods} for w in args.worlds}
+    separations = control_separations(size_options)  # the analytic controls first: which metrics see
+    for metric, sep in separations.items():
+        print(f"positive controls: {metric} {'separates its controls' if sep.sees else 'does NOT separate its controls'}",
+              flush=True)
+    settings = [ORACLE.name, *args.methods]
+    results = {w: {s: [] for s in settings} for w in args.worlds}
     for seed in args.seeds:  # seeds outermost: a partial run has every setting of the first seeds
         for w in args.worlds:
-            for s in args.methods:
-                r = run_cell(WORLDS[w], worlds[w], SETTINGS[s], seed, args.steps, out_root, args.backend,
-                             args.image_size, args.extra)
+            oracle = None
+            for s in settings:  # the oracle first: the methods' fractions are of this seed's oracle
+                setting = ORACLE if s == ORACLE.name else SETTINGS[s]
+                r = run_cell(WORLDS[w], worlds[w], setting, seed, args.steps, out_root, args.backend,
+                             args.image_size, args.extra, oracle_scores=oracle["scores_file"] if oracle else None)
+                oracle = r if setting is ORACLE else oracle
+                r.update(fractions_of_oracle(r, oracle))  # also for runs scored before the oracle existed
                 results[w][s].append(r)
-                shown = " ".join(f"{k} {r.get(k, float('nan')):.3f}" for k in WORLDS[w].scores)
+                shown = " ".join(f"{LABELS.get(k, k)} {_number(r.get(k)):.3f}" for k in WORLDS[w].scores)
                 how = "reused" if r["skipped"] else f"{r['seconds']:.0f} s"
                 print(f"{w:10s} {s:8s} seed {seed}: {shown} ({how})", flush=True)
 
-    stats = {w: {s: {k: aggregate([r.get(k) for r in runs], args.seeds[:len(runs)]) for k in WORLDS[w].scores}
+    stats = {w: {s: {k: aggregate([r.get(k) for r in runs], args.seeds[:len(runs)]) for k in stat_keys(WORLDS[w])}
                  for s, runs in by_setting.items()} for w, by_setting in results.items()}
-    claims = build_claims(stats)
+    claims = build_claims(stats, {m: sep.sees for m, sep in separations.items()})
 
     report_path = os.path.abspath(args.report)
     os.makedirs(os.path.dirname(report_path), exist_ok=True)
     for w in args.worlds:
         rows = list(truth_rows(worlds[w], WORLDS[w].caption).values())
-        rows += [split_grid(results[w][s][0]["grid"])[0] for s in args.methods]
+        rows += [split_grid(results[w][s][0]["grid"])[0] for s in settings]
         write_grid(f"{report_path}_{w}.png", rows)
 
     all_runs = [r for by in results.values() for runs in by.values() for r in runs]
@@ -580,11 +716,14 @@ def main(argv=None):
         wall_minutes=this["wall_minutes"], invocations=log_invocation(out_root, this),
     )
     with open(report_path + ".md", "w") as f:
-        f.write(report(report_path, results, stats, claims, args, command.strip(), meta))
+        f.write(report(report_path, results, stats, claims, args, command.strip(), meta, separations))
     summary = {w: {s: {k: {**vars(v), "values": list(v.values)} for k, v in by.items()} for s, by in ws.items()}
                for w, ws in stats.items()}
     with open(os.path.join(out_root, "claims_summary.json"), "w") as f:
-        json.dump({"stats": summary, "claims": [{"title": c["title"], "verdict": c["verdict"],
+        controls = {m: dict(sees=sep.sees, requirements=[dict(text=r.text, passed=r.passed, values=r.values)
+                                                          for r in sep.requirements])
+                    for m, sep in separations.items()}
+        json.dump({"stats": summary, "positive_controls": controls, "claims": [{"title": c["title"], "verdict": c["verdict"],
                                                  "checks": [dict(text=ch.text, role=ch.role, verdict=ch.verdict,
                                                                  detail=ch.detail, margin=ch.margin, n=ch.result.n,
                                                                  mean=ch.result.mean, low=ch.result.low,

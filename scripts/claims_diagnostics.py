@@ -391,7 +391,7 @@ def variant_shares(guidance, x_t: torch.Tensor, t: torch.Tensor, prompt_utils, c
     """Posterior mass per variant [B, variants]: the responsibilities summed over each variant's renders
     (variant indices as the world numbers them per object; the worlds here hold one object)."""
     resp = responsibilities(guidance, x_t, t, prompt_utils, cams)
-    variant = guidance.models.pipe.train_set.variant_index.long()
+    variant = guidance.models.pipe.unet.train_set.variant_index.long()
     return resp @ torch.nn.functional.one_hot(variant, int(variant.max()) + 1).to(resp)
 
 
@@ -487,7 +487,7 @@ def oversmoothing_measures(guidance, rgb: torch.Tensor, prompt_utils, cams, near
     blend = stacked.mean(0)
     variant_sd = visible(stacked.double().std(dim=0, unbiased=False)).pow(2).mean(1).sqrt()  # [V]
     names = list(variants)
-    variant_of = torch.nn.functional.one_hot(guidance.models.pipe.train_set.variant_index.long(), len(names)).double()
+    variant_of = torch.nn.functional.one_hot(guidance.models.pipe.unet.train_set.variant_index.long(), len(names)).double()
     shares: Dict[int, List[torch.Tensor]] = {}
     view_mass: Dict[int, List[torch.Tensor]] = {}
 
@@ -577,7 +577,7 @@ def oversmoothing_study(runs: Dict[str, LoadedRun], n_timesteps: int, n_draws: i
     first = next(iter(runs.values()))
     settings, key = first.settings, first.key
     held_out = held_out_views(settings, key)
-    train = first.guidance.models.pipe.train_set
+    train = first.guidance.models.pipe.unet.train_set
     out: Dict[str, Any] = {}
     for view_set in VIEW_SETS:
         views = held_out if view_set == "held-out" else training_views(settings, held_out)

@@ -16,7 +16,9 @@ export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 OBJECT=${OBJECT:-penguin}
 PROMPT=${PROMPT:-a penguin}
 WORLD=load/toy-$OBJECT
-[ -f "$WORLD/model_index.json" ] || "$VENV/bin/lucid-build-toy-world" "$WORLD" --objects "$OBJECT" --bandwidth 0.2
+# (re)built when missing or made before the world named its own components (no "_lucid_evaluator")
+grep -qs '"_lucid_evaluator"' "$WORLD/model_index.json" \
+  || "$VENV/bin/lucid-build-toy-world" "$WORLD" --objects "$OBJECT" --bandwidth 0.2
 exec "$VENV/bin/lucid-launch" --config custom/threestudio-lucid/configs/lucid-ism-toy.yaml --train --gpu 0 \
   system.prompt_processor.prompt="$PROMPT" \
   system.prompt_processor.pretrained_model_name_or_path="$WORLD" \

@@ -16,4 +16,4 @@ from . import early_launch_check  # noqa: E402  (lucid-launch only: a bad config
 early_launch_check.run()
 
 from . import compat  # noqa: F401,E402
-from . import data, exporter, geometry, guidance, prompt_processor, renderer, system  # noqa: F401,E402  (register the components)
+from . import data, exporter, geometry, guidance, prompt_processor, renderer, system, toy_world  # noqa: F401,E402  (register the components)

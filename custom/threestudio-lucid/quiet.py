@@ -27,6 +27,9 @@ LOG_RECORDS = {
     # diffusers imports CLIP/SigLIP image processors it never uses here; without torchvision transformers
     # falls back to the PIL ones and says so
     "transformers.utils.import_utils": (r"requires torchvision \(not installed\); falling back",),
+    # a model folder naming this plugin's own stand-ins for the UNet and VAE (the toy world's exact prior and
+    # average-pool autoencoder: toy_world/prior.py): diffusers loads them and says they are not its classes
+    "diffusers.pipelines.pipeline_utils": (r"^Expected types for (unet|vae): .*got <class 'threestudio[_-]lucid\.",),
     # Lightning's advertisements for its cloud products and the TPU count on machines without TPUs
     "pytorch_lightning.utilities.rank_zero": (r"^💡 Tip: ", r"^TPU available: False"),
     "lightning_fabric.utilities.rank_zero": (r"^💡 Tip: ", r"^TPU available: False"),

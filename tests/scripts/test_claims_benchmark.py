@@ -1,7 +1,9 @@
-"""scripts/claims_benchmark.py: the verdict rule (paired seeds, ``toy_world/verdicts.py``) and the aggregation
-over seeds on hand-made numbers, and a
-tiny end-to-end run (16 px worlds, 2 steps, one seed, SDS and ISM) that writes the report, the grids,
-and skips its finished runs when started again."""
+"""scripts/claims_benchmark.py: the verdict rule (paired seeds, ``toy_world/verdicts.py``), the claims on the
+structure scores with a metric that does not separate its positive controls made inconclusive, and the
+aggregation over seeds on hand-made numbers, and a tiny end-to-end run (16 px worlds, 2 steps, one seed: the
+oracle fit first, then SDS; ISM runs through the same code with another config name, and was dropped here for the
+oracle's two runs to keep the test's time) that writes the report, the grids, and skips its finished runs when
+started again."""
 import json
 import math
 import os
@@ -86,43 +88,62 @@ def test_claims_from_hand_made_tables(cb):
     def s(mean, shift=None):
         return cb.aggregate([mean + w for w in (shift or wobble)], seeds)
 
+    sharp, cons, jf = "structure_sharpness", "structure_consistency", "structure_janus_fraction_of_two_faced"
     stats = {
         "multimodal": {
-            "sds": {"sharpness": s(0.2), "consistency": s(0.5)},
-            "ism": {"sharpness": s(0.6), "consistency": s(0.9)},
+            "oracle": {sharp: s(0.9), cons: s(1.0)},
+            "sds": {sharp: s(0.2), cons: s(0.5)},
+            "ism": {sharp: s(0.6), cons: s(0.9)},
         },
         "biased": {
-            "sds": {"janus": s(0.8)}, "vsd": {"janus": s(0.7, [-0.01, 0.02, 0.0, -0.02, 0.01])},
-            "esd-0": {"janus": s(0.7)}, "esd-0.5": {"janus": s(0.4)},
-            "esd-1": {"janus": s(0.7, [0.012, -0.018, 0.001, 0.019, -0.011])},  # lambda 0's janus, seed for seed
+            "oracle": {jf: s(0.0)},
+            "sds": {jf: s(0.8)}, "vsd": {jf: s(0.7, [-0.01, 0.02, 0.0, -0.02, 0.01])},
+            "esd-0": {jf: s(0.7)}, "esd-0.5": {jf: s(0.4)},
+            "esd-1": {jf: s(0.7, [0.012, -0.018, 0.001, 0.019, -0.011])},  # lambda 0's janus, seed for seed
         },
     }
     lucid, esd = cb.build_claims(stats)
     assert lucid["verdict"] == cb.SHOWN and all(c.verdict == cb.SHOWN for c in lucid["checks"])
-    assert lucid["checks"][0].role == "precondition" and lucid["checks"][0].margin == cb.MARGINS["sharpness"]
+    # the precondition compares SDS with the oracle fit of the same seeds
+    assert lucid["checks"][0].role == "precondition" and lucid["checks"][0].margin == cb.MARGINS[sharp]
+    assert lucid["checks"][0].rhs is stats["multimodal"]["oracle"][sharp]
     assert esd["verdict"] == cb.REFUTED
     verdicts = {c.text: c.verdict for c in esd["checks"]}
     assert verdicts["the entropy term lowers Janus: ESD lambda 1 below ESD lambda 0"] == cb.REFUTED
     assert verdicts["ESD (official lambda 0.5) below VSD"] == cb.SHOWN
-    # no check is chosen after the run: the precondition is SDS's collapse, whatever method is highest
-    assert esd["checks"][0].text == "the world exposes Janus: SDS collapses (Janus above 0.5)"
+    # no check is chosen after the run: the precondition is SDS's collapse past a threshold fixed from the controls
+    assert esd["checks"][0].text.startswith("the world exposes Janus: SDS collapses")
+    assert esd["checks"][0].rhs.exact and esd["checks"][0].rhs.mean == cb.JANUS_COLLAPSE
     assert esd["notes"] == []
     # VSD that does not collapse, and ESD at lambda 0 equal to VSD run for run: said, from the numbers
     same = s(0.1)
-    stats["biased"].update({"vsd": {"janus": same}, "esd-0": {"janus": same}})
+    stats["biased"].update({"vsd": {jf: same}, "esd-0": {jf: same}})
     notes = " ".join(cb.build_claims(stats)[1]["notes"])
-    assert "VSD does not collapse on this world (Janus 0.100 ± 0.016" in notes
-    assert "SDS does collapse (Janus 0.800 ± 0.016)" in notes and "reproduces VSD run for run" in notes
+    assert "VSD does not collapse on this world (Janus fraction 0.100 ± 0.016" in notes
+    assert "SDS does collapse (Janus fraction 0.800 ± 0.016)" in notes and "reproduces VSD run for run" in notes
     # a world not run: its claim is inconclusive, not failed
     only_mm = cb.build_claims({"multimodal": stats["multimodal"]})
     assert only_mm[0]["verdict"] == cb.SHOWN and only_mm[1]["verdict"] == cb.INCONCLUSIVE
+    # a metric that does not separate its positive controls decides nothing, whatever the numbers
+    blind = cb.build_claims(stats, {"sharpness": False, "consistency": True, "janus": False})
+    assert blind[0]["checks"][0].verdict == cb.INCONCLUSIVE and "positive controls" in blind[0]["checks"][0].detail
+    assert blind[0]["checks"][2].verdict == cb.SHOWN and blind[0]["verdict"] == cb.INCONCLUSIVE
+    assert all(c.verdict == cb.INCONCLUSIVE for c in blind[1]["checks"])
+
+
+def test_margins_and_thresholds_are_stated_for_every_checked_score(cb):
+    assert set(cb.METRIC_OF) == set(cb.MARGINS) and all(m > 0 for m in cb.MARGINS.values())
+    assert 0 < cb.JANUS_COLLAPSE < 1
+    for world in cb.WORLDS.values():
+        assert all(k.startswith("structure_") for k in world.fractions)
+        assert set(world.fractions) <= set(cb.LABELS) and set(world.scores) <= set(cb.LABELS)
 
 
 def test_tiny_benchmark_writes_report_and_grids_and_resumes(tmp_path):
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1",
                LUCID_TOY_WORLD_CACHE=str(tmp_path / "cache"))
     report = tmp_path / "docs" / "claims"
-    cmd = [sys.executable, SCRIPT, "--methods", "sds", "ism", "--seeds", "0", "--steps", "2",
+    cmd = [sys.executable, SCRIPT, "--methods", "sds", "--seeds", "0", "--steps", "2",
            "--image-size", "16", "--n-azimuths", "4", "--n-eval-views", "4",
            "--load", str(tmp_path / "load"), "--out", str(tmp_path / "out"), "--report", str(report),
            "data.batch_size=1", "data.n_test_views=1", "system.geometry.init_num_pts=200"]
@@ -130,23 +151,40 @@ def test_tiny_benchmark_writes_report_and_grids_and_resumes(tmp_path):
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
 
     text = (report.parent / "claims.md").read_text()
-    for heading in ("## The multimodal world", "## The biased world", "LucidDreamer", "ESD"):
+    for heading in ("## Positive controls", "## The multimodal world", "## The biased world", "LucidDreamer", "ESD"):
         assert heading in text
-    # every row of the tables has numbers; one seed: the verdicts cannot be decided
-    for world, score in (("multimodal", "consistency"), ("biased", "janus")):
+    # the positive controls come first: the oracle fit's rows, then the claims
+    assert text.index("## Positive controls") < text.index("## LucidDreamer") < text.index("## The multimodal world")
+    controls = text.split("## Positive controls")[1].split("## LucidDreamer")[0]
+    assert controls.count("| oracle fit |") == 2 and "(fits the spotted variant)" in controls
+    # every row of the tables has numbers, the oracle's first; one seed: the verdicts cannot be decided
+    for world, score in (("multimodal", "consistency"), ("biased", "Janus")):
         section = text.split(f"## The {world} world")[1].split("## ")[0]
-        rows = [line for line in section.splitlines() if line.startswith("| SDS") or line.startswith("| ISM")]
-        assert len(rows) == 2 and all(re.search(r"\| \d+\.\d{3} \|", r) for r in rows), section
-        assert score in section
-    assert "Verdict: inconclusive" in text and "too few seeds" in text and "--steps 2" in text
+        rows = [line for line in section.splitlines() if line.startswith(("| oracle fit", "| SDS"))]
+        assert len(rows) == 2 and rows[0].startswith("| oracle fit"), section
+        assert all(re.search(r"\| \d+\.\d{3} \|", r) for r in rows), section
+        assert score in section and "/ oracle" in section
+    assert "Verdict: inconclusive" in text and "--steps 2" in text
+    # at 16 px the structure metrics cannot tell their controls apart, and say so: their checks are inconclusive
+    assert "does NOT separate its controls" in text and "the metric does not separate its positive controls" in text
     mm = imageio.imread(str(report) + "_multimodal.png")
     bi = imageio.imread(str(report) + "_biased.png")
-    assert mm.shape[0] == 5 * 16 + 4 * 2 and mm.shape[1] == 4 * 16  # three variants' truth, SDS, ISM
+    assert mm.shape[0] == 5 * 16 + 4 * 2 and mm.shape[1] == 4 * 16  # three variants' truth, oracle, SDS
     assert bi.shape[0] == 3 * 16 + 2 * 2
     summary = json.loads((tmp_path / "out" / "claims_summary.json").read_text())
     assert summary["stats"]["multimodal"]["sds"]["psnr"]["n"] == 1
+    assert summary["stats"]["multimodal"]["oracle"]["structure_identity"]["n"] == 1
+    assert set(summary["positive_controls"]) == {"identity", "sharpness", "consistency", "janus", "view_diversity"}
 
+    # the oracle is a run like the others (same launcher, its own config), and the methods' scores files carry
+    # their fractions of it
+    oracle_trial = tmp_path / "out" / "lucid-oracle-toy" / "multimodal-oracle-s0"
+    parsed = (oracle_trial / "configs" / "parsed.yaml").read_text()
+    assert "guidance_type: lucid-toy-world-oracle" in parsed and "variant: spotted" in parsed
     scores = tmp_path / "out" / "lucid-sds-toy" / "multimodal-sds-s0" / "save" / "toy_world_scores.json"
+    written = json.loads(scores.read_text())
+    assert {"psnr", "janus", "structure_identity", "structure_janus", "structure_view_diversity",
+            "structure_identity_fraction_of_oracle", "structure_janus_fraction_of_two_faced"} <= set(written)
     stamp = scores.stat().st_mtime_ns
     again = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(tmp_path))
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]

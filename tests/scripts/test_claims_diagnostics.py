@@ -150,7 +150,7 @@ def test_cosine_spread_and_agreement_on_hand_made_tensors(cd):
 
 def test_the_prior_commits_to_the_variant_at_low_noise_and_blends_at_high(cd, guidances, prompts, scene):
     g, settings = guidances["sds"], scene[0]
-    train = g.models.pipe.train_set
+    train = g.models.pipe.unet.train_set
     i = int((train.variant_index == 1).nonzero()[0])  # a checkered ball's render, seen from its own camera
     assert train.object_index[i] == 0
     one = cd.guidance_cameras(settings, {k: getattr(train, k)[i:i + 1] for k in ("elevation", "azimuth", "distance")})
@@ -169,7 +169,7 @@ def test_oversmoothing_measures_of_a_perfect_render(cd, guidances, prompts, scen
     variants = {v: t["rgb"] for v, t in truths.items()}
     mask = interior(truths["checkered"]["alpha"][..., 0] > 0.5, margin=1)
     n = len(views["azimuth"])
-    train = g.models.pipe.train_set
+    train = g.models.pipe.unet.train_set
     near = cd.near_view_mask(train, views, 45.0, object_index=0)
     # held-out azimuths 45, 165, 285 at elevation 15; training azimuths 0, 90, 180, 270 at elevations 0 and 15.
     # Within 45 degrees: 45 -> 0 and 90 at elevation 15 (43.4 deg; 46.9 at elevation 0); 165 -> 180 at both

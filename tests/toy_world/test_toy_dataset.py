@@ -44,7 +44,7 @@ def test_view_directions_agree_with_the_host_prompt_processor(thresholds):
 
 
 def test_renders_are_captioned_with_their_object_and_view(toy_pipe):
-    train = toy_pipe.train_set
+    train = toy_pipe.unet.train_set
     expected = {(0.0, 0.0): "front", (0.0, 180.0): "back", (30.0, 90.0): "side", (70.0, 0.0): "overhead"}
     for (el, az), direction in expected.items():
         i = int(((train.elevation == el) & (train.azimuth == az) & (train.object_index == 1)).nonzero()[0])
@@ -53,7 +53,7 @@ def test_renders_are_captioned_with_their_object_and_view(toy_pipe):
 
 
 def test_caption_table_selects_renders_by_caption(toy_pipe):
-    train = toy_pipe.train_set
+    train = toy_pipe.unet.train_set
     captions, members = caption_table(train)
     assert captions[0] == "" and bool(members[0].all())
     assert len(captions) == len(set(captions)) == 1 + 2 * (1 + 2 * 4)
@@ -77,7 +77,7 @@ def test_a_view_caption_without_renders_falls_back_to_the_whole_object(toy_cache
 
 
 def test_held_out_views_are_off_the_training_azimuths_and_have_masks(toy_pipe):
-    train, held_out = toy_pipe.train_set, toy_pipe.eval_set
+    train, held_out = toy_pipe.unet.train_set, toy_pipe.unet.eval_set
     assert len(held_out) == 2 * 4
     assert not set(held_out.azimuth.tolist()) & set(train.azimuth.tolist())
     assert torch.all(held_out.elevation == 15.0)

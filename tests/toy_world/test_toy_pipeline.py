@@ -1,5 +1,6 @@
 """Toy-world folders: layout, the prompt processor and the guidance load them unchanged (through
-``load_stable_diffusion``), the processor's view prompts select the right renders, ISM's DDIM
+``load_stable_diffusion``, which is diffusers' ``StableDiffusionPipeline.from_pretrained`` with the prior's
+components named in ``model_index.json``), the processor's view prompts select the right renders, ISM's DDIM
 inversion stays finite, and the console entry."""
 import json
 import os
@@ -10,13 +11,8 @@ import torch
 from threestudio_lucid import compat
 from threestudio_lucid.errors import ConfigError
 from threestudio_lucid.guidance.diffusion_base import load_stable_diffusion
-from threestudio_lucid.toy_world.pipeline import (
-    TOY_WORLD_CLASS_NAME,
-    LucidToyWorldPipeline,
-    is_toy_world,
-    load_toy_world_pipeline,
-    main,
-)
+from threestudio_lucid.toy_world.pipeline import is_toy_world, load_toy_world_pipeline, main
+from threestudio_lucid.toy_world.prior import ToyAutoencoder, ToyDenoiser
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +36,14 @@ def views(b):
     return torch.zeros(b), torch.linspace(-180, 150, b), torch.full((b,), 4.0)
 
 
-def test_folder_is_a_toy_world_with_real_text_parts_and_a_ddim_scheduler(toy_world_path, tiny_sd_path):
+def test_folder_is_a_stable_diffusion_folder_naming_the_toy_prior_as_its_unet_and_vae(toy_world_path, tiny_sd_path):
     with open(os.path.join(toy_world_path, "model_index.json")) as f:
-        assert json.load(f)["_class_name"] == TOY_WORLD_CLASS_NAME
-    for sub in ("tokenizer", "text_encoder", "scheduler"):
+        index = json.load(f)
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    assert index["unet"] == ["threestudio_lucid.toy_world.prior", "ToyDenoiser"]
+    assert index["vae"] == ["threestudio_lucid.toy_world.prior", "ToyAutoencoder"]
+    assert index["_lucid_evaluator"] == "lucid-toy-world-evaluator"
+    for sub in ("tokenizer", "text_encoder", "scheduler", "unet", "vae"):
         assert os.path.isdir(os.path.join(toy_world_path, sub))
     assert os.path.exists(os.path.join(toy_world_path, "tokenizer", "vocab.json"))
     with open(os.path.join(toy_world_path, "toy_world.json")) as f:
@@ -57,18 +57,50 @@ def test_folder_is_a_toy_world_with_real_text_parts_and_a_ddim_scheduler(toy_wor
     assert sched["beta_schedule"] == "scaled_linear"
 
 
-def test_load_stable_diffusion_returns_the_toy_pipeline(toy_world_path, toy_pipe):
+def test_load_stable_diffusion_loads_the_toy_prior_through_diffusers(toy_world_path, toy_pipe):
+    from diffusers import StableDiffusionPipeline
+
     pipe = load_stable_diffusion(toy_world_path, torch.float32)
-    assert isinstance(pipe, LucidToyWorldPipeline)
+    assert type(pipe) is StableDiffusionPipeline
+    assert isinstance(pipe.unet, ToyDenoiser) and isinstance(pipe.vae, ToyAutoencoder)
+    assert pipe.unet.world_path == os.path.abspath(toy_world_path) and pipe.unet.settings.objects == ["cube", "penguin"]
     assert pipe.unet.config.sample_size == 16 and pipe.unet.config.in_channels == 4
     assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
     assert 2 ** (len(pipe.vae.config.block_out_channels) - 1) == 2
     assert torch.equal(pipe.unet.means, toy_pipe.unet.means)
     assert pipe.to(torch.device("cpu")) is pipe
     pipe.enable_attention_slicing(1)
-    pipe.enable_xformers_memory_efficient_attention()
     with pytest.raises(FileNotFoundError, match="lucid-build-toy-world"):
         load_toy_world_pipeline(os.path.dirname(toy_world_path))
+
+
+def test_the_generic_loader_has_no_toy_world_branch():
+    """The toy world reaches the loader as a diffusers folder only (issue 27, part 6): the guidance's loading code
+    and the system name nothing of it."""
+    root = os.path.join(os.path.dirname(__file__), "..", "..", "custom", "threestudio-lucid")
+    for part in ("guidance", "prompt_processor", "system"):
+        for dirpath, _, files in os.walk(os.path.join(root, part)):
+            for name in files:
+                if name.endswith(".py"):
+                    with open(os.path.join(dirpath, name), encoding="utf-8") as f:
+                        code = f.read()
+                    assert "toy_world" not in code.replace("toy_world_eval", ""), os.path.join(dirpath, name)
+
+
+def test_an_old_world_folder_is_not_a_toy_world_and_says_so_when_loaded(tmp_path, toy_world_path):
+    import shutil
+
+    old = tmp_path / "old-world"
+    shutil.copytree(toy_world_path, old)
+    with open(old / "model_index.json") as f:
+        index = json.load(f)
+    index = {k: v for k, v in index.items() if k not in ("unet", "vae")}
+    index["_class_name"] = "LucidToyWorldPipeline"
+    with open(old / "model_index.json", "w") as f:
+        json.dump(index, f)
+    assert not is_toy_world(str(old))
+    with pytest.raises(ConfigError, match="is not a loadable Stable Diffusion pipeline"):
+        load_stable_diffusion(str(old), torch.float32)
 
 
 def test_a_missing_model_folder_error_names_the_toy_world_builder(tmp_path):
@@ -77,7 +109,7 @@ def test_a_missing_model_folder_error_names_the_toy_world_builder(tmp_path):
 
 
 def test_prompt_processor_embeddings_select_the_world_captions(toy_pipe, prompt_utils):
-    unet, captions = toy_pipe.unet, toy_pipe.captions
+    unet, captions = toy_pipe.unet, toy_pipe.unet.captions
     for key in ("plain", "front_first"):
         pu = prompt_utils[key]
         lam = unet.caption_weights(torch.cat([pu.text_embeddings, pu.text_embeddings_vd, pu.uncond_text_embeddings]))
@@ -87,7 +119,7 @@ def test_prompt_processor_embeddings_select_the_world_captions(toy_pipe, prompt_
 
 
 def test_perp_neg_interpolated_prompts_mix_front_and_side(toy_pipe, prompt_utils):
-    unet, captions = toy_pipe.unet, toy_pipe.captions
+    unet, captions = toy_pipe.unet, toy_pipe.unet.captions
     emb, _ = prompt_utils["perp_neg"].get_text_embeddings_perp_neg(
         torch.zeros(2), torch.tensor([30.0, 120.0]), torch.full((2,), 4.0)
     )
@@ -112,7 +144,7 @@ def test_ism_inversion_stays_finite_at_the_configured_bandwidth(toy_world_path, 
     ism = compat.find("lucid-ism-guidance")({"pretrained_model_name_or_path": toy_world_path})
     assert ism.unet.bandwidth == 0.1
     uncond = prompt_utils["plain"].uncond_text_embeddings.expand(2, -1, -1)
-    render = toy_pipe.train_set.rgb_float()[:1]
+    render = toy_pipe.unet.train_set.rgb_float()[:1]
     noise_image = torch.rand(1, 32, 32, 3, generator=torch.Generator().manual_seed(1))
     latents = ism.prepare_latents(torch.cat([render, noise_image]))
     for i_s in (100, 400, 800):
@@ -135,3 +167,31 @@ def test_console_entry_builds_a_world(tmp_path, toy_cache_dir, capsys):
     assert pipe.unet.bandwidth == 0.05 and pipe.unet.config.sample_size == 4 and pipe.unet.means.shape[0] == 8
     with open(os.path.join(os.path.dirname(__file__), "..", "..", "setup.py")) as f:
         assert "lucid-build-toy-world=threestudio_lucid.toy_world.pipeline:main" in f.read()
+
+
+def test_sequential_offload_of_a_toy_world_gives_the_same_step(toy_world_path, prompt_utils, monkeypatch):
+    """The GPU path of ``enable_sequential_cpu_offload`` (accelerate's hooks on every model, diffusers' own
+    pipeline method now that the toy world loads as a diffusers pipeline), with the CPU as the execution device
+    (as ``tests/guidance/test_memory_options.py`` runs it)."""
+    from accelerate import cpu_offload
+    from diffusers import StableDiffusionPipeline
+
+    from threestudio_lucid.guidance import diffusion_base
+
+    def step(**options):
+        guidance = compat.find("lucid-sds-guidance")({"pretrained_model_name_or_path": toy_world_path,
+                                                      "half_precision_weights": False, **options})
+        rgb = torch.rand(2, 32, 32, 3, generator=torch.Generator().manual_seed(0))
+        noise = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(1))
+        return guidance(rgb, prompt_utils["plain"], *views(2), noise=noise, t=torch.tensor([300, 700]))["loss_sds"]
+
+    plain = step()
+
+    def offload(self, gpu_id=None, device=None):
+        for model in self.components.values():
+            if isinstance(model, torch.nn.Module):
+                cpu_offload(model, torch.device("cpu"), offload_buffers=len(model._parameters) > 0)
+
+    monkeypatch.setattr(diffusion_base, "ACCELERATOR_DEVICE_TYPES", ("cuda", "cpu"))
+    monkeypatch.setattr(StableDiffusionPipeline, "enable_sequential_cpu_offload", offload)
+    assert torch.allclose(step(enable_sequential_cpu_offload=True), plain, rtol=1e-5)

@@ -191,8 +191,8 @@ def embed(pipe, *captions):
 
 
 def test_at_small_t_the_prediction_is_the_nearest_matching_render(toy_pipe):
-    unet, train = toy_pipe.unet, toy_pipe.train_set
-    captions = toy_pipe.captions
+    unet, train = toy_pipe.unet, toy_pipe.unet.train_set
+    captions = toy_pipe.unet.captions
     front = int(((train.object_index == 0) & (train.elevation == 0) & (train.azimuth == 0)).nonzero()[0])
     x0 = unet.means[front].reshape(1, 4, 16, 16)
     t = 1
@@ -225,7 +225,7 @@ def test_at_small_t_the_prediction_is_the_nearest_matching_render(toy_pipe):
 
 
 def test_a_view_caption_gives_weight_only_to_its_renders_at_every_noise_level(toy_pipe):
-    unet, captions = toy_pipe.unet, toy_pipe.captions
+    unet, captions = toy_pipe.unet, toy_pipe.unet.captions
     emb = embed(toy_pipe, "a penguin, front view", "a penguin", "")
     lam = unet.caption_weights(emb)
     assert torch.equal(lam.argmax(-1), torch.tensor([captions.index(c) for c in ("a penguin, front view", "a penguin", "")]))

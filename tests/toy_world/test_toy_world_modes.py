@@ -84,10 +84,10 @@ def noised(unet, x0, t, seed=0):
 
 
 def test_the_posterior_mean_blends_the_variants_at_high_noise_and_snaps_to_one_at_low_noise(multimodal):
-    unet, train = multimodal.unet, multimodal.train_set
+    unet, train = multimodal.unet, multimodal.unet.train_set
     lam = unet.caption_weights(encode_captions(multimodal.tokenizer, multimodal.text_encoder, ["a red cube, front view"]))
     log_prior = unet.component_log_priors(lam)
-    front = (unet.caption_priors[multimodal.captions.index("a red cube, front view")] > 0).nonzero().flatten()
+    front = (unet.caption_priors[multimodal.unet.captions.index("a red cube, front view")] > 0).nonzero().flatten()
     assert train.variant_index[front].tolist() == [0, 1, 2] and torch.all(train.azimuth[front] == 0)
     variants = unet.means[front]
     blend = variants.mean(0)
@@ -128,7 +128,7 @@ def penguin_worlds(penguin_world_paths):
 def back_view_pull(pipe, caption, t, seeds=range(6)):
     """Mass on front renders and the Janus score of the decoded x0 prediction, for the true back view
     (elevation 0) noised to ``t``, averaged over noise draws."""
-    unet, train = pipe.unet, pipe.train_set
+    unet, train = pipe.unet, pipe.unet.train_set
     lam = unet.caption_weights(encode_captions(pipe.tokenizer, pipe.text_encoder, [caption]))
     log_prior = unet.component_log_priors(lam)
     back = int(((train.elevation == 0) & (train.azimuth == 180)).nonzero()[0])
@@ -146,7 +146,7 @@ def back_view_pull(pipe, caption, t, seeds=range(6)):
 
 def test_the_biased_world_pulls_a_back_view_toward_the_front_where_view_captions_do_not(penguin_worlds):
     biased, views = penguin_worlds["biased"], penguin_worlds["view captions"]
-    assert biased.captions == ["", "a penguin"] and len(biased.train_set) == 2 * 29
+    assert biased.unet.captions == ["", "a penguin"] and len(biased.unet.train_set) == 2 * 29
     mass_views, janus_views = back_view_pull(views, "a penguin, back view", 800)
     assert mass_views == 0.0  # the back-view caption excludes the front renders at every noise level
     mass, janus = back_view_pull(biased, "a penguin", 800)
@@ -192,12 +192,12 @@ def test_console_entry_builds_multimodal_and_biased_worlds_that_load_like_any_ot
     assert described["captions"] == {"": described["num_renders"], "a blue ball": 2 * 17, "a red cube": 17}
 
     pipe = load_stable_diffusion(str(path), torch.float32)  # the guidance's loader, as for any model folder
-    assert pipe.settings.variant_table == {"ball": ["striped", "spotted"], "cube": ["checkered"]}
-    assert pipe.captions == ["", "a blue ball", "a red cube"]
+    assert pipe.unet.settings.variant_table == {"ball": ["striped", "spotted"], "cube": ["checkered"]}
+    assert pipe.unet.captions == ["", "a blue ball", "a red cube"]
     # r = floor(4^((1 + cos a) / 2) + 1/2) on the 8 azimuths: 4, 3, 2, 1, 1, 1, 2, 3, i.e. 17 per variant
     per_variant = sum(math.floor(4 ** ((1 + math.cos(math.radians(45 * k))) / 2) + 0.5) for k in range(8))
     assert per_variant == 17 and pipe.unet.means.shape[0] == 3 * per_variant
-    assert len(pipe.eval_set) == 3 * 2
+    assert len(pipe.unet.eval_set) == 3 * 2
 
 
 @pytest.mark.parametrize(

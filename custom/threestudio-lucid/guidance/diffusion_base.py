@@ -7,7 +7,10 @@ One source of truth: each guidance file (SDS, ISM, VSD/ESD) holds only what make
   ``half_precision_weights``, fp32 on the CPU: ``ACCELERATOR_DEVICE_TYPES``), then the personalisation
   of ``personalization.py`` (``textual_inversion_path``, ``lora_path`` at ``lora_scale``) on the same
   pipeline, before anything is encoded. A model that is neither a local folder, nor in the Hugging Face
-  cache, nor reachable, fails at once with one line naming ``pretrained_model_name_or_path``.
+  cache, nor reachable, fails at once with one line naming ``pretrained_model_name_or_path``. A folder may
+  name its own component classes in ``model_index.json`` (diffusers' mechanism); those this plugin defines
+  (the toy world's UNet and VAE) are found under its installed name (``import_plugin_components``): the
+  loader has no branch for any particular kind of folder.
 - Memory options (xformers attention, attention slicing, channels-last, sequential CPU offload) work
   with every guidance; the pairs that cannot (offload without a GPU, offload with VSD/ESD's trained
   UNet) are refused in ``validate_config``, before anything loads.
@@ -22,9 +25,11 @@ One source of truth: each guidance file (SDS, ISM, VSD/ESD) holds only what make
   gets the perpendicular components of the negative view prompts (threestudio's formulation).
 - The "gradient as loss" trick: ``0.5 * ||z - sg(z - g)||^2 / B`` has gradient ``g / B`` w.r.t. z.
 """
+import importlib
 import json
 import os
 import random
+import sys
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
@@ -104,6 +109,50 @@ def check_model_reachable(name_or_path: str, key: str = MODEL_KEY, marker: str =
         ) from None
 
 
+PLUGIN_IMPORT_NAME = "threestudio_lucid"  # the package name setup.py installs; model folders name our classes under it
+
+
+def model_index_of(name_or_path: str) -> Optional[Dict[str, Any]]:
+    """The model's ``model_index.json`` (a local folder, or a hub id in the local cache), or None."""
+    path = os.path.join(name_or_path, "model_index.json")
+    if not os.path.isfile(path):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            hit = try_to_load_from_cache(name_or_path, "model_index.json")
+            path = hit if isinstance(hit, str) else None
+        except Exception:
+            path = None
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            index = json.load(f)
+    except (OSError, TypeError, ValueError):
+        return None
+    return index if isinstance(index, dict) else None
+
+
+def import_plugin_components(name_or_path: str) -> None:
+    """Make the component classes that the model's ``model_index.json`` names from this plugin (``["threestudio_lucid.x.y",
+    "Class"]``) findable by diffusers, which looks such a class up in a module already imported (0.42; older
+    releases import it themselves): import those modules of this package and, where the host imported the package
+    under another name (threestudio's ``custom/`` loader: ``threestudio-lucid``), make them known under the installed
+    name too, so that the package is not imported (and its components registered) a second time. Only modules of
+    this package are imported; what a folder names elsewhere is left to diffusers."""
+    index = model_index_of(name_or_path) or {}
+    root = __name__.rsplit(".", 2)[0]  # this package, as imported
+    for value in index.values():
+        if not (isinstance(value, (list, tuple)) and len(value) == 2 and isinstance(value[0], str)):
+            continue
+        library = value[0]
+        if library != PLUGIN_IMPORT_NAME and not library.startswith(PLUGIN_IMPORT_NAME + "."):
+            continue
+        try:
+            module = importlib.import_module(root + library[len(PLUGIN_IMPORT_NAME):])
+        except ImportError:
+            continue  # diffusers names what it cannot find
+        sys.modules.setdefault(library, module)
+
+
 def load_stable_diffusion(
     name_or_path: str, torch_dtype: torch.dtype, key: str = MODEL_KEY, personalization: Optional[Personalization] = None
 ):
@@ -117,30 +166,21 @@ def load_stable_diffusion(
         check_text_encoder_width(pipe, name_or_path, key)
         return pipe
     check_model_reachable(name_or_path, key)
-    from ..toy_world.pipeline import is_toy_world, load_toy_world_pipeline
-
-    if is_toy_world(name_or_path):  # an exact toy prior with SD's interfaces (issue 7)
-        if personalization is not None and personalization.loads_anything:
-            raise ConfigError(
-                f"{key}='{name_or_path}' is a toy world, which has no text encoder or UNet to personalise: set "
-                f"{personalization.prefix}textual_inversion_path and lora_path to null, or use a Stable Diffusion model."
-            )
-        pipe = load_toy_world_pipeline(name_or_path, torch_dtype)
-    else:
-        try:
-            pipe = StableDiffusionPipeline.from_pretrained(
-                name_or_path,
-                **dtype_argument(torch_dtype),
-                safety_checker=None,
-                feature_extractor=None,
-                requires_safety_checker=False,
-            )
-        except (OSError, ValueError) as e:
-            raise ConfigError(
-                f"{key}='{name_or_path}' is not a loadable Stable Diffusion pipeline: {' '.join(str(e).split())[:300]}"
-            ) from None
-        if personalization is not None:
-            personalize(pipe, personalization)
+    import_plugin_components(name_or_path)
+    try:
+        pipe = StableDiffusionPipeline.from_pretrained(
+            name_or_path,
+            **dtype_argument(torch_dtype),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"{key}='{name_or_path}' is not a loadable Stable Diffusion pipeline: {' '.join(str(e).split())[:300]}"
+        ) from None
+    if personalization is not None:
+        personalize(pipe, personalization)
     check_text_encoder_width(pipe, name_or_path, key)
     return pipe
 

@@ -31,7 +31,7 @@ import os
 import random
 import signal
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -78,9 +78,12 @@ class GaussianSplattingSystem(BaseLift3DSystem):
         guidance_flip_prob: float = 0.0  # LD 0.5: flip the batch horizontally before a camera-free guidance
         depth_as_latent_prob: float = 0.0  # LD 0.2: guide the depth map (3 channels) instead of rgb
         depth_map: str = "depth"  # "depth" (comp_depth) | "disparity" (normalised inverse depth, LD-style)
-        # toy world (issue 7): at test, score the asset against the world's held-out ground truth
-        # (PSNR, mask IoU, Janus score); the world is the guidance's pretrained_model_name_or_path
+        # at test, score the asset with the evaluator the guidance's model folder names ("_lucid_evaluator" in
+        # its model_index.json: a toy world names lucid-toy-world-evaluator, which scores against the world's
+        # held-out ground truth), or the registered evaluator_type; evaluator: its options (e.g. oracle_scores)
         toy_world_eval: bool = False
+        evaluator_type: str = ""
+        evaluator: dict = field(default_factory=dict)
         # numerical guard: a Gaussian farther than this from the origin (world units; the object sits
         # within ~1, cameras at ~2-6) means the optimisation ran away; 0 disables the bound
         divergence_bound: float = 1000.0
@@ -116,7 +119,7 @@ class GaussianSplattingSystem(BaseLift3DSystem):
         self.check_prompt_lengths()
         if USING_REAL_THREESTUDIO:  # its prompt processor json.load()s the library file: a broken one, one line
             read_prompt_library()
-        self.check_toy_world_prompt()
+        self.evaluator = self.make_evaluator()  # before the prompt processor: a bad prompt fails at once
         self.prompt_processor = find(self.cfg.prompt_processor_type)(self.cfg.prompt_processor)
         self.prompt_utils = self.prompt_processor()
 
@@ -136,20 +139,26 @@ class GaussianSplattingSystem(BaseLift3DSystem):
             return
         check_prompt_lengths(tokenizer, prompt_processor_prompts(self.cfg.prompt_processor))
 
-    def check_toy_world_prompt(self) -> None:
-        """The toy-world scores need the prompt to name one of the world's objects: say so now, not
-        after training."""
-        if not self.cfg.toy_world_eval:
-            return
-        from ..toy_world.evaluate import object_of_prompt
-        from ..toy_world.pipeline import read_toy_world_settings
+    EVALUATOR_KEY = "_lucid_evaluator"  # in a model folder's model_index.json: the registered evaluator it wants
 
-        settings = read_toy_world_settings(self.cfg.guidance.pretrained_model_name_or_path)
-        try:
-            object_of_prompt(self.cfg.prompt_processor.prompt, settings.objects)
-        except ValueError as e:
-            raise ConfigError(f"system.prompt_processor.prompt: {e} (system.toy_world_eval=true scores the "
-                              "object the prompt names).") from None
+    def make_evaluator(self):
+        """The evaluation hook of ``toy_world_eval`` (None without it): ``evaluator_type``, or the registered
+        evaluator the guidance's model folder names, configured now (it checks the prompt against what it
+        scores) with the model folder, the prompt and ``system.evaluator``."""
+        if not self.cfg.toy_world_eval:
+            return None
+        from ..guidance.diffusion_base import model_index_of
+
+        model = self.cfg.guidance.get("pretrained_model_name_or_path")
+        name = self.cfg.evaluator_type or ((model_index_of(model) or {}).get(self.EVALUATOR_KEY) if model else None)
+        if not name:
+            raise ConfigError(
+                f"system.toy_world_eval=true scores the asset with the evaluator the model folder names "
+                f"('{self.EVALUATOR_KEY}' in its model_index.json), but system.guidance.pretrained_model_name_or_path="
+                f"'{model}' names none: point it at a toy world made with `lucid-build-toy-world` (rebuild one made "
+                "before it named its evaluator), set system.evaluator_type, or set system.toy_world_eval=false."
+            )
+        return find(name)({"model": model, "prompt": self.cfg.prompt_processor.prompt, **self.cfg.evaluator})
 
     # ---- optimisation ----
     def configure_optimizers(self):
@@ -562,26 +571,8 @@ class GaussianSplattingSystem(BaseLift3DSystem):
         path = self.get_save_path(self.cfg.ply_name)
         self.geometry.save_ply(path)
         info(f"Saved {self.geometry.num_points} Gaussians to {path}")
-        if self.cfg.toy_world_eval:
-            self.evaluate_toy_world()
-
-    def evaluate_toy_world(self) -> Dict[str, Any]:
-        """Score against the toy world (held-out views); writes ``toy_world_scores.json`` and a grid
-        ``toy_world_eval.png`` (renders above, ground truth below) and prints the scores."""
-        from ..toy_world.evaluate import evaluate_renderer, scores_only, write_scores
-
-        world = self.cfg.guidance.pretrained_model_name_or_path
-        result = evaluate_renderer(self.renderer, world, self.cfg.prompt_processor.prompt)
-        write_scores(result, self.get_save_path("toy_world_scores.json"))
-        row = lambda imgs: [{"type": "rgb", "img": img, "kwargs": {"data_format": "HWC"}} for img in imgs]
-        self.save_image_grid("toy_world_eval.png", [row(result["renders"]), row(result["ground_truth"])])
-        scores = scores_only(result)
-        line = (
-            f"toy-world scores for {scores['object']} on {scores['n_views']} held-out views: "
-            f"PSNR {scores['psnr']:.2f} dB, mask IoU {scores['iou']:.3f}, Janus {scores['janus']:.3f}"
-        )
-        info(line)
-        return scores
+        if self.evaluator is not None:
+            self.evaluator.evaluate(self)
 
     # ---- files: written atomically (atomic_files.py) ----
     def setup(self, stage: str) -> None:

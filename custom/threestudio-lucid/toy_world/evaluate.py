@@ -31,10 +31,21 @@ On a multi-modal world also:
 - ``consistency``: the fraction of the views where the variants differ whose own nearest variant is
   the asset's (ties count: a view where two variants look alike fits either); 1 = every view commits
   to one variant, lower = views of different variants stitched together.
+
+:func:`evaluate_renderer` adds the structure scores of ``structure_metrics`` (which read markings, not
+brightness; issue 27) under the prefix ``structure_`` (:func:`structure_scores`): ``structure_identity`` and
+``structure_variant``, ``structure_sharpness``, ``structure_consistency``, ``structure_janus`` (on the 12 back
+views of ``structure_metrics.back_cameras``) with ``structure_back_match`` and
+``structure_janus_two_faced`` (the two-faced control's Janus on the same views, nan for an object without a
+front to copy), ``structure_view_diversity`` with the truth's; and, given an oracle fit's scores
+(``oracle.py``), each as a fraction of the oracle's, ``structure_<score>_fraction_of_oracle`` =
+``score / oracle's`` for identity, sharpness, consistency and view diversity, and for Janus
+``structure_janus_fraction_of_two_faced`` = ``(janus - oracle's) / (two-faced - oracle's)``: 0 = the oracle's
+back, 1 = a second front (a ratio to the oracle's own Janus, about 0, would mean nothing).
 """
 import json
 import math
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 import torch.nn.functional as F
@@ -188,10 +199,12 @@ def janus_of_views(settings, key: str, variant: str, rgb, truth, elevation, azim
 
 
 @torch.no_grad()
-def evaluate_renderer(renderer, world_path: str, prompt: str, device=None) -> Dict[str, Any]:
+def evaluate_renderer(renderer, world_path: str, prompt: str, device=None, structure: bool = True,
+                      oracle: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Render the asset behind ``renderer`` (a ``lucid-gaussian-rasterizer``) from the held-out cameras
-    and score it (:func:`score_renders`). Returns the scores plus the images (``renders``,
-    ``ground_truth``: the nearest variant's) for a grid."""
+    and score it (:func:`score_renders`), with the structure scores unless ``structure`` is False
+    (:func:`structure_scores`; ``oracle``: an oracle fit's scores, for the fractions). Returns the scores plus
+    the images (``renders``, ``ground_truth``: the nearest variant's) for a grid."""
     settings = read_toy_world_settings(world_path)
     key = object_of_prompt(prompt, settings.objects)
     cams = eval_cameras(settings)
@@ -199,8 +212,60 @@ def evaluate_renderer(renderer, world_path: str, prompt: str, device=None) -> Di
     elevation, azimuth, distance = cams["elevation"][pick], cams["azimuth"][pick], cams["distance"][pick]
     rgb, alpha = render_asset(renderer, settings, elevation, azimuth, distance, device)
     result = score_renders(settings, key, rgb, alpha, elevation, azimuth, distance)
+    if structure:
+        result.update(structure_scores(lambda el, az, d: render_asset(renderer, settings, el, az, d, device),
+                                       settings, key, oracle))
     result["renders"] = rgb
     return result
+
+
+STRUCTURE_PREFIX = "structure_"
+FRACTION_SCORES = ("identity", "sharpness", "consistency", "view_diversity")  # score / the oracle's
+
+
+def structure_scores(render, settings, key: str, oracle: Optional[Dict[str, Any]] = None,
+                     cache: Optional[Dict] = None) -> Dict[str, Any]:
+    """``structure_metrics.score_structure`` of the asset ``render(elevation, azimuth, distance) -> (rgb, alpha)``
+    draws, under ``structure_`` names, with the two-faced control's Janus on the same back views and, given an
+    oracle fit's scores ``oracle`` (its ``toy_world_scores.json``), the fractions of the module docstring."""
+    from .positive_controls import truth, two_faced_object
+    from .structure_metrics import back_cameras, janus, render_truth, score_structure
+
+    cache = {} if cache is None else cache
+    scores = score_structure(render, settings, key, cache=cache)
+    scores.pop("object")
+    out = {STRUCTURE_PREFIX + k: v for k, v in scores.items()}
+    nearest = get_variant(key, scores["variant"] or settings.variants_of(key)[0])
+    try:
+        two_faced = two_faced_object(nearest)
+    except ValueError:  # nothing in front to copy (a ball, a cube): no Janus control
+        out[STRUCTURE_PREFIX + "janus_two_faced"] = float("nan")
+    else:
+        back = back_cameras(settings)
+        opposite = dict(back, azimuth=(back["azimuth"] + 180.0) % 360.0)
+        rgb, alpha = truth(settings, two_faced, cache)(back["elevation"], back["azimuth"], back["distance"])
+        second_front = render_truth(settings, nearest, **opposite, cache=cache)
+        out[STRUCTURE_PREFIX + "janus_two_faced"] = janus(rgb, alpha, second_front, None, settings.background)["janus"]
+    if oracle is not None:
+        out.update(fractions_of_oracle(out, oracle))
+    return out
+
+
+def fractions_of_oracle(scores: Dict[str, Any], oracle: Dict[str, Any]) -> Dict[str, float]:
+    """``structure_<score>_fraction_of_oracle`` for :data:`FRACTION_SCORES` and
+    ``structure_janus_fraction_of_two_faced`` (module docstring) from two sets of ``structure_`` scores (an
+    asset's and an oracle fit's, as ``toy_world_scores.json`` holds them); nan where a side is missing."""
+    from .structure_metrics import fraction_of_reference
+
+    def get(d, name):
+        value = d.get(STRUCTURE_PREFIX + name)
+        return float("nan") if value is None else float(value)
+
+    out = {f"{STRUCTURE_PREFIX}{k}_fraction_of_oracle": fraction_of_reference(get(scores, k), get(oracle, k))
+           for k in FRACTION_SCORES}
+    out[STRUCTURE_PREFIX + "janus_fraction_of_two_faced"] = fraction_of_reference(
+        get(scores, "janus"), get(scores, "janus_two_faced"), get(oracle, "janus"))
+    return out
 
 
 def render_asset(renderer, settings, elevation: torch.Tensor, azimuth: torch.Tensor, distance: torch.Tensor, device=None):

@@ -1,30 +1,39 @@
 """Toy-world model folders: ``build_toy_world`` writes one, ``load_toy_world_pipeline`` loads it.
 
-A toy-world folder looks like a diffusers Stable Diffusion folder to everything that reads text:
+A toy-world folder is a diffusers Stable Diffusion folder whose UNet and VAE are the toy prior's:
 
+- ``model_index.json``: ``"_class_name": "StableDiffusionPipeline"``, the usual tokenizer, text encoder and
+  scheduler entries, and ``"unet": ["threestudio_lucid.toy_world.prior", "ToyDenoiser"]``, ``"vae":
+  [..., "ToyAutoencoder"]``: diffusers' own component loader (``StableDiffusionPipeline.from_pretrained``, as
+  the guidance's generic ``load_stable_diffusion`` calls it for any folder) calls their ``from_pretrained``.
+  Nothing outside this package branches on the folder being a toy world. ``"_lucid_evaluator":
+  "lucid-toy-world-evaluator"`` names the registered evaluator that ``system.toy_world_eval`` runs at test
+  (``evaluator.py``); diffusers ignores keys that start with ``_``;
 - ``tokenizer/`` and ``text_encoder/``: a real tiny CLIP (``tiny_pipeline``'s), so the prompt
   processors (the bundled one and threestudio's) load the folder unchanged;
 - ``scheduler/``: a ``DDIMScheduler`` with SD 2.1-base's configuration (scaled-linear betas,
   ``steps_offset`` 1);
-- ``model_index.json`` with ``"_class_name": "LucidToyWorldPipeline"`` (the guidance's
-  ``load_stable_diffusion`` recognises it and calls :func:`load_toy_world_pipeline`);
+- ``unet/config.json`` and ``vae/config.json``: the components' settings (no weights: the denoiser is
+  built from the renders, the autoencoder is an average pool);
 - ``toy_world.json``: the :class:`~.dataset.ToyWorldSettings` (objects, bandwidth, image and
   latent sizes, camera grid, thresholds, seed) and, for reference, the caption list;
 - ``estimator_unet/``: a small, randomly initialised diffusers UNet that VSD/ESD train in full as
   their estimator of the particles' score (``lora_unet_subfolder: estimator_unet``,
   ``train_full_estimator: true``), since a LoRA needs a pretrained UNet to adapt.
 
-The renders are not in the folder: :func:`load_toy_world_pipeline` regenerates them from the
-settings (or reads them from the render cache, ``.threestudio_cache/toy_world/`` under the working
-directory, or ``$LUCID_TOY_WORLD_CACHE``), encodes them with the ``ToyAutoencoder`` and the captions
-with the folder's text encoder, and builds the ``ToyDenoiser``.
+The renders are not in the folder: :func:`denoiser_from_folder` (``ToyDenoiser.from_pretrained``)
+regenerates them from the settings (or reads them from the render cache, ``.threestudio_cache/toy_world/``
+under the working directory, or ``$LUCID_TOY_WORLD_CACHE``), encodes them with the ``ToyAutoencoder`` and
+the captions with the folder's text encoder, and builds the ``ToyDenoiser``, which keeps the world's
+``settings``, ``train_set``, ``eval_set`` and ``captions``.
 
 Prompts must be the world's captions (``"a penguin"``; the prompt processor adds the view suffixes);
 other text is treated as the empty prompt (see ``prior``). The bundled prompt processor's cache
 entries carry a fingerprint of the text encoder's files, so a world rebuilt at the same path with
 another ``--seed`` (another text encoder) gets its embeddings recomputed; inside threestudio, whose
 processor keys its cache by the path alone, delete ``.threestudio_cache/text_embeddings`` after such
-a rebuild.
+a rebuild. A folder written before the components were named in ``model_index.json`` (its
+``_class_name`` was ``LucidToyWorldPipeline``) is not a toy world to :func:`is_toy_world`: rebuild it.
 
 Console entry: ``lucid-build-toy-world PATH [--objects cube penguin] [--bandwidth 0.1] ...``; the
 multi-modal and biased worlds of ``docs/toy_worlds.md`` with ``--variants``, ``--view-distribution``,
@@ -34,7 +43,7 @@ import argparse
 import json
 import os
 import time
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 
@@ -43,8 +52,11 @@ from .dataset import DEFAULT_CACHE_DIR, VIEW_DISTRIBUTIONS, ToyWorldSettings, ca
 from .objects import OBJECTS, VARIANTS
 from .prior import ToyAutoencoder, ToyDenoiser
 
-TOY_WORLD_CLASS_NAME = "LucidToyWorldPipeline"
 SETTINGS_FILE = "toy_world.json"
+COMPONENT_LIBRARY = "threestudio_lucid.toy_world.prior"  # where model_index.json says the unet and vae classes are
+DENOISER_CLASS, AUTOENCODER_CLASS = "ToyDenoiser", "ToyAutoencoder"
+EVALUATOR = "lucid-toy-world-evaluator"  # the registered evaluator named in model_index.json (evaluator.py)
+EVALUATOR_KEY = "_lucid_evaluator"
 FOLDER_HINT = "free space there or build the toy world into a folder on a disk with room"
 CACHE_ENV = "LUCID_TOY_WORLD_CACHE"
 
@@ -75,61 +87,25 @@ def build_estimator_unet(latent_size: int, text_dim: int, seed: int = 0):
         )
 
 
-def is_toy_world(path: str) -> bool:
-    """Whether ``path`` is a folder whose ``model_index.json`` names ``LucidToyWorldPipeline``."""
+def read_model_index(path: str) -> Optional[Dict[str, Any]]:
+    """``<path>/model_index.json`` as a dict (None when there is none or it does not parse)."""
     index = os.path.join(str(path), "model_index.json")
-    if not os.path.isfile(index):
-        return False
     try:
         with open(index, "r", encoding="utf-8") as f:
-            return json.load(f).get("_class_name") == TOY_WORLD_CLASS_NAME
+            data = json.load(f)
     except (OSError, ValueError):
-        return False
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def is_toy_world(path: str) -> bool:
+    """Whether ``path`` is a folder whose ``model_index.json`` names the toy prior as its UNet."""
+    index = read_model_index(path)
+    return index is not None and list(index.get("unet") or []) == [COMPONENT_LIBRARY, DENOISER_CLASS]
 
 
 def render_cache_dir(cache_dir: Optional[str] = None) -> str:
     return cache_dir or os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR
-
-
-class LucidToyWorldPipeline:
-    """The pipeline-like object the guidance gets: ``unet`` (:class:`ToyDenoiser`), ``vae``
-    (:class:`ToyAutoencoder`), ``text_encoder``, ``tokenizer``, ``scheduler``; plus ``settings``,
-    ``train_set`` / ``eval_set`` (the renders) and ``captions``."""
-
-    def __init__(self, unet, vae, text_encoder, tokenizer, scheduler, settings, train_set, eval_set, captions):
-        self.unet, self.vae, self.text_encoder = unet, vae, text_encoder
-        self.tokenizer, self.scheduler = tokenizer, scheduler
-        self.settings: ToyWorldSettings = settings
-        self.train_set, self.eval_set = train_set, eval_set
-        self.captions: List[str] = captions
-
-    @property
-    def components(self) -> Dict[str, Any]:
-        return dict(unet=self.unet, vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, scheduler=self.scheduler)
-
-    @property
-    def device(self) -> torch.device:
-        return self.unet.device
-
-    def to(self, device=None, dtype=None):
-        for model in (self.unet, self.vae, self.text_encoder):
-            if model is not None:
-                model.to(device=device, dtype=dtype)
-        return self
-
-    # memory options: nothing to do for a closed-form denoiser without attention
-    def enable_attention_slicing(self, *args, **kwargs) -> None:
-        pass
-
-    def disable_attention_slicing(self) -> None:
-        pass
-
-    def enable_xformers_memory_efficient_attention(self, *args, **kwargs) -> None:
-        pass
-
-    def enable_sequential_cpu_offload(self, *args, **kwargs) -> None:
-        """The toy world is small: it is simply kept on the GPU."""
-        self.to(torch.device("cuda"))
 
 
 def _scheduler_config() -> Dict[str, Any]:
@@ -189,13 +165,28 @@ def build_toy_world(
     import diffusers
     import transformers
 
+    # the prior's components: settings only (diffusers' loader calls their from_pretrained on these folders)
+    components = {
+        "unet": {"_class_name": DENOISER_CLASS, "text_tolerance": 0.02},
+        "vae": {"_class_name": AUTOENCODER_CLASS, "downsample": world.downsample, "image_size": world.image_size,
+                "latent_channels": 4, "scaling_factor": 1.0, "posterior_std": 0.0},
+    }
+    for name, config in components.items():
+        os.makedirs(os.path.join(path, name), exist_ok=True)
+        write_text(os.path.join(path, name, "config.json"), json.dumps(config, indent=2), hint=FOLDER_HINT)
     index = {
-        "_class_name": TOY_WORLD_CLASS_NAME,
+        "_class_name": "StableDiffusionPipeline",
         "_diffusers_version": diffusers.__version__,
+        "feature_extractor": [None, None],
+        "requires_safety_checker": False,
+        "safety_checker": [None, None],
         "scheduler": ["diffusers", "DDIMScheduler"],
         "text_encoder": ["transformers", "CLIPTextModel"],
         "tokenizer": ["transformers", "CLIPTokenizer"],
-        "toy_world": SETTINGS_FILE,
+        "unet": [COMPONENT_LIBRARY, DENOISER_CLASS],
+        "vae": [COMPONENT_LIBRARY, AUTOENCODER_CLASS],
+        EVALUATOR_KEY: EVALUATOR,
+        "_toy_world": SETTINGS_FILE,
         "_transformers_version": transformers.__version__,
     }
     write_text(os.path.join(path, "model_index.json"), json.dumps(index, indent=2), hint=FOLDER_HINT)
@@ -232,47 +223,53 @@ def encode_captions(tokenizer, text_encoder, captions: Sequence[str]) -> torch.T
     return text_encoder(tokens.input_ids.to(text_encoder.device))[0]
 
 
-def load_toy_world_pipeline(
-    path: str,
-    torch_dtype: torch.dtype = torch.float32,
-    cache_dir: Optional[str] = None,
-    text_tolerance: float = 0.02,
-) -> LucidToyWorldPipeline:
-    """Load a folder written by :func:`build_toy_world` (renders from the cache or made now)."""
+def denoiser_from_folder(path: str, torch_dtype: torch.dtype = torch.float32, cache_dir: Optional[str] = None,
+                         text_tolerance: float = 0.02) -> ToyDenoiser:
+    """The :class:`ToyDenoiser` of the world folder ``path`` (what ``ToyDenoiser.from_pretrained(<path>/unet)``
+    returns): renders from the cache (or made now), encoded by the folder's autoencoder, captions by its text
+    encoder, the noise schedule of its scheduler; with the world's ``settings``, ``train_set``, ``eval_set`` and
+    ``world_path`` attached."""
     from diffusers import DDIMScheduler
     from transformers import AutoTokenizer, CLIPTextModel
 
     path = str(path)
-    if not is_toy_world(path):
-        raise FileNotFoundError(
-            f"'{path}' is not a toy-world folder (no model_index.json naming {TOY_WORLD_CLASS_NAME}): "
-            f"make one with `lucid-build-toy-world {path}`."
-        )
     world = read_toy_world_settings(path)
     tokenizer = AutoTokenizer.from_pretrained(path, subfolder="tokenizer")
     text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder").eval()
-    text_encoder.requires_grad_(False)
     scheduler = DDIMScheduler.from_pretrained(path, subfolder="scheduler")
 
     train, held_out = load_render_sets(world, render_cache_dir(cache_dir))
     captions, members = caption_table(train)
     caption_embeddings = encode_captions(tokenizer, text_encoder, captions).float()
 
-    vae = ToyAutoencoder(downsample=world.downsample, image_size=world.image_size, dtype=torch_dtype)
+    vae = ToyAutoencoder.from_pretrained(os.path.join(path, "vae"))
     images = train.rgb_float().permute(0, 3, 1, 2) * 2 - 1
     means = vae.encode(images).latent_dist.mode() * vae.config.scaling_factor
-    unet = ToyDenoiser(
-        means,
-        caption_embeddings,
-        members,
-        captions,
-        scheduler.alphas_cumprod,
-        bandwidth=world.bandwidth,
-        text_tolerance=text_tolerance,
-        dtype=torch_dtype,
-    )
-    text_encoder.to(dtype=torch_dtype)
-    return LucidToyWorldPipeline(unet, vae, text_encoder, tokenizer, scheduler, world, train, held_out, captions)
+    unet = ToyDenoiser(means, caption_embeddings, members, captions, scheduler.alphas_cumprod,
+                       bandwidth=world.bandwidth, text_tolerance=text_tolerance, dtype=torch_dtype)
+    unet.settings, unet.train_set, unet.eval_set, unet.world_path = world, train, held_out, path
+    return unet
+
+
+def load_toy_world_pipeline(path: str, torch_dtype: torch.dtype = torch.float32):
+    """A folder written by :func:`build_toy_world`, loaded as any Stable Diffusion folder is
+    (``StableDiffusionPipeline.from_pretrained``, no safety checker): ``pipe.unet`` is the
+    :class:`ToyDenoiser` (with the world's ``settings``, ``train_set``, ``eval_set``, ``captions``),
+    ``pipe.vae`` the :class:`ToyAutoencoder`."""
+    from diffusers import StableDiffusionPipeline
+
+    from ..guidance.diffusion_base import import_plugin_components
+    from ..personalization import dtype_argument
+
+    path = str(path)
+    if not is_toy_world(path):
+        raise FileNotFoundError(
+            f"'{path}' is not a toy-world folder (no model_index.json naming {COMPONENT_LIBRARY}.{DENOISER_CLASS} as "
+            f"its unet): make one with `lucid-build-toy-world {path}`."
+        )
+    import_plugin_components(path)
+    return StableDiffusionPipeline.from_pretrained(path, **dtype_argument(torch_dtype), safety_checker=None,
+                                                   feature_extractor=None, requires_safety_checker=False)
 
 
 def main(argv=None) -> int:

@@ -18,6 +18,9 @@ an asset's renders do:
 :func:`separation` scores the controls with one metric and checks the orderings it must show (stated
 in ``REQUIREMENTS`` before any run); ``sees`` is False when one fails, and a verdict from that metric
 should then be refused.
+
+These controls are drawn; the trained one, the oracle fit (the same splats, cameras and budget as a method run,
+fitted to the true renders: each score's ceiling), is ``oracle.py``.
 """
 import copy
 from dataclasses import dataclass, field

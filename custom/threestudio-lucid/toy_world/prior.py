@@ -44,16 +44,25 @@ embedding farther than ``text_tolerance`` (relative to its norm; default 0.02, w
 captions of the tiny CLIP are >= 0.2 apart and fp16 rounding is ~1e-3) from the hull is text the
 prior does not know (e.g. a negative prompt such as "blurry"): it is treated as the empty prompt,
 i.e. unconditional (all renders). Weights below ``1e-3`` are dropped and the rest renormalised.
+
+Loading: both are diffusers ``ModelMixin`` components that a world folder's ``model_index.json`` names
+(``"unet": ["threestudio_lucid.toy_world.prior", "ToyDenoiser"]``, ``"vae": [..., "ToyAutoencoder"]``), so
+``StableDiffusionPipeline.from_pretrained(world)`` loads them through diffusers' own component loader, which
+calls their ``from_pretrained(<world>/unet)`` / ``(<world>/vae)``. Neither has weights: the autoencoder reads
+its sizes from ``vae/config.json``, the denoiser is built from the world's settings, renders, text encoder
+and scheduler (``pipeline.denoiser_from_folder``).
 """
 import hashlib
+import json
 import math
+import os
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from diffusers import ModelMixin  # the base through which diffusers' loader finds the components' from_pretrained
 from torch import Tensor
 
 from ..compat import info
@@ -119,8 +128,28 @@ class DecoderOutput:
     sample: Tensor
 
 
-class ToyAutoencoder(_DeviceDtypeMixin, nn.Module):
+def _read_component_config(path: str) -> Dict:
+    file = os.path.join(str(path), "config.json")
+    try:
+        with open(file, "r", encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise OSError(f"{file}: cannot read the toy-world component's config ({type(e).__name__}); rebuild the "
+                      "world with `lucid-build-toy-world`") from None
+
+
+class ToyAutoencoder(_DeviceDtypeMixin, ModelMixin):
     """Average-pool encoder / nearest-upsampling decoder (see the module docstring)."""
+
+    CONFIG_KEYS = ("downsample", "image_size", "latent_channels", "scaling_factor", "posterior_std")
+
+    @classmethod
+    def from_pretrained(cls, path, torch_dtype: Optional[torch.dtype] = None, **ignored):
+        """From ``<path>/config.json`` (:data:`CONFIG_KEYS`); diffusers' other loading options (device map,
+        variants, ...) do not apply to a model without weights and are ignored."""
+        config = _read_component_config(path)
+        dtype = torch_dtype or ignored.get("dtype") or torch.float32
+        return cls(**{k: config[k] for k in cls.CONFIG_KEYS if k in config}, dtype=dtype)
 
     def __init__(
         self,
@@ -255,7 +284,7 @@ class DenoiserOutput:
     sample: Tensor
 
 
-class ToyDenoiser(_DeviceDtypeMixin, nn.Module):
+class ToyDenoiser(_DeviceDtypeMixin, ModelMixin):
     """UNet-like exact denoiser: ``denoiser(sample, timestep, encoder_hidden_states).sample`` is
     ``eps_hat`` of the text-conditioned Gaussian mixture (module docstring). No trainable weights.
 
@@ -299,6 +328,25 @@ class ToyDenoiser(_DeviceDtypeMixin, nn.Module):
         self.register_buffer("alphas_cumprod", alphas_cumprod.detach().to(torch.float64), persistent=False)
         self.projector = CaptionProjector(caption_embeddings, self.captions, text_tolerance)
         self._init_anchor(dtype)
+
+    # set when loaded from a world folder (pipeline.denoiser_from_folder): the world's settings, renders
+    # (training and held-out) and folder
+    settings = None
+    train_set = None
+    eval_set = None
+    world_path = None
+
+    @classmethod
+    def from_pretrained(cls, path, torch_dtype: Optional[torch.dtype] = None, **ignored):
+        """The exact prior of the world folder that holds ``path`` (``<world>/unet``): its settings, renders
+        (from the render cache, or made now), text encoder and scheduler; ``text_tolerance`` from
+        ``<path>/config.json``. diffusers' other loading options do not apply and are ignored."""
+        from .pipeline import denoiser_from_folder
+
+        config = _read_component_config(path)
+        return denoiser_from_folder(os.path.dirname(os.path.abspath(str(path))),
+                                    torch_dtype or ignored.get("dtype") or torch.float32,
+                                    text_tolerance=float(config.get("text_tolerance", 0.02)))
 
     # float64 buffers stay float64 when the module is cast (``.half()``, ``.to(float16)``): only the
     # anchor, which reports ``dtype``, follows the cast
