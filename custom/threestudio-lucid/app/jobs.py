@@ -228,11 +228,14 @@ class JobManager:
     def _busy_run(self, run: Run) -> Optional[Job]:
         return next((j for j in self.run_jobs(run) if j.state in ACTIVE), None)
 
-    def submit_resume(self, run: Run, user: Optional[str] = None) -> Job:
+    def _check_idle_with_folder(self, run: Run, action: str) -> None:
         if self._busy_run(run):
             raise QueueError("this run already has a job queued or running")
         if not run.trial_dir:
-            raise QueueError("this run has no folder yet: nothing to resume")
+            raise QueueError(f"this run has no folder yet: nothing to {action}")
+
+    def submit_resume(self, run: Run, user: Optional[str] = None) -> Job:
+        self._check_idle_with_folder(run, "resume")
         ckpt = run_reader.resume_checkpoint(run.trial_dir)
         parsed = os.path.join(run.trial_dir, "configs", "parsed.yaml")
         if ckpt is None or not os.path.isfile(parsed):
@@ -240,10 +243,7 @@ class JobManager:
         return self._enqueue(run, "resume", parsed, [override("resume", ckpt)], user=user)
 
     def submit_export(self, run: Run, user: Optional[str] = None) -> Job:
-        if self._busy_run(run):
-            raise QueueError("this run already has a job queued or running")
-        if not run.trial_dir:
-            raise QueueError("this run has no folder yet: nothing to export")
+        self._check_idle_with_folder(run, "export")
         ckpts = run_reader.checkpoints(run.trial_dir)
         last = os.path.join(run.trial_dir, "ckpts", "last.ckpt")
         ckpt = last if os.path.isfile(last) else (ckpts[0] if ckpts else None)
