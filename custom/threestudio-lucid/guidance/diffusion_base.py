@@ -112,23 +112,29 @@ def check_model_reachable(name_or_path: str, key: str = MODEL_KEY, marker: str =
 PLUGIN_IMPORT_NAME = "threestudio_lucid"  # the package name setup.py installs; model folders name our classes under it
 
 
-def model_index_of(name_or_path: str) -> Optional[Dict[str, Any]]:
-    """The model's ``model_index.json`` (a local folder, or a hub id in the local cache), or None."""
-    path = os.path.join(name_or_path, "model_index.json")
+def model_json(name_or_path: str, relative: str) -> Optional[Dict[str, Any]]:
+    """A JSON file of the model (``relative`` inside a local folder, or of a hub id in the local cache),
+    read without loading any weights; None when it is missing or not a JSON object."""
+    path = os.path.join(name_or_path, relative)
     if not os.path.isfile(path):
         try:
             from huggingface_hub import try_to_load_from_cache
 
-            hit = try_to_load_from_cache(name_or_path, "model_index.json")
+            hit = try_to_load_from_cache(name_or_path, relative)
             path = hit if isinstance(hit, str) else None
         except Exception:
             path = None
     try:
         with open(path, "r", encoding="utf-8") as f:
-            index = json.load(f)
+            content = json.load(f)
     except (OSError, TypeError, ValueError):
         return None
-    return index if isinstance(index, dict) else None
+    return content if isinstance(content, dict) else None
+
+
+def model_index_of(name_or_path: str) -> Optional[Dict[str, Any]]:
+    """The model's ``model_index.json``, or None."""
+    return model_json(name_or_path, "model_index.json")
 
 
 def import_plugin_components(name_or_path: str) -> None:
@@ -216,21 +222,8 @@ def check_text_encoder_width(pipe, name_or_path: str, key: str = MODEL_KEY) -> N
 def num_train_timesteps_of(name_or_path: str) -> int:
     """The model's number of training timesteps, read from its scheduler config without loading any
     weights (a local folder, or a hub id in the local cache); Stable Diffusion's 1000 otherwise."""
-    path = os.path.join(name_or_path, "scheduler", "scheduler_config.json")
-    if not os.path.isfile(path):
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            hit = try_to_load_from_cache(name_or_path, "scheduler/scheduler_config.json")
-            path = hit if isinstance(hit, str) else None
-        except Exception:
-            path = None
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            n = json.load(f).get("num_train_timesteps", SD_NUM_TRAIN_TIMESTEPS)
-        return int(n) if is_number(n) and n >= 1 else SD_NUM_TRAIN_TIMESTEPS
-    except (OSError, TypeError, ValueError):
-        return SD_NUM_TRAIN_TIMESTEPS
+    n = (model_json(name_or_path, "scheduler/scheduler_config.json") or {}).get("num_train_timesteps")
+    return int(n) if is_number(n) and n >= 1 else SD_NUM_TRAIN_TIMESTEPS
 
 
 def execution_device(pipe) -> torch.device:
