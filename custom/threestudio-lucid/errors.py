@@ -39,17 +39,15 @@ def one_line_errors() -> tuple:
 
 
 def plugin_error_of(exc):
-    """The plugin error ``exc`` is, or the one it was raised while handling when ``exc`` is an
-    ``OSError`` (a logger that failed on the same full disk while the run stopped); else None."""
+    """The plugin error ``exc`` is; for an ``OSError``, the full disk it means (a logger that hit it
+    first, or while the run stopped on the plugin's own ``StorageError``: ``atomic_files.as_storage_error``);
+    else None."""
     if isinstance(exc, one_line_errors()):
         return exc
     if isinstance(exc, OSError):
-        seen, cause = set(), exc
-        while cause is not None and id(cause) not in seen:
-            seen.add(id(cause))
-            if isinstance(cause, one_line_errors()):
-                return cause
-            cause = cause.__cause__ or cause.__context__
+        from .atomic_files import as_storage_error
+
+        return as_storage_error(exc)
     return None
 
 
