@@ -7,8 +7,12 @@
 
 Two worlds are built under ``load/`` (renders cached; ``docs/toy_worlds.md``): ``multimodal``, the blue
 ball in three textured variants under the same captions, and ``biased``, the penguin rendered
-front-heavy and captioned without view words (trained with
-``system.guidance.view_dependent_prompting=false``).
+front-heavy, its renders captioned with view words as in ESD's setting (threestudio's view-dependent prompts).
+Both are rendered on a dense grid (72 azimuths x 8 elevations over the configs' training range) and the
+training cameras are snapped to it (``data.azimuth_step_deg``, ``data.elevation_grid_deg``): every camera is a
+view the exact prior has seen (``--no-snap``: continuous cameras). ``--prior learned`` judges every claim
+again on a learned prior (``toy_world/learned_prior.py``, trained once into ``load/``), a diffusers UNet that
+generalises between views and errs as Stable Diffusion does; VSD/ESD then put their LoRA on its UNet.
 
 Positive controls first (issue 27): on each world and seed the ORACLE FIT runs before the methods
 (``lucid-oracle-toy.yaml``, ``toy_world/oracle.py``: the same splats, cameras, seed and step budget, trained
@@ -19,13 +23,15 @@ benchmark's image size) say whether each structure metric separates them; a chec
 is inconclusive.
 
 Then every method setting runs its official ``lucid-<method>-toy.yaml`` through ``lucid-launch`` with the same
-step budget (``toy_benchmark.schedule_overrides``) and the same seeds: SDS, ISM, VSD and ESD at
-``lambda_coeff`` 0, 0.5 (the official setting) and 1. Runs go one at a time (each uses every core: measured
+step budget (``toy_benchmark.schedule_overrides``) and the same seeds: SDS (at the toy config's guidance scale and
+at DreamFusion's 100), ISM, VSD and ESD at ``lambda_coeff`` 0, 0.5 (the official setting) and 1. Runs go one at a time (each uses every core: measured
 faster here than two one-thread runs side by side) and are resumable: a run whose scores file exists is skipped.
 
     python scripts/claims_benchmark.py                    # default: 200 steps, seeds 0-4 (about 80 min on 2 shared cores)
     python scripts/claims_benchmark.py --full             # 400 steps (the toy configs' own), seeds 0-4
     python scripts/claims_benchmark.py --worlds multimodal --methods sds ism --seeds 0   # one cell (and its oracle)
+    python scripts/claims_benchmark.py --convergence      # 800 steps, seed 0, scored every 50: the curves
+    python scripts/claims_benchmark.py --prior learned    # every claim again on the learned prior
 
 Writes ``<report>.md`` (default ``docs/claims.md``): the positive controls (the oracle's scores per world,
 the metrics' separations), each claim with a verdict from the seeds' paired differences (:func:`compare`,
@@ -33,7 +39,9 @@ the metrics' separations), each claim with a verdict from the seeds' paired diff
 before the run, ``MARGINS``), per world a table of mean +- std over seeds (the oracle's row first, then each
 method's scores and their fractions of the oracle's), the command, date, machine and wall time; and
 ``<report>_<world>.png``: rows are the ground truth (every variant), the oracle, then one row per method
-setting (the first seed), over the world's held-out views.
+setting (the first seed), over the world's held-out views. With ``--convergence``: ``<report>.md`` and
+``<report>.png`` (default ``docs/claims_convergence``), each score against the step per world and setting, and
+whether it is flat over the second half of the budget (:func:`flatness`); no verdicts.
 """
 import argparse
 import datetime
@@ -56,6 +64,13 @@ from toy_benchmark import REPO, run_method, split_grid  # noqa: E402
 
 DEFAULT_STEPS, DEFAULT_SEEDS = 200, [0, 1, 2, 3, 4]  # a verdict needs verdicts.MIN_SEEDS (5) paired seeds
 FULL_STEPS, FULL_SEEDS = 400, [0, 1, 2, 3, 4]
+# The worlds' render grid (issue 27): 72 azimuths x 8 elevations over the toy configs' training range (polar
+# 30-100 deg = elevation -10..60), and training cameras snapped to it: every camera is a view the prior has seen
+DENSE_AZIMUTHS, DENSE_ELEVATIONS = 72, [-10.0, 0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0]
+# --convergence: one long run per setting, scored every CONVERGENCE_EVERY steps (system.evaluate_every_n_steps)
+CONVERGENCE_STEPS, CONVERGENCE_SEEDS, CONVERGENCE_EVERY = 800, [0], 50
+# VSD/ESD on a learned prior: a LoRA on its UNet (as on Stable Diffusion), not the exact prior's separate estimator
+LEARNED_PRIOR_LORA = ["system.guidance.lora_unet_subfolder=unet", "system.guidance.train_full_estimator=false"]
 
 
 @dataclass
@@ -82,14 +97,14 @@ WORLDS = {
     ),
     "biased": World(
         "biased", "a penguin",
-        dict(objects=["penguin"], bandwidth=0.2, view_distribution="front_heavy", caption_views=False),
-        overrides=["system.guidance.view_dependent_prompting=false"],
+        # view captions kept, as in ESD's setting (threestudio's view-dependent prompting appends them)
+        dict(objects=["penguin"], bandwidth=0.2, view_distribution="front_heavy", caption_views=True),
         scores=("psnr", "iou", "structure_identity", "structure_sharpness", "structure_janus",
                 "structure_view_diversity"),
         fractions=("structure_identity_fraction_of_oracle", "structure_janus_fraction_of_two_faced",
                    "structure_view_diversity_fraction_of_oracle"),
-        about="the penguin rendered front-heavy (R = 8: the front 8 times, the back once) with captions "
-        "without view words",
+        about="the penguin rendered front-heavy (R = 8: the front 8 times, the back once), its renders captioned "
+        "with view words as threestudio's view-dependent prompts read them",
     ),
 }
 
@@ -118,6 +133,9 @@ ORACLE = Setting("oracle", "oracle")  # lucid-oracle-toy.yaml: run first on ever
 
 SETTINGS = {
     "sds": Setting("sds", "sds"),
+    # DreamFusion's guidance scale as threestudio writes it (eps_c + 100 (eps_c - eps_u): dreamfusion-sd.yaml and
+    # lucid-sds-guidance's own default), beside the toy config's 6.5 (= diffusers' 7.5)
+    "sds-100": Setting("sds-100", "sds", ["system.guidance.guidance_scale=100"]),
     "ism": Setting("ism", "ism"),
     "vsd": Setting("vsd", "vsd"),
     "esd-0": Setting("esd-0", "esd", ["system.guidance.lambda_coeff=0.0"], official=False),
@@ -250,6 +268,8 @@ def build_claims(stats: Dict[str, Dict[str, Dict[str, Stat]]], sees: Optional[Di
               get(mm, "oracle", sharp), sharp, pre),
         check("ISM keeps more detail than SDS (higher structure sharpness)", "ISM sharpness", get(mm, "ism", sharp),
               ">", "SDS sharpness", get(mm, "sds", sharp), sharp),
+        check("ISM keeps more detail than SDS at DreamFusion's guidance scale 100", "ISM sharpness",
+              get(mm, "ism", sharp), ">", "SDS (CFG 100) sharpness", get(mm, "sds-100", sharp), sharp),
         check("ISM's views commit to one variant more than SDS's (higher consistency)", "ISM consistency",
               get(mm, "ism", cons), ">", "SDS consistency", get(mm, "sds", cons), cons),
     ]
@@ -284,8 +304,11 @@ def build_claims(stats: Dict[str, Dict[str, Dict[str, Stat]]], sees: Optional[Di
 
 def lucid_notes(checks: Sequence[Check]) -> List[str]:
     """What the numbers say about the LucidDreamer claim (rules over the checks' outcomes)."""
-    blur, detail, consistent = checks
+    blur, detail, detail_100, consistent = checks
     notes = []
+    if detail.verdict != detail_100.verdict:
+        notes.append(f"Against SDS at the toy config's guidance scale ISM's sharpness check is {detail.verdict}, against "
+                     f"SDS at CFG 100 it is {detail_100.verdict} (SDS sharpness {detail.rhs} and {detail_100.rhs}).")
     if blur.verdict == SHOWN and detail.verdict != SHOWN:
         notes.append(f"Both methods are blurrier than the oracle fit (SDS sharpness {blur.lhs}, ISM {detail.lhs}, oracle "
                      f"{blur.rhs}): the world produces the over-smoothing, but ISM is not shown to escape it here.")
@@ -356,8 +379,36 @@ def ensure_world(world: World, load_dir: str, size_options: Dict) -> str:
     return path
 
 
-def run_key(world: str, setting: str, seed: int) -> str:
-    return f"{world}-{setting}-s{seed}"
+def ensure_learned_prior(world: World, world_path: str, load_dir: str, steps: Optional[int]) -> str:
+    """``<load_dir>/toy-claims-<name>-learned``: the learned prior (``toy_world/learned_prior.py``) trained on the
+    exact world at ``world_path``, (re)built only when missing or made from another world or step count."""
+    from threestudio_lucid.toy_world.learned_prior import build_learned_prior, learned_prior_record
+
+    path = os.path.join(load_dir, f"toy-claims-{world.name}-learned")
+    record = learned_prior_record(path)
+    if record is not None and record.get("world_settings") == world_settings_of(world_path) and \
+            (steps is None or record.get("steps") == steps):
+        return path
+    print(f"training the learned prior of the {world.name} world at {path} (once; minutes)", flush=True)
+    build_learned_prior(world_path, path, overwrite=True, **({} if steps is None else {"steps": steps}))
+    return path
+
+
+def world_settings_of(path: str) -> Dict:
+    from threestudio_lucid.toy_world.pipeline import read_toy_world_settings
+
+    return read_toy_world_settings(path).to_dict()
+
+
+def grid_overrides(size_options: Dict) -> List[str]:
+    """The data options that snap the training cameras to the worlds' render grid (``size_options``)."""
+    elevations = ",".join(f"{e:g}" for e in size_options["elevations_deg"])
+    return [f"data.azimuth_step_deg={360.0 / size_options['n_azimuths']:g}", f"data.elevation_grid_deg=[{elevations}]"]
+
+
+def run_key(world: str, setting: str, seed: int, prior: str = "exact") -> str:
+    """A run's tag; the oracle fit does not use the prior, so both priors share it."""
+    return f"{world}-{setting}-s{seed}" if prior == "exact" or setting == ORACLE.name else f"{world}-{prior}-{setting}-s{seed}"
 
 
 def steps_of_run(trial: str) -> Optional[int]:
@@ -371,13 +422,14 @@ def steps_of_run(trial: str) -> Optional[int]:
 
 
 def run_cell(world: World, world_path: str, setting: Setting, seed: int, steps: int, out_root: str, backend: str,
-             size: int, extra: Sequence[str], oracle_scores: Optional[str] = None) -> Dict:
+             size: int, extra: Sequence[str], oracle_scores: Optional[str] = None, prior: str = "exact") -> Dict:
     """One run, or its saved record when its scores file exists (resume). Returns the scores with
     ``seconds`` (nan when the run was made by an earlier invocation without a record), ``grid``,
-    ``scores_file`` and ``skipped``. The oracle (``setting`` :data:`ORACLE`) fits the world's
+    ``scores_file``, ``trial`` and ``skipped``. The oracle (``setting`` :data:`ORACLE`) fits the world's
     ``oracle_variant``; a method run gets ``oracle_scores`` (that seed's oracle's scores file) for the
-    fractions its evaluator writes."""
-    tag = run_key(world.name, setting.name, seed)
+    fractions its evaluator writes. ``prior`` "learned": ``world_path`` is the learned prior's folder, and
+    VSD/ESD put their LoRA on its UNet (:data:`LEARNED_PRIOR_LORA`)."""
+    tag = run_key(world.name, setting.name, seed, prior)
     trial = os.path.join(out_root, f"lucid-{setting.method}-toy", tag)
     scores_file = os.path.join(trial, "save", "toy_world_scores.json")
     record_file = os.path.join(out_root, "records", tag + ".json")
@@ -393,7 +445,7 @@ def run_cell(world: World, world_path: str, setting: Setting, seed: int, steps: 
             with open(record_file) as f:
                 seconds = json.load(f).get("seconds", float("nan"))
         scores.update(seconds=seconds, grid=os.path.join(trial, "save", "toy_world_eval.png"), skipped=True,
-                      scores_file=scores_file)
+                      scores_file=scores_file, trial=trial)
         return scores
     if os.path.isdir(trial):  # a run killed before it scored: the launcher refuses an existing folder, so it
         k = 1  # is kept aside (never deleted) and the run starts again
@@ -404,6 +456,7 @@ def run_cell(world: World, world_path: str, setting: Setting, seed: int, steps: 
         own = [f"system.guidance.variant={world.oracle_variant}"] if world.oracle_variant else []
     else:
         own = [*world.overrides, *setting.overrides]
+        own += LEARNED_PRIOR_LORA if prior == "learned" and setting.method in ("vsd", "esd") else []
         own += [f"system.evaluator.oracle_scores={oracle_scores}"] if oracle_scores else []
     overrides = [
         *own,
@@ -415,7 +468,7 @@ def run_cell(world: World, world_path: str, setting: Setting, seed: int, steps: 
     with open(record_file, "w") as f:
         json.dump({"seconds": scores["seconds"], "steps": steps, "seed": seed, "world": world.name,
                    "setting": setting.name}, f, indent=2)
-    scores.update(skipped=False, scores_file=scores_file)
+    scores.update(skipped=False, scores_file=scores_file, trial=trial)
     return scores
 
 
@@ -459,6 +512,8 @@ def write_grid(path: str, rows: List[np.ndarray]) -> None:
 def setting_label(name: str) -> str:
     if name == ORACLE.name:
         return "oracle fit"
+    if name == "sds-100":
+        return "SDS (CFG 100)"
     s = SETTINGS[name]
     if s.method == "esd":
         lam = name.split("-", 1)[1]
@@ -527,10 +582,11 @@ def report(path: str, results: Dict, stats: Dict, claims: List[Dict], args, comm
         "Written by `scripts/claims_benchmark.py` from the runs it made (nothing here is typed by hand). The oracle "
         "fit runs first on every world and seed; then each method setting runs its official "
         "`lucid-<method>-toy.yaml`, unchanged except for the shared step budget (the step-dependent schedules scaled "
-        "by `toy_benchmark.schedule_overrides`) and what the world needs; ESD's `lambda_coeff` 0 and 1 are a settings "
-        "sweep beside the official 0.5.",
+        "by `toy_benchmark.schedule_overrides`) and what the world needs; SDS also at DreamFusion's guidance scale 100 "
+        "beside the toy config's; ESD's `lambda_coeff` 0 and 1 are a settings sweep beside the official 0.5.",
         "",
         f"- Command: `{command}`",
+        f"- Prior: {PRIORS[args.prior]}; {describe_grid(args)}",
         f"- Budget: {args.steps} steps per run, seeds {' '.join(map(str, args.seeds))}; {meta['n_runs']} runs, "
         f"{meta['run_minutes']:.1f} min of run time in all (the sum of the runs' own times)",
         "- Made by (invocations on this output folder that ran something, and this one; times UTC, load average "
@@ -607,6 +663,139 @@ def report(path: str, results: Dict, stats: Dict, claims: List[Dict], args, comm
     return "\n".join(lines) + "\n"
 
 
+# ---------------------------------------------------------------------------------------------------
+# convergence (--convergence): each score against the step
+
+
+# How much a score may still move over the second half of the budget and count as flat: the check margins where a
+# score has one, else these (PSNR in dB; the others are correlations or fractions)
+FLAT_TOLERANCE = {"psnr": 0.5, "iou": 0.03, "structure_identity": 0.05, "structure_view_diversity": 0.05,
+                  "structure_identity_fraction_of_oracle": 0.1, "structure_sharpness_fraction_of_oracle": 0.1,
+                  "structure_consistency_fraction_of_oracle": 0.15, "structure_view_diversity_fraction_of_oracle": 0.1,
+                  "structure_janus": 0.05, **MARGINS}
+
+
+def read_curve(trial: str) -> List[Dict]:
+    """The progress records of a run (``toy_world_progress.json``, written every ``--every`` steps)."""
+    from threestudio_lucid.toy_world.evaluator import PROGRESS_FILE, read_progress
+
+    return read_progress(os.path.join(trial, "save", PROGRESS_FILE))
+
+
+def flatness(curve: List[Dict], key: str) -> Dict:
+    """``{"steps", "values", "spread", "flat", "tolerance"}``: the score's records, and whether it moved by at most
+    its tolerance (:data:`FLAT_TOLERANCE`) over the second half of the budget (nan values left out)."""
+    pts = [(r["step"], _number(r.get(key))) for r in curve]
+    pts = [(st, v) for st, v in pts if math.isfinite(v)]
+    tol = FLAT_TOLERANCE.get(key, 0.05)
+    if len(pts) < 2:
+        return dict(steps=[p[0] for p in pts], values=[p[1] for p in pts], spread=float("nan"), flat=None,
+                    tolerance=tol)
+    last = pts[-1][0]
+    tail = [v for st, v in pts if st >= last / 2]
+    spread = max(tail) - min(tail)
+    return dict(steps=[p[0] for p in pts], values=[p[1] for p in pts], spread=spread, flat=spread <= tol,
+                tolerance=tol)
+
+
+def convergence_keys(world: World) -> List[str]:
+    return [k for k in (*world.scores, *world.fractions) if k != "structure_janus"]
+
+
+def plot_convergence(path: str, curves: Dict[str, Dict[str, List[Dict]]], ncols: int = 4) -> None:
+    """``curves[world][setting]`` -> a panel per world and score (each world's panels start a row), one line per
+    setting, the oracle fit in black."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = []  # [(world, [keys of this row])]
+    for w in curves:
+        keys = convergence_keys(WORLDS[w])
+        rows += [(w, keys[i:i + ncols]) for i in range(0, len(keys), ncols)]
+    fig, axes = plt.subplots(len(rows), ncols, figsize=(3.4 * ncols, 2.7 * len(rows)), squeeze=False)
+    for i, (w, keys) in enumerate(rows):
+        for j in range(ncols):
+            ax = axes[i][j]
+            if j >= len(keys):
+                ax.axis("off")
+                continue
+            for sname, curve in curves[w].items():
+                f = flatness(curve, keys[j])
+                style = dict(color="black", linewidth=2) if sname == ORACLE.name else dict(linewidth=1)
+                ax.plot(f["steps"], f["values"], label=setting_label(sname), **style)
+            ax.set_title(f"{w}: {LABELS.get(keys[j], keys[j])}", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.set_xlabel("step", fontsize=7)
+        axes[i][0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def convergence_report(path: str, curves: Dict[str, Dict[str, List[Dict]]], args, command: str, meta: Dict) -> str:
+    lines = [
+        "# Convergence of the toy runs",
+        "",
+        "Written by `scripts/claims_benchmark.py --convergence` from the runs it made. Each setting (the oracle fit "
+        "first) ran once per seed with the step-dependent schedules scaled to the budget "
+        f"({args.steps} steps, `toy_benchmark.schedule_overrides`) and scored every {args.every} steps on the held-out "
+        "views (`system.evaluate_every_n_steps`, the evaluator's `toy_world_progress.json`). A curve from one long run "
+        "says when its scores stop moving under that run's schedule; a shorter budget scales the schedule down with it.",
+        "",
+        f"- Command: `{command}`",
+        f"- Seeds {' '.join(map(str, args.seeds))}; {meta['n_runs']} runs, {meta['run_minutes']:.1f} min of run time; "
+        f"prior: {args.prior}; {describe_grid(args)}",
+        f"- Flat: the score moved by at most its tolerance over the second half of the budget (step {args.steps // 2} "
+        "on); tolerances: " + ", ".join(f"{LABELS.get(k, k)} {v:g}" for k, v in FLAT_TOLERANCE.items()
+                                         if any(k in convergence_keys(WORLDS[w]) for w in curves)),
+        "",
+        f"![curves]({os.path.basename(path)}.png)",
+        "",
+    ]
+    for w, by_setting in curves.items():
+        keys = convergence_keys(WORLDS[w])
+        lines += [f"## The {w} world", "", "Each cell: the score at the budget's quarter, half and end; *flat* or "
+                  "*still moving* (its spread over the second half).", "",
+                  "| setting | " + " | ".join(LABELS.get(k, k) for k in keys) + " |", "|---" * (len(keys) + 1) + "|"]
+        for sname, curve in by_setting.items():
+            cells = []
+            for k in keys:
+                f = flatness(curve, k)
+                if not f["values"]:
+                    cells.append("n/a")
+                    continue
+                at = lambda frac: _value_at(f, frac * args.steps)  # noqa: E731
+                state = "n/a" if f["flat"] is None else ("flat" if f["flat"] else "**still moving**")
+                cells.append(f"{at(0.25):.3f} / {at(0.5):.3f} / {f['values'][-1]:.3f}, {state} ({f['spread']:.3f})")
+            lines.append(f"| {setting_label(sname)} | " + " | ".join(cells) + " |")
+        moving = sorted({setting_label(s) for s, c in by_setting.items() for k in keys if flatness(c, k)["flat"] is False})
+        lines += ["", f"Still moving at {args.steps} steps: {', '.join(moving)}." if moving else
+                  f"Every score of every setting is flat over the second half of {args.steps} steps.", ""]
+    return "\n".join(lines) + "\n"
+
+
+def _value_at(f: Dict, step: float) -> float:
+    """The score at the last record at or before ``step`` (the first record when none is)."""
+    before = [v for st, v in zip(f["steps"], f["values"]) if st <= step]
+    return before[-1] if before else f["values"][0]
+
+
+PRIORS = {
+    "exact": "the worlds' exact prior (`toy_world/prior.py`: the optimal denoiser of their captioned renders); VSD/ESD "
+             "train the world's pretrained camera-conditioned estimator (`estimator_unet/`)",
+    "learned": "a learned prior (`toy_world/learned_prior.py`: a diffusers UNet trained on the worlds' renders and "
+               "captions, which generalises between views and errs as Stable Diffusion does); VSD/ESD put their "
+               "LoRA and camera embedding on its UNet",
+}
+
+
+def describe_grid(args) -> str:
+    grid = f"worlds rendered on {args.n_azimuths} azimuths x {len(args.elevations)} elevations"
+    return grid + (", training cameras continuous" if args.no_snap else ", training cameras snapped to that grid")
+
+
 def log_invocation(out_root: str, this: Dict) -> List[Dict]:
     """Append this invocation to ``<out>/invocations.json``; return those that made runs, and this one."""
     path = os.path.join(out_root, "invocations.json")
@@ -621,9 +810,16 @@ def cell_command(args, world: str, setting: str, seed: int) -> str:
     """The command that reruns one cell of this benchmark (same budget and world options) into /tmp."""
     words = ["python scripts/claims_benchmark.py", "--worlds", world, "--methods", setting, "--seeds", str(seed),
              "--steps", str(args.steps)]
-    for option, default in (("image_size", 64), ("n_azimuths", 24), ("n_eval_views", 8), ("backend", "auto")):
+    for option, default in (("image_size", 64), ("n_azimuths", DENSE_AZIMUTHS), ("n_eval_views", 8),
+                            ("backend", "auto"), ("prior", "exact")):
         if getattr(args, option) != default:
             words += ["--" + option.replace("_", "-"), str(getattr(args, option))]
+    if list(args.elevations) != DENSE_ELEVATIONS:
+        words += ["--elevations", *(f"{e:g}" for e in args.elevations)]
+    if args.no_snap:
+        words.append("--no-snap")
+    if args.prior_steps is not None:
+        words += ["--prior-steps", str(args.prior_steps)]
     if os.path.abspath(args.load) != os.path.join(REPO, "load"):
         words += ["--load", args.load]
     words += ["--out", "/tmp/claims-cell", "--report", "/tmp/claims-cell/claims", *args.extra]
@@ -653,22 +849,54 @@ def main(argv=None):
     parser.add_argument("--backend", default="auto", help="rasterizer backend")
     parser.add_argument("--load", default=os.path.join(REPO, "load"), help="where the worlds are built")
     parser.add_argument("--image-size", type=int, default=64, help="world and render size")
-    parser.add_argument("--n-azimuths", type=int, default=24, help="training azimuths of the worlds")
+    parser.add_argument("--n-azimuths", type=int, default=DENSE_AZIMUTHS, help="training azimuths of the worlds")
+    parser.add_argument("--elevations", type=float, nargs="+", default=DENSE_ELEVATIONS,
+                        help="training elevations of the worlds (degrees)")
+    parser.add_argument("--no-snap", action="store_true",
+                        help="continuous training cameras (default: snapped to the worlds' render grid, views the "
+                        "prior has seen)")
+    parser.add_argument("--prior", choices=("exact", "learned"), default="exact",
+                        help="the worlds' exact prior, or the learned prior trained on their renders "
+                        "(lucid-train-toy-prior; built into --load once)")
+    parser.add_argument("--prior-steps", type=int, default=None, help="training steps of the learned prior "
+                        "(default: learned_prior's)")
+    parser.add_argument("--convergence", action="store_true",
+                        help=f"score every --every steps and plot each score against the step (default --steps "
+                        f"{CONVERGENCE_STEPS}, --seeds {' '.join(map(str, CONVERGENCE_SEEDS))}, --out "
+                        "outputs/claims-convergence, --report docs/claims_convergence); no verdicts")
+    parser.add_argument("--every", type=int, default=CONVERGENCE_EVERY, help="steps between scorings (--convergence)")
     parser.add_argument("--n-eval-views", type=int, default=8, help="held-out views of the worlds")
-    parser.add_argument("--out", default="outputs/claims-benchmark", help="runs, logs and records")
-    parser.add_argument("--report", default="docs/claims", help="writes <report>.md and <report>_<world>.png")
+    parser.add_argument("--out", default=None, help="runs, logs and records (default outputs/claims-benchmark)")
+    parser.add_argument("--report", default=None, help="writes <report>.md and <report>_<world>.png (default "
+                        "docs/claims, docs/claims_learned with --prior learned)")
     parser.add_argument("extra", nargs="*", help="config overrides applied to every run")
     args = parser.parse_args(argv)
+    if args.convergence:
+        args.steps = args.steps or CONVERGENCE_STEPS
+        args.seeds = args.seeds or CONVERGENCE_SEEDS
+        args.out = args.out or "outputs/claims-convergence"
+        args.report = args.report or "docs/claims_convergence" + ("_learned" if args.prior == "learned" else "")
+        if args.every < 1:
+            parser.error(f"--every {args.every}: give the steps between scorings, >= 1")
     args.steps = args.steps or (FULL_STEPS if args.full else DEFAULT_STEPS)
     args.seeds = args.seeds or (FULL_SEEDS if args.full else DEFAULT_SEEDS)
+    args.out = args.out or "outputs/claims-benchmark"
+    args.report = args.report or ("docs/claims_learned" if args.prior == "learned" else "docs/claims")
 
     sys.path.insert(0, REPO)
-    size_options = dict(image_size=args.image_size, n_azimuths=args.n_azimuths, n_eval_views=args.n_eval_views)
+    size_options = dict(image_size=args.image_size, n_azimuths=args.n_azimuths, n_eval_views=args.n_eval_views,
+                        elevations_deg=[float(e) for e in args.elevations])
+    extra = [*([] if args.no_snap else grid_overrides(size_options)), *args.extra]
+    if args.convergence:
+        extra.append(f"system.evaluate_every_n_steps={args.every}")
     out_root = os.path.abspath(args.out)
     os.makedirs(out_root, exist_ok=True)
     start, load_start = time.time(), os.getloadavg()
     started = datetime.datetime.now(datetime.timezone.utc)
-    worlds = {w: ensure_world(WORLDS[w], os.path.abspath(args.load), size_options) for w in args.worlds}
+    load_dir = os.path.abspath(args.load)
+    exact = {w: ensure_world(WORLDS[w], load_dir, size_options) for w in args.worlds}
+    worlds = exact if args.prior == "exact" else \
+        {w: ensure_learned_prior(WORLDS[w], exact[w], load_dir, args.prior_steps) for w in args.worlds}
 
     separations = control_separations(size_options)  # the analytic controls first: which metrics see
     for metric, sep in separations.items():
@@ -681,8 +909,9 @@ def main(argv=None):
             oracle = None
             for s in settings:  # the oracle first: the methods' fractions are of this seed's oracle
                 setting = ORACLE if s == ORACLE.name else SETTINGS[s]
-                r = run_cell(WORLDS[w], worlds[w], setting, seed, args.steps, out_root, args.backend,
-                             args.image_size, args.extra, oracle_scores=oracle["scores_file"] if oracle else None)
+                r = run_cell(WORLDS[w], exact[w] if setting is ORACLE else worlds[w], setting, seed, args.steps,
+                             out_root, args.backend, args.image_size, extra,
+                             oracle_scores=oracle["scores_file"] if oracle else None, prior=args.prior)
                 oracle = r if setting is ORACLE else oracle
                 r.update(fractions_of_oracle(r, oracle))  # also for runs scored before the oracle existed
                 results[w][s].append(r)
@@ -690,17 +919,8 @@ def main(argv=None):
                 how = "reused" if r["skipped"] else f"{r['seconds']:.0f} s"
                 print(f"{w:10s} {s:8s} seed {seed}: {shown} ({how})", flush=True)
 
-    stats = {w: {s: {k: aggregate([r.get(k) for r in runs], args.seeds[:len(runs)]) for k in stat_keys(WORLDS[w])}
-                 for s, runs in by_setting.items()} for w, by_setting in results.items()}
-    claims = build_claims(stats, {m: sep.sees for m, sep in separations.items()})
-
     report_path = os.path.abspath(args.report)
     os.makedirs(os.path.dirname(report_path), exist_ok=True)
-    for w in args.worlds:
-        rows = list(truth_rows(worlds[w], WORLDS[w].caption).values())
-        rows += [split_grid(results[w][s][0]["grid"])[0] for s in settings]
-        write_grid(f"{report_path}_{w}.png", rows)
-
     all_runs = [r for by in results.values() for runs in by.values() for r in runs]
     recorded = [r["seconds"] for r in all_runs if math.isfinite(r["seconds"])]
     cpus = os.cpu_count()
@@ -715,6 +935,24 @@ def main(argv=None):
         n_runs=len(all_runs), n_skipped=sum(r["skipped"] for r in all_runs), run_minutes=sum(recorded) / 60,
         wall_minutes=this["wall_minutes"], invocations=log_invocation(out_root, this),
     )
+    if args.convergence:  # the curves of the first seed's runs; no verdicts from them
+        curves = {w: {s: read_curve(runs[0]["trial"]) for s, runs in by.items()} for w, by in results.items()}
+        plot_convergence(report_path + ".png", curves)
+        with open(report_path + ".md", "w") as f:
+            f.write(convergence_report(report_path, curves, args, command.strip(), meta))
+        with open(os.path.join(out_root, "convergence_summary.json"), "w") as f:
+            json.dump({w: {s: {k: flatness(c, k) for k in convergence_keys(WORLDS[w])} for s, c in by.items()}
+                       for w, by in curves.items()}, f, indent=1)
+        print(f"wrote {args.report}.md and {args.report}.png ({meta['wall_minutes']:.1f} min)")
+        return 0
+
+    stats = {w: {s: {k: aggregate([r.get(k) for r in runs], args.seeds[:len(runs)]) for k in stat_keys(WORLDS[w])}
+                 for s, runs in by_setting.items()} for w, by_setting in results.items()}
+    claims = build_claims(stats, {m: sep.sees for m, sep in separations.items()})
+    for w in args.worlds:
+        rows = list(truth_rows(worlds[w], WORLDS[w].caption).values())
+        rows += [split_grid(results[w][s][0]["grid"])[0] for s in settings]
+        write_grid(f"{report_path}_{w}.png", rows)
     with open(report_path + ".md", "w") as f:
         f.write(report(report_path, results, stats, claims, args, command.strip(), meta, separations))
     summary = {w: {s: {k: {**vars(v), "values": list(v.values)} for k, v in by.items()} for s, by in ws.items()}

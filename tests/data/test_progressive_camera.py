@@ -98,3 +98,27 @@ def test_bad_inputs_are_named():
         make(radius_range=[5.5, 5.2])
     with pytest.raises(ConfigError, match="eval_batch_size"):
         make(eval_batch_size=2)
+    with pytest.raises(ConfigError, match=r"data.azimuth_step_deg=-5.0 must be in \[0, 360\]"):
+        make(azimuth_step_deg=-5.0)
+    with pytest.raises(ConfigError, match=r"data.elevation_grid_deg=\[10.0, 95.0\] must hold elevations"):
+        make(elevation_grid_deg=[10.0, 95.0])
+
+
+def test_cameras_snapped_to_a_grid_of_views():
+    """With azimuth_step_deg and elevation_grid_deg every training camera is a grid view, posed exactly as
+    that view (the toy world's render grid: a prior that has seen only those views sees each camera)."""
+    torch.manual_seed(0)
+    grid = [-10.0, 0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0]
+    batch = make(batch_size=512, height=8, width=8, jitter_pose=False, polar_range=[30, 100], radius_range=[4, 4],
+                 azimuth_step_deg=5.0, elevation_grid_deg=grid).train_dataset.collate(None)
+    az, el = batch["azimuth"], batch["elevation"]
+    assert torch.allclose(az / 5.0, torch.round(az / 5.0), atol=1e-4) and az.min() >= -180 and az.max() < 180
+    assert set(el.tolist()) == set(grid)  # every grid elevation drawn, nothing else
+    assert len(set(torch.round(az).tolist())) > 60  # the 72 azimuths, nearly all drawn
+    e, a = torch.deg2rad(el), torch.deg2rad(az)
+    pos = 4 * torch.stack([e.cos() * a.cos(), e.cos() * a.sin(), e.sin()], -1)
+    assert torch.allclose(batch["camera_positions"], pos, atol=1e-4)  # the pose is the snapped view's
+    # off by default: continuous angles
+    torch.manual_seed(0)
+    free = make(batch_size=512, height=8, width=8, jitter_pose=False).train_dataset.collate(None)
+    assert not torch.allclose(free["azimuth"] / 5.0, torch.round(free["azimuth"] / 5.0), atol=1e-3)

@@ -93,6 +93,7 @@ def test_claims_from_hand_made_tables(cb):
         "multimodal": {
             "oracle": {sharp: s(0.9), cons: s(1.0)},
             "sds": {sharp: s(0.2), cons: s(0.5)},
+            "sds-100": {sharp: s(0.3, [0.02, 0.0, -0.01, 0.01, -0.02])},
             "ism": {sharp: s(0.6), cons: s(0.9)},
         },
         "biased": {
@@ -104,6 +105,8 @@ def test_claims_from_hand_made_tables(cb):
     }
     lucid, esd = cb.build_claims(stats)
     assert lucid["verdict"] == cb.SHOWN and all(c.verdict == cb.SHOWN for c in lucid["checks"])
+    # ISM against SDS at both guidance scales (the toy config's and DreamFusion's 100), paired by seed
+    assert lucid["checks"][2].rhs is stats["multimodal"]["sds-100"][sharp] and "scale 100" in lucid["checks"][2].text
     # the precondition compares SDS with the oracle fit of the same seeds
     assert lucid["checks"][0].role == "precondition" and lucid["checks"][0].margin == cb.MARGINS[sharp]
     assert lucid["checks"][0].rhs is stats["multimodal"]["oracle"][sharp]
@@ -127,7 +130,7 @@ def test_claims_from_hand_made_tables(cb):
     # a metric that does not separate its positive controls decides nothing, whatever the numbers
     blind = cb.build_claims(stats, {"sharpness": False, "consistency": True, "janus": False})
     assert blind[0]["checks"][0].verdict == cb.INCONCLUSIVE and "positive controls" in blind[0]["checks"][0].detail
-    assert blind[0]["checks"][2].verdict == cb.SHOWN and blind[0]["verdict"] == cb.INCONCLUSIVE
+    assert blind[0]["checks"][3].verdict == cb.SHOWN and blind[0]["verdict"] == cb.INCONCLUSIVE
     assert all(c.verdict == cb.INCONCLUSIVE for c in blind[1]["checks"])
 
 
@@ -196,3 +199,57 @@ def test_tiny_benchmark_writes_report_and_grids_and_resumes(tmp_path):
     other = subprocess.run([*cmd[:cmd.index("--steps") + 1], "3", *cmd[cmd.index("--steps") + 2:]],
                            capture_output=True, text=True, env=env, cwd=str(tmp_path))
     assert other.returncode != 0 and "made with 2 steps, not 3" in other.stderr
+
+
+def curve(values, every=50):
+    return [{"step": every * (i + 1), "psnr": v, "structure_sharpness": v / 100} for i, v in enumerate(values)]
+
+
+def test_flatness_reads_the_second_half_of_the_budget(cb):
+    rising = cb.flatness(curve([10, 14, 18, 20, 22, 24, 25, 26]), "psnr")  # +6 dB over steps 200-400
+    assert rising["flat"] is False and rising["spread"] == pytest.approx(6.0) and rising["steps"][-1] == 400
+    flat = cb.flatness(curve([10, 18, 20, 21, 21.2, 21.3, 21.3, 21.4]), "psnr")  # early rise, then < 0.5 dB
+    assert flat["flat"] is True and flat["tolerance"] == cb.FLAT_TOLERANCE["psnr"]
+    # a check's score is flat within its check margin; nan records are left out; one record decides nothing
+    sharp = cb.flatness(curve([10, 14, 18, 20, 21, 22, 23, 24]), "structure_sharpness")
+    assert sharp["tolerance"] == cb.MARGINS["structure_sharpness"] and sharp["flat"] is True  # 0.04 <= 0.05
+    gappy = curve([10, float("nan"), 20, 20.1])
+    assert cb.flatness(gappy, "psnr")["steps"] == [50, 150, 200]
+    assert cb.flatness(curve([10]), "psnr")["flat"] is None
+
+
+def test_convergence_report_and_plot_from_curves(cb, tmp_path):
+    import argparse
+
+    args = argparse.Namespace(steps=400, every=50, seeds=[0], prior="exact", n_azimuths=72,
+                              elevations=cb.DENSE_ELEVATIONS, no_snap=False)
+    curves = {"multimodal": {"oracle": curve([18, 22, 24, 25, 25.1, 25.2, 25.2, 25.3]),
+                             "sds": curve([17, 18, 19, 20, 21, 22, 23, 24])}}
+    meta = {"n_runs": 2, "run_minutes": 1.0}
+    text = cb.convergence_report(str(tmp_path / "conv"), curves, args, "python scripts/claims_benchmark.py "
+                                 "--convergence", meta)
+    rows = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| ")}
+    assert "18.000 / 20.000 / 24.000, **still moving** (4.000)" in rows["| SDS"]  # steps 100 / 200 / 400
+    assert "flat (0.300)" in rows["| oracle fit"]
+    assert "Still moving at 400 steps: SDS." in text and "72 azimuths x 8 elevations" in text
+    cb.plot_convergence(str(tmp_path / "conv.png"), curves)
+    img = imageio.imread(str(tmp_path / "conv.png"))
+    assert img.shape[0] > 200 and img.shape[1] > 800 and img[..., :3].std() > 10  # drawn, not blank
+
+
+@pytest.mark.slow
+def test_tiny_convergence_run_scores_every_n_steps(tmp_path):
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1", LUCID_TOY_WORLD_CACHE=str(tmp_path / "cache"))
+    report = tmp_path / "docs" / "conv"
+    cmd = [sys.executable, SCRIPT, "--convergence", "--worlds", "multimodal", "--methods", "sds", "--steps", "4",
+           "--every", "2", "--image-size", "16", "--n-azimuths", "4", "--n-eval-views", "4",
+           "--load", str(tmp_path / "load"), "--out", str(tmp_path / "out"), "--report", str(report),
+           "data.batch_size=1", "data.n_test_views=1", "system.geometry.init_num_pts=200"]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(tmp_path))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "convergence_summary.json").read_text())
+    assert summary["multimodal"]["sds"]["psnr"]["steps"] == [2, 4]
+    assert summary["multimodal"]["oracle"]["psnr"]["steps"] == [2, 4]
+    parsed = (tmp_path / "out" / "lucid-sds-toy" / "multimodal-sds-s0" / "configs" / "parsed.yaml").read_text()
+    assert "evaluate_every_n_steps: 2" in parsed and "azimuth_step_deg: 90" in parsed  # snapped to the 4-azimuth grid
+    assert "| SDS |" in (tmp_path / "docs" / "conv.md").read_text() and (tmp_path / "docs" / "conv.png").exists()

@@ -8,6 +8,8 @@ LucidDreamer's training distribution:
 - polar angle (from +z) in ``polar_range`` (45-105 deg, i.e. elevation -15..45) and azimuth in
   ``azimuth_range``, both drawn as ``mid + sign * u^gamma * half_width`` (``rand_cam_gamma`` > 1 biases
   towards the middle of the range; 1 is uniform);
+- optionally snapped to a grid of views (``azimuth_step_deg``, ``elevation_grid_deg``: not LucidDreamer's;
+  for a prior that has seen only such a grid, e.g. a toy world's renders);
 - jitter: camera centre + U(-j/2, j/2), look-at target + N(0, j_t), up + N(0, j_u);
 - progressive relaxation: from ``progressive_view_iter``, every ``scale_up_cameras_iter`` steps the
   ranges widen (radius x0.95, fovy x[0.75, 1.1], polar and azimuth x1.5), clamped to the ``max_*``
@@ -20,7 +22,7 @@ cameras as the run it continues.
 Val/test orbits circle at ``default_radius``, ``default_polar`` and ``default_fovy``.
 """
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 import pytorch_lightning as pl
@@ -80,6 +82,12 @@ class ProgressiveCameraConfig:
     default_polar: float = 90.0
     default_fovy: float = 0.55
     rays_d_normalize: bool = True
+
+    # training cameras on a grid of views (0 and [] = continuous): azimuths rounded to the nearest multiple of
+    # azimuth_step_deg, elevations moved to the nearest of elevation_grid_deg, before the pose is built. For a
+    # prior that has seen only such a grid (the toy world's renders: 360 / n_azimuths and its elevations)
+    azimuth_step_deg: float = 0.0
+    elevation_grid_deg: List[float] = field(default_factory=list)
 
 
 def relaxed_ranges(cfg: ProgressiveCameraConfig, global_step: int) -> Dict[str, List[float]]:
@@ -161,6 +169,18 @@ def camera_batch(
     }
 
 
+def snap_to_grid(elevation: torch.Tensor, azimuth: torch.Tensor, azimuth_step: float,
+                 elevation_grid: List[float]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Azimuths to the nearest multiple of ``azimuth_step`` (0: unchanged), elevations to the nearest value of
+    ``elevation_grid`` ([]: unchanged), in degrees."""
+    if azimuth_step > 0:
+        azimuth = torch.round(azimuth / azimuth_step) * azimuth_step
+    if len(elevation_grid):
+        grid = torch.tensor([float(e) for e in elevation_grid], dtype=elevation.dtype)
+        elevation = grid[(elevation[:, None] - grid[None, :]).abs().argmin(dim=1)]
+    return elevation, azimuth
+
+
 def spherical(radius: torch.Tensor, elevation_deg: torch.Tensor, azimuth_deg: torch.Tensor) -> torch.Tensor:
     e, a = torch.deg2rad(elevation_deg), torch.deg2rad(azimuth_deg)
     return torch.stack([radius * e.cos() * a.cos(), radius * e.cos() * a.sin(), radius * e.sin()], dim=-1)
@@ -188,8 +208,9 @@ class ProgressiveCameraIterableDataset(ResumableCameraStream, IterableDataset, U
         radius = biased_uniform(n, *r["radius"])
         polar = biased_uniform(n, *r["polar"], gamma=cfg.rand_cam_gamma)
         azimuth = biased_uniform(n, *r["azimuth"], gamma=cfg.rand_cam_gamma)
-        azimuth = (azimuth + 180.0) % 360.0 - 180.0
         elevation = 90.0 - polar
+        elevation, azimuth = snap_to_grid(elevation, azimuth, cfg.azimuth_step_deg, cfg.elevation_grid_deg)
+        azimuth = (azimuth + 180.0) % 360.0 - 180.0
         fovy = torch.rand(n) * (r["fovy"][1] - r["fovy"][0]) + r["fovy"][0]
         centers = spherical(radius, elevation, azimuth)
         targets = torch.zeros_like(centers)
@@ -254,6 +275,12 @@ class ProgressiveCameraDataModule(ResumableCameraDataModule, pl.LightningDataMod
             raise ConfigError(f"data.scale_up_cameras_iter must be > 0, got {c.scale_up_cameras_iter}.")
         if not 0 < c.default_polar < 180:
             raise ConfigError(f"data.default_polar must be in (0, 180) degrees, got {c.default_polar}.")
+        if not 0 <= c.azimuth_step_deg <= 360:
+            raise ConfigError(f"data.azimuth_step_deg={c.azimuth_step_deg} must be in [0, 360] degrees (0: continuous "
+                              "azimuths; the toy world's grid is 360 / n_azimuths).")
+        if any(not -90 <= e <= 90 for e in c.elevation_grid_deg):
+            raise ConfigError(f"data.elevation_grid_deg={list(c.elevation_grid_deg)} must hold elevations in "
+                              "[-90, 90] degrees ([]: continuous elevations).")
 
     def setup(self, stage=None) -> None:
         if stage in (None, "fit"):

@@ -84,6 +84,9 @@ class GaussianSplattingSystem(BaseLift3DSystem):
         toy_world_eval: bool = False
         evaluator_type: str = ""
         evaluator: dict = field(default_factory=dict)
+        # with toy_world_eval: also score the asset every N training steps (the evaluator's progress file,
+        # e.g. save/toy_world_progress.json: each score against the step, for convergence curves); 0 = at test only
+        evaluate_every_n_steps: int = 0
         # numerical guard: a Gaussian farther than this from the origin (world units; the object sits
         # within ~1, cameras at ~2-6) means the optimisation ran away; 0 disables the bound
         divergence_bound: float = 1000.0
@@ -97,6 +100,14 @@ class GaussianSplattingSystem(BaseLift3DSystem):
             raise ConfigError(f"system.depth_map='{self.cfg.depth_map}' must be one of {', '.join(self.DEPTH_MAPS)}.")
         if not self.cfg.divergence_bound >= 0:
             raise ConfigError(f"system.divergence_bound={self.cfg.divergence_bound} must be >= 0 (0 disables it).")
+        every = self.cfg.evaluate_every_n_steps
+        if isinstance(every, bool) or not isinstance(every, int) or every < 0:
+            raise ConfigError(f"system.evaluate_every_n_steps={every!r} must be a whole number >= 0 (0: score at "
+                              "test only).")
+        if every and not self.cfg.toy_world_eval:
+            raise ConfigError(f"system.evaluate_every_n_steps={every} scores the asset with the evaluator of "
+                              "system.toy_world_eval, which is off: set system.toy_world_eval=true or "
+                              "system.evaluate_every_n_steps=0.")
         for key, value in self.cfg.loss.items():  # weights: numbers or C() schedules, checked before any model loads
             check_schedule_range(f"system.loss.{key}", value, 0.0, why="a loss weight; 0 disables the term",
                                  example=1.0)
@@ -104,7 +115,8 @@ class GaussianSplattingSystem(BaseLift3DSystem):
         # dozens of them (the weights stay ListConfig or numbers: threestudio's C() refuses plain lists)
         self._loss_weights: Dict[str, Any] = dict(self.cfg.loss.items())
         self._step_settings = {key: self.cfg[key] for key in ("depth_as_latent_prob", "guidance_flip_prob",
-                                                                "log_guidance_diagnostics", "divergence_bound")}
+                                                                "log_guidance_diagnostics", "divergence_bound",
+                                                                "evaluate_every_n_steps")}
         self.stop_signal: Optional[int] = None
         self.interrupted_checkpoint: Optional[str] = None
         self._previous_handlers: Dict[int, Any] = {}
@@ -120,6 +132,10 @@ class GaussianSplattingSystem(BaseLift3DSystem):
         if USING_REAL_THREESTUDIO:  # its prompt processor json.load()s the library file: a broken one, one line
             read_prompt_library()
         self.evaluator = self.make_evaluator()  # before the prompt processor: a bad prompt fails at once
+        if self.cfg.evaluate_every_n_steps and not callable(getattr(self.evaluator, "evaluate_progress", None)):
+            raise ConfigError(f"system.evaluate_every_n_steps={self.cfg.evaluate_every_n_steps}: the evaluator "
+                              f"{type(self.evaluator).__name__} scores at test only (it has no evaluate_progress); "
+                              "set system.evaluate_every_n_steps=0.")
         self.prompt_processor = find(self.cfg.prompt_processor_type)(self.cfg.prompt_processor)
         self.prompt_utils = self.prompt_processor()
 
@@ -469,6 +485,10 @@ class GaussianSplattingSystem(BaseLift3DSystem):
     def on_train_batch_end(self, outputs, batch, batch_idx):
         super().on_train_batch_end(outputs, batch, batch_idx)
         self._rng_after_train_step = global_rng_state()
+        every = self._step_settings["evaluate_every_n_steps"]
+        if every and self.evaluator is not None and self.true_global_step % every == 0:
+            self.evaluator.evaluate_progress(self)
+            set_global_rng_state(self._rng_after_train_step)  # scoring must not move training's generators
         if self.stop_signal is not None and self.interrupted_checkpoint is None:
             self.save_interrupted()
 

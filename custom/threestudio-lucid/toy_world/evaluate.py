@@ -200,11 +200,12 @@ def janus_of_views(settings, key: str, variant: str, rgb, truth, elevation, azim
 
 @torch.no_grad()
 def evaluate_renderer(renderer, world_path: str, prompt: str, device=None, structure: bool = True,
-                      oracle: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                      oracle: Optional[Dict[str, Any]] = None, cache: Optional[Dict] = None) -> Dict[str, Any]:
     """Render the asset behind ``renderer`` (a ``lucid-gaussian-rasterizer``) from the held-out cameras
     and score it (:func:`score_renders`), with the structure scores unless ``structure`` is False
     (:func:`structure_scores`; ``oracle``: an oracle fit's scores, for the fractions). Returns the scores plus
-    the images (``renders``, ``ground_truth``: the nearest variant's) for a grid."""
+    the images (``renders``, ``ground_truth``: the nearest variant's) for a grid. ``cache``: a dict kept across
+    calls for the same world (the analytic renders the structure scores compare with)."""
     settings = read_toy_world_settings(world_path)
     key = object_of_prompt(prompt, settings.objects)
     cams = eval_cameras(settings)
@@ -214,7 +215,7 @@ def evaluate_renderer(renderer, world_path: str, prompt: str, device=None, struc
     result = score_renders(settings, key, rgb, alpha, elevation, azimuth, distance)
     if structure:
         result.update(structure_scores(lambda el, az, d: render_asset(renderer, settings, el, az, d, device),
-                                       settings, key, oracle))
+                                       settings, key, oracle, cache))
     result["renders"] = rgb
     return result
 

@@ -12,13 +12,18 @@ configured (so a prompt naming no object of the world fails before training), an
   ``toy_world_scores.json``, ``oracle.py``), each structure score as a fraction of the oracle's;
 - ``toy_world_eval.png``: the renders from the held-out views above the nearest variant's ground truth;
 
-and prints one line of scores.
+and prints one line of scores. With ``system.evaluate_every_n_steps`` N > 0 the system also calls
+``evaluate_progress(system)`` every N training steps: the same scores (no images) go into
+``save/toy_world_progress.json`` (``{"records": [{"step": n, ...scores}]}``, in step order; a resumed run
+replaces the records from its checkpoint's step on), the curve ``scripts/claims_benchmark.py --convergence``
+plots.
 """
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
+from ..atomic_files import write_text
 from ..compat import BaseObject, info, register
 from ..errors import ConfigError
 
@@ -47,6 +52,7 @@ class ToyWorldEvaluator(BaseObject):
             raise ConfigError(f"system.prompt_processor.prompt: {e} (system.toy_world_eval=true scores the "
                               "object the prompt names).") from None
         self.oracle = self.read_oracle(self.cfg.oracle_scores) if self.cfg.oracle_scores else None
+        self._truth_cache: Dict = {}  # the world's analytic renders, shared by every progress evaluation
 
     @staticmethod
     def read_oracle(path: str) -> Dict[str, Any]:
@@ -73,8 +79,54 @@ class ToyWorldEvaluator(BaseObject):
             line += "; structure: " + ", ".join(
                 f"{name} {_fmt(scores.get('structure_' + name))}"
                 for name in ("identity", "sharpness", "consistency", "janus", "view_diversity"))
+        if self.cfg.structure and self.oracle is not None:
+            line += "; as fractions of the oracle fit's: " + ", ".join(
+                f"{name} {_fmt(scores.get(f'structure_{name}_fraction_of_oracle'))}"
+                for name in ("identity", "sharpness", "consistency", "view_diversity"))
+            gap = scores["psnr"] - _number(self.oracle.get("psnr"))
+            line += f", PSNR {gap:+.2f} dB from the oracle's" if math.isfinite(gap) else ""
+            line += (f"; Janus {_fmt(scores.get('structure_janus_fraction_of_two_faced'))} of the way from the oracle's "
+                     "back to the two-faced control's")
         info(line)
         return scores
+
+    def evaluate_progress(self, system) -> Dict[str, Any]:
+        """The scores of the asset now (no images), added to ``save/toy_world_progress.json`` at the system's
+        step (``system.evaluate_every_n_steps``): each score against the step, the convergence curve."""
+        from .evaluate import evaluate_renderer, scores_only
+
+        result = evaluate_renderer(system.renderer, self.cfg.model, self.cfg.prompt, structure=self.cfg.structure,
+                                   oracle=self.oracle, cache=self._truth_cache)
+        scores = {k: v for k, v in scores_only(result).items() if not isinstance(v, (list, dict))}
+        path = system.get_save_path(PROGRESS_FILE)
+        records = merge_progress(read_progress(path), int(system.true_global_step), scores)
+        write_text(path, json.dumps({"records": records}, indent=1))
+        return scores
+
+
+PROGRESS_FILE = "toy_world_progress.json"  # under the run's save/: {"records": [{"step": n, <scores>}, ...]}
+
+
+def merge_progress(records: List[Dict[str, Any]], step: int, scores: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The progress records with ``scores`` at ``step`` appended, after dropping every record at or after that
+    step (a run resumed from an earlier checkpoint does those steps again), in step order."""
+    kept = [r for r in records if isinstance(r, dict) and isinstance(r.get("step"), int) and r["step"] < step]
+    return kept + [{"step": int(step), **scores}]
+
+
+def read_progress(path: str) -> List[Dict[str, Any]]:
+    """The records of a progress file ([] when there is none yet or it does not parse)."""
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return []
+    records = data.get("records") if isinstance(data, dict) else None
+    return records if isinstance(records, list) else []
+
+
+def _number(value) -> float:
+    return float("nan") if value is None else float(value)
 
 
 def _fmt(value) -> str:
