@@ -6,7 +6,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from threestudio_lucid.app import catalog
-from threestudio_lucid.app.commands import FormError, dotlist_value, form_overrides, launch_argv, override
+from threestudio_lucid.app.commands import (FormError, dotlist_value, form_overrides, launch_argv,
+                                            live_view_overrides, override)
 
 from .conftest import CONFIGS
 
@@ -76,6 +77,15 @@ def test_bad_form_values_are_one_line_errors(tmp_path):
         form_overrides("a: [", {"prompt": "x"}, str(tmp_path))
     with pytest.raises(FormError, match="use Resume on a stopped run"):
         form_overrides(text + "\nresume: /some/other.ckpt\n", {"prompt": "x"}, str(tmp_path))
+
+
+def test_the_plugins_runs_write_live_splats_unless_the_config_says_otherwise():
+    for name in ("lucid-ism-toy.yaml", "lucid-sds.yaml", os.path.join("luciddreamer", "axe.yaml")):
+        assert live_view_overrides(text_of(name)) == ["system.live_ply_every_n_steps=1"]
+    off = text_of("lucid-sds-toy.yaml").replace("system:\n", "system:\n  live_ply_every_n_steps: 0\n", 1)
+    assert live_view_overrides(off) == []  # the config's own choice stands
+    baseline = "name: dreamfusion-sd\nsystem_type: dreamfusion-system\nsystem: {}\n"
+    assert live_view_overrides(baseline) == []  # threestudio's systems have no such option
 
 
 def test_the_catalog_offers_every_plugin_config_and_threestudios_with_a_checkout(tmp_path):

@@ -52,8 +52,12 @@ def test_stop_resume_and_export_from_the_page_with_live_splats(browser, serve_ap
     url = serve_app(toy_world=app_toy_world)
     page, errors = open_page(browser, url)
     start_run(page, "a penguin", "lucid-ism-toy", steps=1200, every=50)
-    # live 3D: the running job's newest checkpoint in the splat view
+    # live 3D: the running job's splats in the view (its live PLY; the first may be the faint initial
+    # Gaussians of step 1, so the view is given a refresh or two to show the object)
     wait_for(page, "() => document.getElementById('splats-caption').textContent.includes('live')", 120, "live splats")
+    deadline = time.time() + 30
+    while drawn(page, "#splat-view") <= 0.01 and time.time() < deadline:
+        time.sleep(1.0)
     assert drawn(page, "#splat-view") > 0.01
     page.click("#stop")
     wait_for(page, state_is(page, "stopping", "stopped"), 20, "stopping")

@@ -1,11 +1,18 @@
-"""The running job's splats for the live 3D view, from the newest checkpoint it wrote.
+"""The running job's splats for the live 3D view: the live PLY the run writes as it trains, or its
+newest checkpoint, whichever is newer.
 
-Training is not touched: the launcher already writes ``ckpts/*.ckpt`` every
-``checkpoint.every_n_train_steps``; the app reads the Gaussians (``geometry._xyz``, ``_features_dc``,
-``_opacity``, ``_scaling``, ``_rotation`` of the state dict; memory-mapped, ``weights_only``) when the
-page asks for a checkpoint it has not seen, and answers with an INRIA-layout PLY (degree-0 colour
-only, the brightest ``max_splats`` when there are more), the same format as ``save/point_cloud.ply``,
-so the page's one PLY reader shows both. One conversion per checkpoint, cached.
+- ``save/live/<ply_name>``: the plugin's system writes the current Gaussians there every
+  ``system.live_ply_every_n_steps`` steps, atomically (``system/live_splats.py``; the app starts its runs
+  with it on, one snapshot every 2 s at most). A file opened there is always a complete PLY;
+- ``ckpts/*.ckpt``: what every run has (a run started without the live PLY, e.g. from the command line):
+  the Gaussians of the state dict (``geometry._xyz``, ``_features_dc``, ``_opacity``, ``_scaling``,
+  ``_rotation``; memory-mapped, ``weights_only``), one every ``checkpoint.every_n_train_steps``.
+
+Either is read only when the page asks for a version it has not seen, and answered as an INRIA-layout
+PLY (degree-0 colour only, the most opaque ``max_splats`` when there are more), the same format as
+``save/point_cloud.ply``, so the page's one PLY reader shows all three. One conversion per version,
+cached. Both files are looked up under the app's ``--outputs`` only (``access.py``: a link out of it
+is not followed).
 """
 import io
 import os
@@ -14,7 +21,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from . import run_reader
+from . import access, run_reader
 
 GEOMETRY = ("_xyz", "_features_dc", "_opacity", "_scaling", "_rotation")
 
@@ -64,38 +71,97 @@ def ply_bytes(params, max_splats: int) -> bytes:
     return buffer.getvalue()
 
 
-class LiveSplats:
-    """Per run folder, the PLY of its newest checkpoint, converted once."""
+def ply_gaussians(data: bytes):
+    """``{name: np.ndarray}`` of an INRIA-layout PLY (``save_ply``'s), as :func:`gaussians_of` gives them."""
+    from plyfile import PlyData
 
-    def __init__(self, max_splats: int = 200_000):
+    vertex = PlyData.read(io.BytesIO(data))["vertex"].data
+
+    def column(*names):
+        return np.stack([np.asarray(vertex[n], dtype=np.float32) for n in names], axis=1)
+
+    return {
+        "_xyz": column("x", "y", "z"),
+        "_features_dc": column("f_dc_0", "f_dc_1", "f_dc_2"),
+        "_opacity": column("opacity"),
+        "_scaling": column("scale_0", "scale_1", "scale_2"),
+        "_rotation": column("rot_0", "rot_1", "rot_2", "rot_3"),
+    }
+
+
+def live_ply_name(trial_dir: str) -> str:
+    """The run's ``system.ply_name`` (its parsed.yaml), when it is a plain file name."""
+    name = (run_reader.parsed_config(trial_dir).get("system") or {}).get("ply_name")
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith("."):
+        return "point_cloud.ply"
+    return name
+
+
+class LiveSplats:
+    """Per run folder, the PLY of its newest live snapshot or checkpoint, converted once. ``root``: the
+    folder the files must be in (the app's ``--outputs``; None: anywhere)."""
+
+    def __init__(self, max_splats: int = 200_000, root: Optional[str] = None):
         self.max_splats = max_splats
+        self.root = root
         self._cache = {}
         self._lock = threading.Lock()
 
+    def _allowed(self, path: Optional[str]) -> Optional[str]:
+        if path is None or self.root is None:
+            return path
+        rel = access.relative_inside(self.root, path)
+        return access.resolve_under(self.root, rel) if rel else None
+
+    def newest(self, trial_dir: str) -> Optional[Tuple[str, str, os.stat_result]]:
+        """``(kind, path, stat)`` of the newer of the live PLY (kind ``live``) and the newest
+        checkpoint (``checkpoint``), or None when there is neither."""
+        found = []
+        for kind, path in (("live", os.path.join(trial_dir, "save", "live", live_ply_name(trial_dir))),
+                           ("checkpoint", newest_checkpoint(trial_dir))):
+            path = self._allowed(path)
+            if path is None:
+                continue
+            try:
+                found.append((os.stat(path), kind, path))
+            except OSError:
+                continue
+        if not found:
+            return None
+        stat, kind, path = max(found, key=lambda f: f[0].st_mtime_ns)
+        return kind, path, stat
+
     @staticmethod
-    def version(trial_dir: str) -> Optional[str]:
-        """A tag that changes with each new checkpoint (the page fetches only then)."""
-        path = newest_checkpoint(trial_dir)
-        if path is None:
-            return None
-        try:
-            stat = os.stat(path)
-        except OSError:
-            return None
-        return f"{os.path.basename(path)}:{int(stat.st_mtime_ns)}:{stat.st_size}"
+    def _tag(kind: str, path: str, stat: os.stat_result) -> str:
+        return f"{kind}:{os.path.basename(path)}:{int(stat.st_mtime_ns)}:{stat.st_size}"
+
+    def version(self, trial_dir: str) -> Optional[str]:
+        """A tag that changes with each new snapshot or checkpoint (the page fetches only then)."""
+        newest = self.newest(trial_dir)
+        return self._tag(*newest) if newest else None
 
     def get(self, trial_dir: str) -> Optional[Tuple[str, Optional[int], bytes]]:
-        """``(version, step, ply)`` of the newest readable checkpoint, or None when there is none.
-        A checkpoint being written right now cannot be read: the previous answer is kept."""
-        version = self.version(trial_dir)
-        if version is None:
+        """``(version, step, ply)`` of the newest readable source (``step``: the checkpoint's, None for
+        a live snapshot), or None when there is none. A checkpoint being written right now cannot be
+        read: the previous answer is kept. (The live PLY is replaced by a rename: an open file is
+        always whole, and its version is taken from the file that was opened.)"""
+        newest = self.newest(trial_dir)
+        if newest is None:
             return None
+        version = self._tag(*newest)
         with self._lock:
             cached = self._cache.get(trial_dir)
             if cached and cached[0] == version:
                 return cached
+            kind, path, _stat = newest
             try:
-                params, step = gaussians_of(newest_checkpoint(trial_dir))
+                if kind == "live":
+                    with open(path, "rb") as f:
+                        version = self._tag(kind, path, os.fstat(f.fileno()))
+                        data = f.read()
+                    params, step = ply_gaussians(data), None
+                else:
+                    params, step = gaussians_of(path)
                 answer = (version, step, ply_bytes(params, self.max_splats))
             except Exception:
                 return cached

@@ -11,7 +11,8 @@ when it has none, and same-origin JSON for anything that changes state):
 - ``POST /api/runs``: a new run (queued); ``GET /api/runs``: the runs list;
   ``GET /api/run?key=``: one run (progress, console, images, results);
   ``POST /api/run/{stop,resume,export}``: its actions;
-- ``GET /api/run/live.ply?key=``: the running job's newest checkpoint as splats.
+- ``GET /api/run/live.ply?key=``: the running job's splats: its live PLY (``save/live/``) or its newest
+  checkpoint, whichever is newer (``live_splats.py``).
 
 A run's key is the app's id (``r3``) or, for a folder the app did not start, ``d:<path under outputs>``.
 """
@@ -30,7 +31,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from . import access, catalog, run_reader
-from .commands import FormError, form_overrides, parse_config_text
+from .commands import FormError, form_overrides, live_view_overrides, parse_config_text
 from .jobs import ACTIVE, JobManager, QueueError, Run
 from .live_splats import LiveSplats
 
@@ -63,7 +64,7 @@ class App:
         self.default_config = catalog.default_config_id(self.catalog, self.on_gpu)
         self.manager = JobManager(self.outputs, settings.devices, settings.threestudio, settings.cwd,
                                   env=settings.env, launcher=settings.launcher)
-        self.live = LiveSplats()
+        self.live = LiveSplats(root=self.outputs)
         self._folders: List[str] = []
         self._folders_at = 0.0
 
@@ -188,7 +189,7 @@ class App:
                           "view": self.file_url(e["files"].get("ply"))} for e in res["exports"]],
             )
             running = latest is not None and latest.state in ("running", "stopping") and latest.kind != "export"
-            version = LiveSplats.version(trial_dir) if running else None
+            version = self.live.version(trial_dir) if running else None
             out["live"] = {"version": version, "url": f"/api/run/live.ply?key={quote(key)}"} if version else None
         busy = any(j.state in ACTIVE for j in jobs)
         has_ckpt = bool(out.get("n_checkpoints"))
@@ -334,7 +335,7 @@ def routes(state: App) -> web.RouteTableDef:
         form = dict(body.get("fields") or {})
         form["prompt"] = body.get("prompt")
         try:
-            overrides = form_overrides(text, form, state.outputs)
+            overrides = form_overrides(text, form, state.outputs) + live_view_overrides(text)
         except FormError as e:
             return _json_error(400, f"error: {e}")
         config_path = entry.path
@@ -412,13 +413,15 @@ def routes(state: App) -> web.RouteTableDef:
         except KeyError:
             return _json_error(404, "error: no such run")
         if not trial_dir:
-            return _json_error(404, "error: no checkpoint yet")
+            return _json_error(404, "error: no splats yet")
         answer = await asyncio.get_running_loop().run_in_executor(None, state.live.get, trial_dir)
         if answer is None:
-            return _json_error(404, "error: no checkpoint yet")
+            return _json_error(404, "error: no splats yet")
         version, step, body = answer
-        return web.Response(body=body, content_type="application/octet-stream",
-                            headers={"X-Checkpoint": version, "X-Step": str(step), "Cache-Control": "no-store"})
+        source, written_ns = version.split(":", 1)[0], version.rsplit(":", 2)[1]
+        return web.Response(body=body, content_type="application/octet-stream", headers={
+            "X-Live-Version": version, "X-Source": source, "X-Step": "" if step is None else str(step),
+            "X-Written": f"{int(written_ns) / 1e9:.3f}", "Cache-Control": "no-store"})
 
     return r
 

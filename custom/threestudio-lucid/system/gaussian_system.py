@@ -46,7 +46,7 @@ from ..prompt_library import read_prompt_library
 from ..run_folder import RunFolderTaken, claim_launch_folder, describe_holder, holds, process_rank
 from ..rng import generator_states, global_rng_state, set_generator_states, set_global_rng_state
 from ..trainer_precision import precision_rule
-from . import checkpoint_fit
+from . import checkpoint_fit, live_splats
 
 RNG_CHECKPOINT_KEY = "lucid_rng_states"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -90,12 +90,17 @@ class GaussianSplattingSystem(BaseLift3DSystem):
         # numerical guard: a Gaussian farther than this from the origin (world units; the object sits
         # within ~1, cameras at ~2-6) means the optimisation ran away; 0 disables the bound
         divergence_bound: float = 1000.0
+        # live preview: the splats to save/live/<ply_name> (atomically) every N training steps, at most one write
+        # per live_ply_min_seconds; 0 = off (system/live_splats.py)
+        live_ply_every_n_steps: int = 0
+        live_ply_min_seconds: float = 2.0
 
     cfg: Config
 
     DEPTH_MAPS = ("depth", "disparity")
 
     def configure(self) -> None:
+        self._live_splats = live_splats.callbacks_of(self.cfg)  # checks system.live_ply_*
         if self.cfg.depth_map not in self.DEPTH_MAPS:
             raise ConfigError(f"system.depth_map='{self.cfg.depth_map}' must be one of {', '.join(self.DEPTH_MAPS)}.")
         if not self.cfg.divergence_bound >= 0:
@@ -595,6 +600,10 @@ class GaussianSplattingSystem(BaseLift3DSystem):
             self.evaluator.evaluate(self)
 
     # ---- files: written atomically (atomic_files.py) ----
+    def configure_callbacks(self):
+        # the live splats writer when system.live_ply_every_n_steps > 0 (once: fit, then test, reuse the trainer)
+        return [c for c in self._live_splats if c not in self.trainer.callbacks]
+
     def setup(self, stage: str) -> None:
         """Checkpoints are written atomically (``checkpoint_io.py``): installed here because
         threestudio's launch.py builds the Trainer itself, without plugins."""

@@ -129,7 +129,7 @@
   function select(key) {
     if (key !== state.key) {
       state.key = key; state.shown = {}; state.detail = null; state.liveAt = state.imagesAt = state.lossAt = 0;
-      for (const v of Object.values(state.views)) if (v) { v.kind = null; v.draw(); }
+      for (const v of Object.values(state.views)) if (v) v.clear();  // another run: its camera is fitted anew
     }
     history.replaceState(null, "", "#run=" + encodeURIComponent(key));
     $("run").hidden = false;
@@ -174,17 +174,27 @@
     return state.views[name];
   }
 
-  async function showPly(name, canvasId, url, captionId, caption) {
+  // keepCamera: a new version of what is shown (the live splats, then the run's final ones) keeps the
+  // camera the user has set
+  async function showPly(name, canvasId, url, captionId, caption, keepCamera) {
     const v = view(name, canvasId);
     if (!v) return;
     try {
       const response = await fetch(url);
       if (!response.ok) return;
-      const info = v.load(await response.arrayBuffer());
+      const info = v.load(await response.arrayBuffer(), { keepCamera: !!keepCamera });
       if (captionId) $(captionId).textContent = caption(info, response);
     } catch (e) {
       if (captionId) $(captionId).textContent = "cannot show: " + e.message;
     }
+  }
+
+  function liveCaption(info, r) {
+    const step = r.headers.get("X-Step"), written = parseFloat(r.headers.get("X-Written"));
+    const when = Number.isFinite(written) ? new Date(1000 * written).toLocaleTimeString() : "?";
+    return r.headers.get("X-Source") === "checkpoint"
+      ? `Splats, live: ${info.count} Gaussians at step ${step} (newest checkpoint)`
+      : `Splats, live: ${info.count} Gaussians, snapshot of ${when}`;
   }
 
   function links(box, files) {
@@ -252,15 +262,15 @@
         ? `Newest validation images (step ${d.image_step}: rgb | depth | alpha)` : "Newest validation images (none yet)";
     });
 
-    // splats: the live checkpoint while it trains, then the run's point_cloud.ply
-    // at most one live refresh every LIVE_EVERY ms, however often the run checkpoints
+    // splats: the live snapshot (save/live/) or checkpoint while it trains, then the run's point_cloud.ply;
+    // at most one live refresh every LIVE_EVERY ms, however often the run writes them; the camera stays
     if (running && d.live && d.live.version && (!state.liveAt || Date.now() - state.liveAt >= LIVE_EVERY)) {
       if (state.shown.splats !== "live:" + d.live.version) state.liveAt = Date.now();
       setOnce("splats", "live:" + d.live.version, () => showPly("splats", "splat-view", d.live.url, "splats-caption",
-        (info, r) => `Splats, live: ${info.count} Gaussians at step ${r.headers.get("X-Step")} (newest checkpoint)`));
+        liveCaption, true));
     } else if (!running && d.splats) {
       setOnce("splats", d.splats, () => showPly("splats", "splat-view", d.splats, "splats-caption",
-        (info) => `Splats: ${info.count} Gaussians (point_cloud.ply)`));
+        (info) => `Splats: ${info.count} Gaussians (point_cloud.ply)`, true));
     }
     setOnce("splat-links", d.splats_download || "", () => links($("splat-links"), [["point_cloud.ply", d.splats_download]]));
 

@@ -1,8 +1,9 @@
-// The page's 3D view (WebGL): Gaussian splats from an INRIA-layout PLY (the run's point_cloud.ply, or
-// the live checkpoint), meshes from a PLY with faces (the --export model.ply), plain coloured points.
+// The page's 3D view (WebGL): Gaussian splats from an INRIA-layout PLY (the run's point_cloud.ply, or the
+// live splats of a training run), meshes from a PLY with faces (the --export model.ply), plain coloured points.
 // Splats are drawn as screen-space Gaussians, sorted back to front (a counting sort on depth) and
 // composited with premultiplied alpha; meshes with a headlight. Drag to orbit, wheel to zoom,
-// double-click to reset. z is up, as in threestudio's world.
+// double-click to reset. z is up, as in threestudio's world. A reload with { keepCamera: true } (the live
+// splats of a training run) keeps the camera the user has set; the first load of a view fits it.
 "use strict";
 (function () {
   const SH_C0 = 0.28209479177387814;
@@ -136,6 +137,8 @@
       this.splatProgram = this.program(SPLAT_VS, SPLAT_FS);
       this.meshProgram = this.program(MESH_VS, MESH_FS);
       this.kind = null;
+      this.fitted = false;  // the camera was set (fitted, then maybe moved): a keepCamera load keeps it
+      canvas.lucidView = this;  // for the page's tests and the browser console
       this.az = 0.6; this.el = 0.35; this.dist = 3; this.target = [0, 0, 0]; this.fovy = 0.7;
       this.pointRange = gl.getParameter(gl.ALIASED_POINT_SIZE_RANGE);
       this.bindControls();
@@ -180,7 +183,8 @@
     }
 
     // Load a PLY (ArrayBuffer): splats when it has f_dc_0/opacity, a mesh when it has faces, else points.
-    load(buffer) {
+    // options.keepCamera: keep the current camera (when one was set) instead of fitting the new content.
+    load(buffer, options) {
       const ply = parsePly(buffer);
       const v = ply.vertex;
       if (!v || !v.x) throw new Error("the PLY has no vertices");
@@ -188,10 +192,11 @@
       const pos = new Float32Array(n * 3);
       for (let i = 0; i < n; i++) { pos[3 * i] = v.x[i]; pos[3 * i + 1] = v.y[i]; pos[3 * i + 2] = v.z[i]; }
       const faces = ply.face && ply.face.triangles && ply.face.triangles.length ? ply.face.triangles : null;
+      this.release();
       this.positions = pos; this.count = n;
       if (faces) this.loadMesh(v, faces);
       else this.loadSplats(v);
-      this.fit();
+      if (!(options && options.keepCamera && this.fitted)) this.fit();
       this.sortAndDraw();
       return { kind: this.kind, count: n, faces: faces ? faces.length / 3 : 0 };
     }
@@ -244,8 +249,23 @@
       this.indexBuf = this.buffer(tris, this.gl.ELEMENT_ARRAY_BUFFER);
     }
 
+    // the GPU buffers of what is shown (a live view reloads every few seconds: nothing may pile up)
+    release() {
+      for (const name of ["posBuf", "colorBuf", "radiusBuf", "normalBuf", "indexBuf"]) {
+        if (this[name]) { this.gl.deleteBuffer(this[name]); this[name] = null; }
+      }
+    }
+
+    // empty the view; the next load fits the camera again
+    clear() {
+      this.release();
+      this.kind = null; this.positions = null; this.count = 0; this.fitted = false;
+      this.draw();
+    }
+
     fit() {
       if (!this.positions) return;
+      this.fitted = true;
       const n = this.count, p = this.positions;
       const step = Math.max(1, Math.floor(n / 20000));
       const xs = [], ys = [], zs = [];

@@ -1,0 +1,114 @@
+"""system.live_ply_every_n_steps: the splats of the running job in save/live/<ply_name>, every N steps,
+always a complete PLY (a reader polling it while the run trains never sees a partial one); off by
+default; a bad value is one line."""
+import os
+import threading
+
+import pytest
+
+from threestudio_lucid.geometry.gaussian_splatting import GaussianSplatting
+from threestudio_lucid.geometry.ply_io import read_gaussian_ply
+from threestudio_lucid.host import launch
+from threestudio_lucid.system import live_splats
+from threestudio_lucid.system.gaussian_system import GaussianSplattingSystem
+
+CPU_CONFIG = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "custom", "threestudio-lucid",
+                                          "configs", "lucid-sds-cpu.yaml"))
+
+
+@pytest.fixture
+def run_dir(tmp_path, monkeypatch, tiny_sd_path):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def small_run_args(tiny_sd_path, steps, *extra):
+    """A run of the tiny pipeline at 16 px with 300 Gaussians (as test_gaussian_system.py)."""
+    return [
+        "--config", CPU_CONFIG, "--train",
+        "system.prompt_processor.prompt=a small cube",
+        f"system.prompt_processor.pretrained_model_name_or_path={tiny_sd_path}",
+        f"system.guidance.pretrained_model_name_or_path={tiny_sd_path}",
+        "data.width=16", "data.height=16", "data.eval_width=16", "data.eval_height=16",
+        "data.n_val_views=1", "data.n_test_views=2", "system.geometry.init_num_pts=300",
+        f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}", f"checkpoint.every_n_train_steps={steps}",
+        *extra,
+    ]
+
+
+def trial_dirs(root):
+    base = os.path.join(root, "outputs", "lucid-sds-cpu")
+    return sorted(os.path.join(base, d) for d in os.listdir(base))
+
+
+class Poller(threading.Thread):
+    """Reads the live PLY with the geometry's own reader (plyfile) as fast as it can, as a viewer
+    would: every read must give a whole file."""
+
+    def __init__(self, path):
+        super().__init__(daemon=True)
+        self.path, self.stop, self.reads, self.failures, self.sizes = path, threading.Event(), 0, [], set()
+
+    def run(self):
+        while not self.stop.wait(0.0005):
+            if not os.path.exists(self.path):
+                continue
+            try:
+                self.sizes.add(read_gaussian_ply(self.path)["xyz"].shape[0])
+                self.reads += 1
+            except FileNotFoundError:
+                continue
+            except Exception as e:  # a partial or damaged file
+                self.failures.append(repr(e))
+
+
+def test_the_splats_are_written_every_n_steps_whole_while_a_reader_polls(run_dir, tiny_sd_path, monkeypatch, caplog):
+    written, poller = [], Poller("")
+    due, save_ply = live_splats.LiveSplatsWriter.due, GaussianSplatting.save_ply
+
+    def recording_due(self, step, now):
+        answer = due(self, step, now)
+        if answer:
+            written.append(step)
+        return answer
+
+    def save_ply_then_poll(self, path):  # the first write names the file: a reader polls it from then on
+        if not poller.is_alive():
+            poller.path = path
+            poller.start()
+        return save_ply(self, path)
+
+    monkeypatch.setattr(live_splats.LiveSplatsWriter, "due", recording_due)
+    monkeypatch.setattr(GaussianSplatting, "save_ply", save_ply_then_poll)
+    code = launch.main(small_run_args(tiny_sd_path, 6, "system.live_ply_every_n_steps=2",
+                                      "system.live_ply_min_seconds=0"))
+    poller.stop.set()
+    poller.join(10)
+    assert code == 0
+    assert written == [2, 4, 6]  # every 2nd step, and only those
+    (trial,) = trial_dirs(run_dir)
+    path = os.path.join(trial, "save", "live", "point_cloud.ply")
+    assert os.path.abspath(poller.path) == path and poller.reads > 0 and poller.failures == []
+    final = read_gaussian_ply(os.path.join(trial, "save", "point_cloud.ply"))
+    assert read_gaussian_ply(path)["xyz"].shape == final["xyz"].shape  # the last write: the trained splats
+    assert os.listdir(os.path.dirname(path)) == ["point_cloud.ply"]  # no temporary left
+    assert "Live splats: 3 writes of " in caplog.text  # the console's account of what it cost
+
+
+def test_the_time_floor_skips_writes_on_fast_steps_and_it_is_off_by_default():
+    writer = live_splats.LiveSplatsWriter(every=1, min_seconds=2.0, ply_name="point_cloud.ply")
+    assert writer.due(1, now=100.0)
+    writer._last_write = 100.0
+    assert not writer.due(2, now=101.0) and writer.due(3, now=102.0)
+    assert not writer.due(0, now=200.0)  # nothing trained yet
+    cfg = GaussianSplattingSystem.Config()
+    assert cfg.live_ply_every_n_steps == 0 and live_splats.callbacks_of(cfg) == []
+
+
+@pytest.mark.parametrize("override", ["system.live_ply_every_n_steps=-1", "system.live_ply_min_seconds=-0.5"])
+def test_a_bad_value_is_one_line_naming_the_option(run_dir, tiny_sd_path, capsys, override):
+    code = launch.main(small_run_args(tiny_sd_path, 2, "system.live_ply_every_n_steps=1", override))
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert override.split("=")[0] in lines[0] and "must be" in lines[0]
