@@ -80,6 +80,7 @@ setup(
             "lucid-launch=threestudio_lucid.host.launch:main",
             "lucid-build-tiny-sd=threestudio_lucid.tiny_pipeline:main",
             "lucid-build-toy-world=threestudio_lucid.toy_world.pipeline:main",
+            "lucid-train-toy-prior=threestudio_lucid.toy_world.learned_prior:main",
             "lucid-sweep=threestudio_lucid.sweep:main",
             "lucid-report=threestudio_lucid.report:main",
             "lucid-app=threestudio_lucid.app.cli:main",

@@ -365,29 +365,41 @@ def world_settings(world: World, size_options: Dict):
     return ToyWorldSettings(**{**world.build, **size_options})
 
 
+def estimator_steps_of(path: str) -> Optional[int]:
+    """The pretraining steps of a world's VSD/ESD estimator (``"estimator"`` in its ``toy_world.json``; 0 for a
+    randomly initialised one, None when the file is unreadable)."""
+    try:
+        with open(os.path.join(path, "toy_world.json")) as f:
+            return int((json.load(f).get("estimator") or {}).get("steps", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
 def ensure_world(world: World, load_dir: str, size_options: Dict) -> str:
-    """``<load_dir>/toy-claims-<name>``, (re)built only when missing or built with other settings."""
-    from threestudio_lucid.toy_world.pipeline import ESTIMATOR_SUBFOLDER, build_toy_world, is_toy_world, read_toy_world_settings
+    """``<load_dir>/toy-claims-<name>``, (re)built only when missing, built with other settings, or with another
+    estimator pretraining than ``lucid-build-toy-world``'s default (VSD and ESD run on it)."""
+    from threestudio_lucid.toy_world.pipeline import (DEFAULT_ESTIMATOR_STEPS, ESTIMATOR_SUBFOLDER, build_toy_world,
+                                                      is_exact_toy_world, read_toy_world_settings)
 
     path = os.path.join(load_dir, f"toy-claims-{world.name}")
     wanted = world_settings(world, size_options).to_dict()
-    if is_toy_world(path) and os.path.isdir(os.path.join(path, ESTIMATOR_SUBFOLDER)):
-        if read_toy_world_settings(path).to_dict() == wanted:
+    if is_exact_toy_world(path) and os.path.isdir(os.path.join(path, ESTIMATOR_SUBFOLDER)):
+        if read_toy_world_settings(path).to_dict() == wanted and estimator_steps_of(path) == DEFAULT_ESTIMATOR_STEPS:
             return path
     print(f"building the {world.name} world at {path}", flush=True)
-    build_toy_world(path, **{**world.build, **size_options})
+    build_toy_world(path, estimator_steps=DEFAULT_ESTIMATOR_STEPS, **{**world.build, **size_options})
     return path
 
 
 def ensure_learned_prior(world: World, world_path: str, load_dir: str, steps: Optional[int]) -> str:
     """``<load_dir>/toy-claims-<name>-learned``: the learned prior (``toy_world/learned_prior.py``) trained on the
     exact world at ``world_path``, (re)built only when missing or made from another world or step count."""
-    from threestudio_lucid.toy_world.learned_prior import build_learned_prior, learned_prior_record
+    from threestudio_lucid.toy_world.learned_prior import DEFAULT_STEPS, build_learned_prior, read_record
+    from threestudio_lucid.toy_world.pipeline import is_learned_prior
 
     path = os.path.join(load_dir, f"toy-claims-{world.name}-learned")
-    record = learned_prior_record(path)
-    if record is not None and record.get("world_settings") == world_settings_of(world_path) and \
-            (steps is None or record.get("steps") == steps):
+    if is_learned_prior(path) and world_settings_of(path) == world_settings_of(world_path) and \
+            read_record(path).get("steps") == (DEFAULT_STEPS if steps is None else steps):
         return path
     print(f"training the learned prior of the {world.name} world at {path} (once; minutes)", flush=True)
     build_learned_prior(world_path, path, overwrite=True, **({} if steps is None else {"steps": steps}))

@@ -107,7 +107,7 @@ def main(argv=None):
 
     sys.path.insert(0, REPO)
     from threestudio_lucid.toy_world.objects import get_object
-    from threestudio_lucid.toy_world.pipeline import build_toy_world, is_toy_world
+    from threestudio_lucid.toy_world.pipeline import DEFAULT_ESTIMATOR_STEPS, build_toy_world, is_exact_toy_world
 
     out_root = os.path.abspath(args.out)
     os.makedirs(out_root, exist_ok=True)
@@ -118,10 +118,12 @@ def main(argv=None):
         world = os.path.join(REPO, "load", f"toy-{obj.key}")
         settings_file = os.path.join(world, "toy_world.json")
         wanted = {"objects": [obj.key], "bandwidth": args.bandwidth}
-        current = json.load(open(settings_file))["settings"] if os.path.exists(settings_file) else None
-        if not is_toy_world(world) or not current or any(current.get(k) != v for k, v in wanted.items()) \
-                or not os.path.isdir(os.path.join(world, "estimator_unet")):
-            build_toy_world(world, objects=[obj.key], bandwidth=args.bandwidth)
+        record = json.load(open(settings_file)) if os.path.exists(settings_file) else {}
+        current = record.get("settings")
+        pretrained = (record.get("estimator") or {}).get("steps", 0) == DEFAULT_ESTIMATOR_STEPS  # VSD/ESD run on it
+        if not is_exact_toy_world(world) or not current or any(current.get(k) != v for k, v in wanted.items()) \
+                or not os.path.isdir(os.path.join(world, "estimator_unet")) or not pretrained:
+            build_toy_world(world, objects=[obj.key], bandwidth=args.bandwidth, estimator_steps=DEFAULT_ESTIMATOR_STEPS)
         for method in ["init"] + list(args.methods):
             if method == "init":
                 scores = run_method("ism", obj.name, world, out_root, 1, args.seed, args.backend,

@@ -28,10 +28,12 @@ def toy_cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def toy_world_path(tmp_path_factory, toy_cache_dir):
-    """Folder of a small toy world (see ``SMALL_WORLD``)."""
+    """Folder of a small toy world (see ``SMALL_WORLD``), with the randomly initialised estimator (no pretraining:
+    the pretrained one has its own tests, test_estimator_pretraining.py, and would add seconds to every session)."""
     from threestudio_lucid.toy_world.pipeline import build_toy_world
 
-    return build_toy_world(tmp_path_factory.mktemp("toy-world") / "world", cache_dir=toy_cache_dir, **SMALL_WORLD)
+    return build_toy_world(tmp_path_factory.mktemp("toy-world") / "world", cache_dir=toy_cache_dir, estimator_steps=0,
+                           **SMALL_WORLD)
 
 
 @pytest.fixture(scope="session")

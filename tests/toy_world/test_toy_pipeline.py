@@ -195,3 +195,23 @@ def test_sequential_offload_of_a_toy_world_gives_the_same_step(toy_world_path, p
     monkeypatch.setattr(diffusion_base, "ACCELERATOR_DEVICE_TYPES", ("cuda", "cpu"))
     monkeypatch.setattr(StableDiffusionPipeline, "enable_sequential_cpu_offload", offload)
     assert torch.allclose(step(enable_sequential_cpu_offload=True), plain, rtol=1e-5)
+
+
+def test_a_world_is_a_world_only_once_its_build_is_complete(tmp_path, toy_cache_dir, monkeypatch):
+    """model_index.json is written last and removed first when a folder is rebuilt: a build that stops half-way
+    (killed, a full disk, an error in the estimator's pretraining) leaves a folder nothing takes for a world."""
+    from threestudio_lucid.toy_world import pipeline
+
+    small = dict(objects=["cube"], image_size=32, n_azimuths=8, elevations_deg=[0.0, 30.0, 70.0], n_eval_views=4)
+    path = pipeline.build_toy_world(tmp_path / "world", cache_dir=toy_cache_dir, **small)
+    assert is_toy_world(path)
+
+    def fails(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pipeline, "pretrain_estimator", fails)
+    with pytest.raises(OSError, match="disk full"):
+        pipeline.build_toy_world(path, cache_dir=toy_cache_dir, estimator_steps=1, **small)
+    assert not is_toy_world(path) and not os.path.exists(os.path.join(path, "model_index.json"))
+    with pytest.raises(FileNotFoundError, match="lucid-build-toy-world"):
+        load_toy_world_pipeline(path)

@@ -21,7 +21,8 @@ Models. When ``pretrained_model_name_or_path_lora`` equals ``pretrained_model_na
 one UNet: the LoRA adapter is added to it with peft (``unet.add_adapter``) and the pretrained score is
 taken with the adapters disabled and the camera embedding detached (``pretrained_unet()``), so no
 second copy of the weights exists. Otherwise the LoRA's base UNet (and its noise schedule and
-prediction type) is loaded from that second model. Only the LoRA matrices and the camera embedding are
+prediction type) is loaded from that second model; a UNet saved with a 16-input ``projection`` class
+embedding (a pretrained camera embedding) keeps it. Only the LoRA matrices and the camera embedding are
 registered here, so they are what ``guidance.parameters()``, the ``optimizer.params.guidance`` group
 and the checkpoint see; loading a state dict writes straight into the UNet's adapter weights.
 
@@ -102,7 +103,8 @@ class VSDGuidance(StableDiffusionGuidanceBase):
         lora_target_modules: List[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
         # the estimator's UNet inside the LoRA model folder; with train_full_estimator every weight of
         # that (small) UNet is trained instead of a LoRA on it: the toy world's estimator_unet/, a
-        # small randomly initialised diffusers UNet standing in for the LoRA of an exact prior
+        # small diffusers UNet (pretrained on the world's renders with its camera embedding) standing in
+        # for the LoRA of an exact prior
         lora_unet_subfolder: str = "unet"
         train_full_estimator: bool = False
 
@@ -254,14 +256,24 @@ class VSDGuidance(StableDiffusionGuidanceBase):
 
     def _add_camera_embedding(self, unet) -> None:
         """``TimestepEmbedding(16, time_embed_dim)`` (fp32, trained) as the LoRA UNet's class embedding:
-        diffusers adds ``class_embedding(class_labels)`` to the time embedding."""
+        diffusers adds ``class_embedding(class_labels)`` to the time embedding. A separate estimator UNet that
+        already has one of 16 inputs (saved with ``class_embed_type="projection"``, e.g. a toy world's pretrained
+        ``estimator_unet/``) keeps it and trains it further; any other class embedding is refused."""
         from diffusers.models.embeddings import TimestepEmbedding
 
-        if getattr(unet, "class_embedding", None) is not None:
-            raise ConfigError(
-                f"{LORA_MODEL_KEY}='{self.cfg.pretrained_model_name_or_path_lora}' already has a class "
-                "embedding; VSD needs a UNet without one for its camera condition."
-            )
+        existing = getattr(unet, "class_embedding", None)
+        if existing is not None:
+            takes_camera = isinstance(existing, TimestepEmbedding) and existing.linear_1.in_features == 16
+            if not takes_camera or self.single_model:
+                why = ("its camera embedding would be switched off for the pretrained score: load it as a separate "
+                       "estimator (lora_unet_subfolder or another pretrained_model_name_or_path_lora)"
+                       if takes_camera else "VSD needs a UNet without one, or with a 16-input camera embedding")
+                raise ConfigError(
+                    f"{LORA_MODEL_KEY}='{self.cfg.pretrained_model_name_or_path_lora}' already has a class "
+                    f"embedding; {why}."
+                )
+            self.camera_embedding = existing.to(device=self.device, dtype=torch.float32).train().requires_grad_(True)
+            return
         time_embed_dim = unet.time_embedding.linear_2.out_features
         self.camera_embedding = TimestepEmbedding(16, time_embed_dim).to(self.device)
         unet.class_embedding = self.camera_embedding

@@ -84,8 +84,8 @@ class GaussianSplattingSystem(BaseLift3DSystem):
         toy_world_eval: bool = False
         evaluator_type: str = ""
         evaluator: dict = field(default_factory=dict)
-        # with toy_world_eval: also score the asset every N training steps (the evaluator's progress file,
-        # e.g. save/toy_world_progress.json: each score against the step, for convergence curves); 0 = at test only
+        # with toy_world_eval: also score the asset every N training steps (the evaluator's evaluate_progress: its
+        # own progress file under save/, each score against the step, for convergence curves); 0 = at test only
         evaluate_every_n_steps: int = 0
         # numerical guard: a Gaussian farther than this from the origin (world units; the object sits
         # within ~1, cameras at ~2-6) means the optimisation ran away; 0 disables the bound
