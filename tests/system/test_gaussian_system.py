@@ -3,41 +3,15 @@ and the missing-model error of the GPU config."""
 import os
 import time
 
-import pytest
 import pytorch_lightning as pl
 import torch
 
 from threestudio_lucid.host import launch
 
+from small_runs import CPU_CONFIG, small_run_args, trial_dirs
+
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "..", "custom", "threestudio-lucid", "configs")
-CPU_CONFIG = os.path.abspath(os.path.join(CONFIGS, "lucid-sds-cpu.yaml"))
 GPU_CONFIG = os.path.abspath(os.path.join(CONFIGS, "lucid-sds.yaml"))
-
-
-@pytest.fixture
-def run_dir(tmp_path, monkeypatch, tiny_sd_path):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-def small_run_args(tiny_sd_path, steps, *extra):
-    return [
-        "--config", CPU_CONFIG, "--train",
-        "system.prompt_processor.prompt=a small cube",
-        f"system.prompt_processor.pretrained_model_name_or_path={tiny_sd_path}",
-        f"system.guidance.pretrained_model_name_or_path={tiny_sd_path}",
-        "data.width=16", "data.height=16", "data.eval_width=16", "data.eval_height=16",
-        "data.n_val_views=1", "data.n_test_views=4",
-        "system.geometry.init_num_pts=300",
-        f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}", "trainer.log_every_n_steps=1",
-        f"checkpoint.every_n_train_steps={steps}",
-        *extra,
-    ]
-
-
-def trial_dirs(root):
-    base = os.path.join(root, "outputs", "lucid-sds-cpu")
-    return sorted(os.path.join(base, d) for d in os.listdir(base))
 
 
 def test_cpu_demo_writes_ply_video_checkpoint_and_resumes_after_densification(run_dir, tiny_sd_path):

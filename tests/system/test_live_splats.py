@@ -12,33 +12,7 @@ from threestudio_lucid.host import launch
 from threestudio_lucid.system import live_splats
 from threestudio_lucid.system.gaussian_system import GaussianSplattingSystem
 
-CPU_CONFIG = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "custom", "threestudio-lucid",
-                                          "configs", "lucid-sds-cpu.yaml"))
-
-
-@pytest.fixture
-def run_dir(tmp_path, monkeypatch, tiny_sd_path):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-def small_run_args(tiny_sd_path, steps, *extra):
-    """A run of the tiny pipeline at 16 px with 300 Gaussians (as test_gaussian_system.py)."""
-    return [
-        "--config", CPU_CONFIG, "--train",
-        "system.prompt_processor.prompt=a small cube",
-        f"system.prompt_processor.pretrained_model_name_or_path={tiny_sd_path}",
-        f"system.guidance.pretrained_model_name_or_path={tiny_sd_path}",
-        "data.width=16", "data.height=16", "data.eval_width=16", "data.eval_height=16",
-        "data.n_val_views=1", "data.n_test_views=2", "system.geometry.init_num_pts=300",
-        f"trainer.max_steps={steps}", f"trainer.val_check_interval={steps}", f"checkpoint.every_n_train_steps={steps}",
-        *extra,
-    ]
-
-
-def trial_dirs(root):
-    base = os.path.join(root, "outputs", "lucid-sds-cpu")
-    return sorted(os.path.join(base, d) for d in os.listdir(base))
+from small_runs import small_run_args, trial_dirs
 
 
 class Poller(threading.Thread):
