@@ -27,11 +27,16 @@ step budget (``toy_benchmark.schedule_overrides``) and the same seeds: SDS (at t
 at DreamFusion's 100), ISM, VSD and ESD at ``lambda_coeff`` 0, 0.5 (the official setting) and 1. Runs go one at a time (each uses every core: measured
 faster here than two one-thread runs side by side) and are resumable: a run whose scores file exists is skipped.
 
-    python scripts/claims_benchmark.py                    # default: 200 steps, seeds 0-4 (about 80 min on 2 shared cores)
+    python scripts/claims_benchmark.py                    # default: 200 steps, seeds 0-4 (about 1 1/2 h on 2 cores*)
     python scripts/claims_benchmark.py --full             # 400 steps (the toy configs' own), seeds 0-4
     python scripts/claims_benchmark.py --worlds multimodal --methods sds ism --seeds 0   # one cell (and its oracle)
     python scripts/claims_benchmark.py --convergence      # 800 steps, seed 0, scored every 50: the curves
     python scripts/claims_benchmark.py --prior learned    # every claim again on the learned prior
+
+(*) Estimated from ``--convergence``'s measured run times (800 steps on the dense worlds, 2 shared cores: oracle
+45 s, SDS 50-65 s, ISM 70-130 s, VSD/ESD 240-410 s a run, i.e. about 25 min per world and seed): 200 steps about
+a quarter of that plus start-up; 800 steps (the budget where the curves of ``docs/claims_convergence.md`` still
+move) about 4 h for 5 seeds. Runs are resumable, so a long run can be made over several invocations.
 
 Writes ``<report>.md`` (default ``docs/claims.md``): the positive controls (the oracle's scores per world,
 the metrics' separations), each claim with a verdict from the seeds' paired differences (:func:`compare`,
@@ -857,7 +862,7 @@ def main(argv=None):
     parser.add_argument("--seeds", nargs="+", type=int, default=None,
                         help=f"default {' '.join(map(str, DEFAULT_SEEDS))}; with --full {' '.join(map(str, FULL_SEEDS))}")
     parser.add_argument("--steps", type=int, default=None, help=f"default {DEFAULT_STEPS}; with --full {FULL_STEPS}")
-    parser.add_argument("--full", action="store_true", help=f"{FULL_STEPS} steps and seeds {FULL_SEEDS} (estimated 3 h on 2 cores; not yet run)")
+    parser.add_argument("--full", action="store_true", help=f"{FULL_STEPS} steps and seeds {FULL_SEEDS} (estimated 2 h on 2 cores; not yet run)")
     parser.add_argument("--backend", default="auto", help="rasterizer backend")
     parser.add_argument("--load", default=os.path.join(REPO, "load"), help="where the worlds are built")
     parser.add_argument("--image-size", type=int, default=64, help="world and render size")
