@@ -380,19 +380,20 @@ def estimator_steps_of(path: str) -> Optional[int]:
         return None
 
 
-def ensure_world(world: World, load_dir: str, size_options: Dict) -> str:
+def ensure_world(world: World, load_dir: str, size_options: Dict, estimator_steps: int) -> str:
     """``<load_dir>/toy-claims-<name>``, (re)built only when missing, built with other settings, or with another
-    estimator pretraining than ``lucid-build-toy-world``'s default (VSD and ESD run on it)."""
-    from threestudio_lucid.toy_world.pipeline import (DEFAULT_ESTIMATOR_STEPS, ESTIMATOR_SUBFOLDER, build_toy_world,
-                                                      is_exact_toy_world, read_toy_world_settings)
+    pretraining of the VSD/ESD estimator (``estimator_steps``; ``--estimator-steps``, by default
+    ``lucid-build-toy-world``'s)."""
+    from threestudio_lucid.toy_world.pipeline import (ESTIMATOR_SUBFOLDER, build_toy_world, is_exact_toy_world,
+                                                      read_toy_world_settings)
 
     path = os.path.join(load_dir, f"toy-claims-{world.name}")
     wanted = world_settings(world, size_options).to_dict()
     if is_exact_toy_world(path) and os.path.isdir(os.path.join(path, ESTIMATOR_SUBFOLDER)):
-        if read_toy_world_settings(path).to_dict() == wanted and estimator_steps_of(path) == DEFAULT_ESTIMATOR_STEPS:
+        if read_toy_world_settings(path).to_dict() == wanted and estimator_steps_of(path) == estimator_steps:
             return path
     print(f"building the {world.name} world at {path}", flush=True)
-    build_toy_world(path, estimator_steps=DEFAULT_ESTIMATOR_STEPS, **{**world.build, **size_options})
+    build_toy_world(path, estimator_steps=estimator_steps, **{**world.build, **size_options})
     return path
 
 
@@ -837,6 +838,10 @@ def cell_command(args, world: str, setting: str, seed: int) -> str:
         words.append("--no-snap")
     if args.prior_steps is not None:
         words += ["--prior-steps", str(args.prior_steps)]
+    from threestudio_lucid.toy_world.pipeline import DEFAULT_ESTIMATOR_STEPS
+
+    if args.estimator_steps != DEFAULT_ESTIMATOR_STEPS:
+        words += ["--estimator-steps", str(args.estimator_steps)]
     if os.path.abspath(args.load) != os.path.join(REPO, "load"):
         words += ["--load", args.load]
     words += ["--out", "/tmp/claims-cell", "--report", "/tmp/claims-cell/claims", *args.extra]
@@ -872,6 +877,8 @@ def main(argv=None):
     parser.add_argument("--no-snap", action="store_true",
                         help="continuous training cameras (default: snapped to the worlds' render grid, views the "
                         "prior has seen)")
+    parser.add_argument("--estimator-steps", type=int, default=None,
+                        help="pretraining steps of the worlds' VSD/ESD estimator (default: lucid-build-toy-world's)")
     parser.add_argument("--prior", choices=("exact", "learned"), default="exact",
                         help="the worlds' exact prior, or the learned prior trained on their renders "
                         "(lucid-train-toy-prior; built into --load once)")
@@ -898,6 +905,12 @@ def main(argv=None):
     args.steps = args.steps or (FULL_STEPS if args.full else DEFAULT_STEPS)
     args.seeds = args.seeds or (FULL_SEEDS if args.full else DEFAULT_SEEDS)
     args.out = args.out or "outputs/claims-benchmark"
+    from threestudio_lucid.toy_world.pipeline import DEFAULT_ESTIMATOR_STEPS
+
+    if args.estimator_steps is None:
+        args.estimator_steps = DEFAULT_ESTIMATOR_STEPS
+    elif args.estimator_steps < 0:
+        parser.error(f"--estimator-steps {args.estimator_steps}: use a whole number >= 0 (0: no pretraining)")
     args.report = args.report or ("docs/claims_learned" if args.prior == "learned" else "docs/claims")
 
     sys.path.insert(0, REPO)
@@ -911,7 +924,7 @@ def main(argv=None):
     start, load_start = time.time(), os.getloadavg()
     started = datetime.datetime.now(datetime.timezone.utc)
     load_dir = os.path.abspath(args.load)
-    exact = {w: ensure_world(WORLDS[w], load_dir, size_options) for w in args.worlds}
+    exact = {w: ensure_world(WORLDS[w], load_dir, size_options, args.estimator_steps) for w in args.worlds}
     worlds = exact if args.prior == "exact" else \
         {w: ensure_learned_prior(WORLDS[w], exact[w], load_dir, args.prior_steps) for w in args.worlds}
 

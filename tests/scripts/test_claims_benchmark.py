@@ -147,7 +147,8 @@ def test_tiny_benchmark_writes_report_and_grids_and_resumes(tmp_path):
                LUCID_TOY_WORLD_CACHE=str(tmp_path / "cache"))
     report = tmp_path / "docs" / "claims"
     cmd = [sys.executable, SCRIPT, "--methods", "sds", "--seeds", "0", "--steps", "2",
-           "--image-size", "16", "--n-azimuths", "4", "--n-eval-views", "4",
+           "--image-size", "16", "--n-azimuths", "4", "--elevations", "0", "30", "--n-eval-views", "4",
+           "--estimator-steps", "0",  # no VSD/ESD here: no pretraining
            "--load", str(tmp_path / "load"), "--out", str(tmp_path / "out"), "--report", str(report),
            "data.batch_size=1", "data.n_test_views=1", "system.geometry.init_num_pts=200"]
     first = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(tmp_path))
@@ -242,7 +243,7 @@ def test_tiny_convergence_run_scores_every_n_steps(tmp_path):
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1", LUCID_TOY_WORLD_CACHE=str(tmp_path / "cache"))
     report = tmp_path / "docs" / "conv"
     cmd = [sys.executable, SCRIPT, "--convergence", "--worlds", "multimodal", "--methods", "sds", "--steps", "4",
-           "--every", "2", "--image-size", "16", "--n-azimuths", "4", "--n-eval-views", "4",
+           "--every", "2", "--image-size", "16", "--n-azimuths", "4", "--n-eval-views", "4", "--estimator-steps", "0",
            "--load", str(tmp_path / "load"), "--out", str(tmp_path / "out"), "--report", str(report),
            "data.batch_size=1", "data.n_test_views=1", "system.geometry.init_num_pts=200"]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(tmp_path))
