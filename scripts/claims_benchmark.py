@@ -424,6 +424,21 @@ def grid_overrides(size_options: Dict) -> List[str]:
     return [f"data.azimuth_step_deg={360.0 / size_options['n_azimuths']:g}", f"data.elevation_grid_deg=[{elevations}]"]
 
 
+def made_on_record(world_path: str) -> Dict:
+    """What a run's scores depend on besides its own options: the model folder, its world's settings, its estimator's
+    pretraining and (a learned prior) its training record. A finished run is reused only when this is unchanged."""
+    from threestudio_lucid.toy_world.pipeline import LEARNED_PRIOR_FILE
+
+    made_on = {"model": os.path.abspath(world_path), "world": world_settings_of(world_path),
+               "estimator_steps": estimator_steps_of(world_path)}
+    learned = os.path.join(world_path, LEARNED_PRIOR_FILE)
+    if os.path.exists(learned):
+        with open(learned) as f:
+            record = json.load(f)
+        made_on["learned_prior"] = {k: record.get(k) for k in ("steps", "seed", "channels", "batch_size")}
+    return made_on
+
+
 def run_key(world: str, setting: str, seed: int, prior: str = "exact") -> str:
     """A run's tag; the oracle fit does not use the prior, so both priors share it."""
     return f"{world}-{setting}-s{seed}" if prior == "exact" or setting == ORACLE.name else f"{world}-{prior}-{setting}-s{seed}"
@@ -451,17 +466,22 @@ def run_cell(world: World, world_path: str, setting: Setting, seed: int, steps: 
     trial = os.path.join(out_root, f"lucid-{setting.method}-toy", tag)
     scores_file = os.path.join(trial, "save", "toy_world_scores.json")
     record_file = os.path.join(out_root, "records", tag + ".json")
+    made_on = made_on_record(world_path)
     if os.path.exists(scores_file):
         made_with = steps_of_run(trial)
         if made_with not in (None, steps):
             raise SystemExit(f"error: {trial} was made with {made_with} steps, not {steps}; pass --steps {made_with} "
                              "or another --out")
-        with open(scores_file) as f:
-            scores = json.load(f)
-        seconds = float("nan")
+        record = {}
         if os.path.exists(record_file):
             with open(record_file) as f:
-                seconds = json.load(f).get("seconds", float("nan"))
+                record = json.load(f)
+        if record.get("made_on") != made_on:  # another world, prior or estimator: its scores are not this cell's
+            raise SystemExit(f"error: {trial} was made on another world or prior than {world_path} is now (or before "
+                             "the records said which); pass another --out, or move that folder away to run it again")
+        with open(scores_file) as f:
+            scores = json.load(f)
+        seconds = record.get("seconds", float("nan"))
         scores.update(seconds=seconds, grid=os.path.join(trial, "save", "toy_world_eval.png"), skipped=True,
                       scores_file=scores_file, trial=trial)
         return scores
@@ -485,7 +505,7 @@ def run_cell(world: World, world_path: str, setting: Setting, seed: int, steps: 
     os.makedirs(os.path.dirname(record_file), exist_ok=True)
     with open(record_file, "w") as f:
         json.dump({"seconds": scores["seconds"], "steps": steps, "seed": seed, "world": world.name,
-                   "setting": setting.name}, f, indent=2)
+                   "setting": setting.name, "made_on": made_on}, f, indent=2)
     scores.update(skipped=False, scores_file=scores_file, trial=trial)
     return scores
 

@@ -196,6 +196,14 @@ def test_tiny_benchmark_writes_report_and_grids_and_resumes(tmp_path):
     assert scores.stat().st_mtime_ns == stamp
     redone = (report.parent / "claims.md").read_text()
     assert "4 runs" in redone and "4 runs made" in redone and "0 runs made" in redone  # both invocations listed
+    # nor finished runs made on another world (here: a record saying so, as a rebuilt world would)
+    record_file = tmp_path / "out" / "records" / "multimodal-sds-s0.json"
+    record = json.loads(record_file.read_text())
+    assert record["made_on"]["world"]["objects"] == ["ball"] and record["made_on"]["estimator_steps"] == 0
+    record_file.write_text(json.dumps({**record, "made_on": {**record["made_on"], "estimator_steps": 120}}))
+    stale = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(tmp_path))
+    assert stale.returncode != 0 and "was made on another world or prior" in stale.stderr
+    record_file.write_text(json.dumps(record))
     # finished runs of another budget are not mixed in
     other = subprocess.run([*cmd[:cmd.index("--steps") + 1], "3", *cmd[cmd.index("--steps") + 2:]],
                            capture_output=True, text=True, env=env, cwd=str(tmp_path))
