@@ -35,7 +35,9 @@ def records(path):
 def test_many_clicks_queue_in_order_and_never_run_more_jobs_than_the_device_slots(serve_app, tmp_path, monkeypatch):
     record = tmp_path / "record.jsonl"
     monkeypatch.setenv("STAND_IN_RECORD", str(record))
-    monkeypatch.setenv("STAND_IN_SECONDS", "0.6")
+    # each job outlasts the five submissions, even on a loaded machine, so the first two are still running when
+    # the others are queued behind them (at 0.6 s the first could end while the fifth was being submitted)
+    monkeypatch.setenv("STAND_IN_SECONDS", "2.0")
     url = serve_app(launcher=[sys.executable, STAND_IN], devices=["cpu", "cpu"])
     prompts = [f"a penguin {i}" for i in range(5)]
     keys = [submit(url, p) for p in prompts]
