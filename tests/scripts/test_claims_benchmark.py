@@ -98,9 +98,7 @@ def test_claims_from_hand_made_tables(cb):
         },
         "biased": {
             "oracle": {jf: s(0.0)},
-            "sds": {jf: s(0.8)}, "vsd": {jf: s(0.7, [-0.01, 0.02, 0.0, -0.02, 0.01])},
-            "esd-0": {jf: s(0.7)}, "esd-0.5": {jf: s(0.4)},
-            "esd-1": {jf: s(0.7, [0.012, -0.018, 0.001, 0.019, -0.011])},  # lambda 0's janus, seed for seed
+            "sds": {jf: s(0.8)}, "vsd": {jf: s(0.7, [-0.01, 0.02, 0.0, -0.02, 0.01])}, "esd-0.5": {jf: s(0.4)},
         },
     }
     lucid, esd = cb.build_claims(stats)
@@ -110,10 +108,16 @@ def test_claims_from_hand_made_tables(cb):
     # the precondition compares SDS with the oracle fit of the same seeds
     assert lucid["checks"][0].role == "precondition" and lucid["checks"][0].margin == cb.MARGINS[sharp]
     assert lucid["checks"][0].rhs is stats["multimodal"]["oracle"][sharp]
-    assert esd["verdict"] == cb.REFUTED
-    verdicts = {c.text: c.verdict for c in esd["checks"]}
-    assert verdicts["the entropy term lowers Janus: ESD lambda 1 below ESD lambda 0"] == cb.REFUTED
-    assert verdicts["ESD (official lambda 0.5) below VSD"] == cb.SHOWN
+    assert esd["verdict"] == cb.SHOWN and [c.verdict for c in esd["checks"]] == [cb.SHOWN] * 3
+    # ESD at lambda 0 is VSD (the same update): the entropy check reads VSD's runs, paired by seed, and no check
+    # repeats another
+    entropy = esd["checks"][2]
+    assert entropy.lhs is stats["biased"]["esd-0.5"][jf] and entropy.rhs is stats["biased"]["vsd"][jf]
+    assert "lambda 0 (= VSD" in entropy.text and len({c.text for c in esd["checks"]}) == 3
+    # ESD equal to VSD seed for seed: the entropy term's effect is refuted (equivalent within the margin)
+    flat = dict(stats["biased"], **{"esd-0.5": {jf: s(0.7, [-0.012, 0.019, 0.001, -0.018, 0.011])}})
+    refuted = cb.build_claims({**stats, "biased": flat})[1]
+    assert refuted["checks"][2].verdict == cb.REFUTED and refuted["verdict"] == cb.REFUTED
     # no check is chosen after the run: the precondition is SDS's collapse past a threshold fixed from the controls
     assert esd["checks"][0].text.startswith("the world exposes Janus: SDS collapses")
     assert esd["checks"][0].rhs.exact and esd["checks"][0].rhs.mean == cb.JANUS_COLLAPSE
@@ -132,6 +136,21 @@ def test_claims_from_hand_made_tables(cb):
     assert blind[0]["checks"][0].verdict == cb.INCONCLUSIVE and "positive controls" in blind[0]["checks"][0].detail
     assert blind[0]["checks"][3].verdict == cb.SHOWN and blind[0]["verdict"] == cb.INCONCLUSIVE
     assert all(c.verdict == cb.INCONCLUSIVE for c in blind[1]["checks"])
+
+
+def test_the_default_settings_are_exactly_those_the_checks_read(cb):
+    # every world's default run (its oracle and CHECKED_SETTINGS) measures both sides of every check ...
+    seeds = [0, 1, 2, 3, 4]
+    full = {w: {s: {k: cb.aggregate([0.5 + 0.01 * i for i in seeds], seeds) for k in cb.METRIC_OF}
+                for s in ["oracle", *cb.CHECKED_SETTINGS[w]]} for w in cb.WORLDS}
+    for claim in cb.build_claims(full):
+        assert all(c.lhs.n == 5 and (c.rhs.exact or c.rhs.n == 5) for c in claim["checks"]), claim["title"]
+    # ... and drops none of them: without any one setting some check goes unmeasured
+    for w, settings in cb.CHECKED_SETTINGS.items():
+        for s in settings:
+            less = {**full, w: {k: v for k, v in full[w].items() if k != s}}
+            checks = [c for claim in cb.build_claims(less) for c in claim["checks"]]
+            assert any("not measured" in c.detail for c in checks), (w, s)
 
 
 def test_margins_and_thresholds_are_stated_for_every_checked_score(cb):
@@ -262,3 +281,47 @@ def test_tiny_convergence_run_scores_every_n_steps(tmp_path):
     parsed = (tmp_path / "out" / "lucid-sds-toy" / "multimodal-sds-s0" / "configs" / "parsed.yaml").read_text()
     assert "evaluate_every_n_steps: 2" in parsed and "azimuth_step_deg: 90" in parsed  # snapped to the 4-azimuth grid
     assert "| SDS |" in (tmp_path / "docs" / "conv.md").read_text() and (tmp_path / "docs" / "conv.png").exists()
+
+
+def test_demo_scores_are_read_from_the_demo_run_and_reported_as_fractions_of_its_oracle(cb, tmp_path):
+    trial = tmp_path / "lucid-ism-toy" / "a_penguin@20261207-101629"
+    (trial / "save").mkdir(parents=True)
+    (trial / "configs").mkdir()
+    (trial / "configs" / "parsed.yaml").write_text(
+        "trainer: {max_steps: 400}\nsystem: {guidance_type: lucid-ism-guidance, prompt_processor: {prompt: a penguin},"
+        " evaluator: {oracle_scores: /x/toy_world_scores.json}}\n")
+    scores = {"psnr": 20.86, "iou": 0.855, "structure_identity": 0.165, "structure_sharpness": 0.032,
+              "structure_identity_fraction_of_oracle": 0.1996, "structure_sharpness_fraction_of_oracle": 0.0466,
+              "structure_janus_fraction_of_two_faced": 0.147}
+    (trial / "save" / "toy_world_scores.json").write_text(json.dumps(scores))
+    demo = cb.read_demo(str(trial))
+    assert demo["steps"] == 400 and demo["prompt"] == "a penguin" and demo["guidance"] == "lucid-ism-guidance"
+    text = "\n".join(cb.demo_section(demo))
+    assert "## The main demo" in text and "| 20.860 | 0.855 | 0.165 | 0.032 | 0.200 | 0.047 | 0.147 |" in text
+    assert "identity / oracle" in text and "400 steps" in text
+    # a run without the oracle's fractions (demo.sh before the oracle fit, or another run) is refused, not shown
+    (trial / "save" / "toy_world_scores.json").write_text(json.dumps({"psnr": 20.0}))
+    assert cb.read_demo(str(trial)) is None and cb.read_demo(str(tmp_path / "nowhere")) is None
+    assert cb.demo_section(None) == []
+    bad = subprocess.run([sys.executable, SCRIPT, "--demo", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "--demo" in bad.stderr and "scripts/demo.sh" in bad.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_what_the_verdicts_say_about_stable_diffusion_follows_the_outcomes(cb):
+    class Args:
+        prior, image_size, steps = "exact", 64, 800
+
+    def claim(verdict, pre=cb.SHOWN):
+        return {"verdict": verdict, "checks": [cb.Check("t", "a", None, ">", "b", None, verdict=pre)]}
+
+    text = "\n".join(cb.stable_diffusion_section([claim(cb.SHOWN), claim(cb.INCONCLUSIVE, cb.REFUTED)], Args))
+    assert "exact prior" in text and "64 px and 800 steps" in text
+    assert "LucidDreamer's claim is shown on the toy world" in text
+    assert "ESD's claim is not tested: its precondition" in text and "refuted on the biased world" in text
+    text = "\n".join(cb.stable_diffusion_section([claim(cb.REFUTED), claim(cb.SHOWN)], Args))
+    assert "LucidDreamer's claim is refuted" in text and "ESD's claim is shown on the biased world" in text
+    Args.prior = "learned"
+    text = "\n".join(cb.stable_diffusion_section([claim(cb.INCONCLUSIVE), claim(cb.INCONCLUSIVE)], Args))
+    assert "learned prior" in text and text.count("no statement about Stable Diffusion follows") == 2
