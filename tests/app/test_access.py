@@ -150,3 +150,31 @@ def test_a_second_app_on_the_same_outputs_is_refused_in_one_line(tmp_path, serve
     with pytest.raises(Exception) as info:
         serve_app()
     assert "another lucid-app (pid " in str(info.value) and "serves --outputs" in str(info.value)
+
+
+def test_a_runs_mesh_view_and_downloads_name_only_files_under_outputs(tmp_path, serve_app):
+    """threestudio's OBJ export: its MTL and texture are named to the page only when /files/ serves them;
+    an export folder that is a link out of --outputs is not shown at all."""
+    outputs, outside = tmp_path / "outputs", tmp_path / "elsewhere"
+    run = outputs / "dreamfusion-sd" / "a_cat@20261207-000000"
+    (run / "save").mkdir(parents=True)
+    (run / "cmd.txt").write_text("python launch.py --config configs/dreamfusion-sd.yaml --export\n")
+    outside.mkdir()
+    (outside / "secret.jpg").write_text(SECRET)
+    for folder in (run / "save" / "it5-export", outside / "it9-export"):
+        folder.mkdir()
+        (folder / "model.obj").write_text("mtllib model.mtl\nusemtl default\nv 0 0 0\nv 1 0 0\nv 0 1 0\nvt 0 0\nf 1/1/ 2/1/ 3/1/\n")
+        (folder / "model.mtl").write_text("newmtl default\nmap_Kd texture_kd.jpg\n")
+    os.symlink(outside / "secret.jpg", run / "save" / "it5-export" / "texture_kd.jpg")
+    os.symlink(outside / "it9-export", run / "save" / "it9-export")
+    url = serve_app(outputs=str(outputs))
+    status, detail = call(url, "/api/run?key=d:dreamfusion-sd/a_cat%4020261207-000000")
+    assert status == 200, detail
+    (export,) = detail["exports"]  # it9-export leads out: not listed
+    view = export["view"]
+    assert export["step"] == 5 and set(export["files"]) == {"obj", "mtl"}
+    assert (view["kind"], view["name"], view["texture"], view["texture_name"]) == ("obj", "model.obj", None, None)
+    for link in (view["url"], view["mtl"], export["files"]["obj"], export["files"]["mtl"]):
+        assert link.startswith("/files/dreamfusion-sd/a_cat%4020261207-000000/save/it5-export/model.")
+        status, body, _ = raw_get(url, link)
+        assert status == 200 and SECRET.encode() not in body

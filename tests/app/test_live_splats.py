@@ -15,6 +15,7 @@ from plyfile import PlyData
 
 from threestudio_lucid.app.live_splats import LiveSplats
 from threestudio_lucid.geometry.ply_io import write_gaussian_ply
+from threestudio_lucid.system.live_splats import write_sidecar
 
 from .conftest import call, page_errors
 from .test_queue import STAND_IN, records, submit, wait
@@ -90,6 +91,36 @@ def test_the_live_ply_is_shown_when_newer_than_the_checkpoint_and_only_under_the
     assert len(PlyData.read(io.BytesIO(live.get(str(run))[2]))["vertex"]) == 3
 
 
+def test_a_live_snapshots_step_is_its_sidecars_only_when_the_sidecar_describes_that_ply(tmp_path):
+    run = tmp_path / "outputs" / "run"
+    path = run / "save" / "live" / "point_cloud.ply"
+    live = LiveSplats(root=str(tmp_path / "outputs"))
+    live_ply(path, 7, mtime=1.5e9)
+    assert live.get(str(run))[1] is None  # an older run: no sidecar, no step
+    write_sidecar(str(path), 120)  # the system's own writer, after the PLY
+    version, step, body = live.get(str(run))
+    assert step == 120 and len(PlyData.read(io.BytesIO(body))["vertex"]) == 7  # picked up without a new PLY
+    live_ply(path, 9, mtime=1.6e9)  # a new PLY, its sidecar not yet written: the old one is not its step
+    assert live.get(str(run))[1] is None
+    write_sidecar(str(path), 140)
+    assert live.get(str(run))[1] == 140
+    for damaged in ('{"step": 160, "ply_si', "", "[1, 2]", '{"step": "160"}', "\x00\xff"):  # half-written, odd
+        live_ply(path, 5 + len(damaged), mtime=1.7e9 + len(damaged))
+        with open(str(path) + ".json", "w", encoding="latin-1") as f:
+            f.write(damaged)
+        version, step, body = live.get(str(run))
+        assert step is None and version.startswith("live:") and len(PlyData.read(io.BytesIO(body))["vertex"]) == 5 + len(damaged)
+    # a sidecar through a link out of --outputs is not read, even one that describes the PLY
+    live_ply(path, 4, mtime=1.8e9)
+    write_sidecar(str(path), 180)
+    os.replace(str(path) + ".json", tmp_path / "sidecar.json")
+    os.symlink(tmp_path / "sidecar.json", str(path) + ".json")
+    assert live.get(str(run))[1] is None
+    os.remove(str(path) + ".json")
+    os.replace(tmp_path / "sidecar.json", str(path) + ".json")
+    assert live.get(str(run))[1] == 180
+
+
 CAMERA = "() => { const v = document.getElementById('splat-view').lucidView; return [v.az, v.el, v.dist, v.target]; }"
 
 
@@ -110,11 +141,12 @@ def running_job_with_live_ply(serve_app, tmp_path, monkeypatch):
     return url, key, os.path.join(trial, "save", "live", "point_cloud.ply")
 
 
-def open_run_page(browser, url, key, count):
+def open_run_page(browser, url, key, count, step=None):
     page = browser.new_page(viewport={"width": 1400, "height": 1600})
     errors = page_errors(page)
     page.goto(f"{url}#run={key}")
-    page.wait_for_function(f"() => /live: {count} Gaussians, snapshot of/.test("
+    at = f"step {step}, " if step is not None else ""
+    page.wait_for_function(f"() => /^Live splats: {at}{count} Gaussians \\(snapshot of/.test("
                            "document.getElementById('splats-caption').textContent)", timeout=20_000)
     return page, errors
 
@@ -136,9 +168,10 @@ def test_the_app_serves_a_running_jobs_live_ply_and_the_viewer_keeps_the_users_c
         serve_app, browser, tmp_path, monkeypatch):
     url, key, path = running_job_with_live_ply(serve_app, tmp_path, monkeypatch)
     live_ply(path, 50)
+    write_sidecar(path, 120)  # as the system does after each snapshot
     live = call(url, f"/api/run?key={key}")[1]["live"]
     assert live["version"].startswith("live:point_cloud.ply:")
-    page, errors = open_run_page(browser, url, key, 50)  # picked up at once
+    page, errors = open_run_page(browser, url, key, 50, step=120)  # picked up at once, with its step
     fitted, moved = drag(page, "#splat-view")
     # a reload of the live splats keeps the camera the user set; a plain load fits it again
     reload = ("async (keep) => { const r = await fetch(%r); const v = document.getElementById('splat-view').lucidView;"
@@ -155,8 +188,8 @@ def test_a_new_live_snapshot_replaces_the_splats_in_the_page_without_moving_the_
     live_ply(path, 50)
     page, errors = open_run_page(browser, url, key, 50)
     _fitted, moved = drag(page, "#splat-view")
-    live_ply(path, 80, shift=0.5, mtime=time.time() + 1)
-    page.wait_for_function("() => /live: 80 Gaussians/.test(document.getElementById('splats-caption').textContent)",
+    live_ply(path, 80, shift=0.5, mtime=time.time() + 1)  # no sidecar (an older run): the caption has no step
+    page.wait_for_function("() => /^Live splats: 80 Gaussians/.test(document.getElementById('splats-caption').textContent)",
                            timeout=20_000)  # the page replaces the live splats every 5 s at most
     assert page.evaluate(CAMERA) == moved
     assert errors == []

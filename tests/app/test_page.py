@@ -66,3 +66,71 @@ def test_a_toy_run_from_the_page_shows_progress_images_video_and_splats(browser,
     assert "lucid-launch --config" in page.text_content("#command")
     assert page.locator("#runs-table tbody tr").count() == 1
     assert errors == []
+
+
+def threestudio_textured_cube(folder):
+    """What threestudio's mesh exporter writes in format obj-mtl (``save_obj`` / ``_save_mtl``): model.obj
+    (``mtllib``, ``usemtl``, ``v``, ``vt`` written as 1 - v, ``f a/b/`` corners), model.mtl with ``map_Kd``
+    and texture_kd.jpg. The texture's top half is orange, its bottom half blue, and every UV of the cube
+    lies in the top half (OBJ's v = 0 is the image's bottom row): drawn orange, never blue, never grey."""
+    import imageio.v2 as imageio
+
+    folder.mkdir(parents=True)
+    texture = np.zeros((64, 64, 3), np.uint8)
+    texture[:32], texture[32:] = (240, 140, 20), (20, 40, 230)
+    imageio.imwrite(folder / "texture_kd.jpg", texture, quality=95)
+    corners = [(x, y, z) for x in (-0.5, 0.5) for y in (-0.5, 0.5) for z in (-0.5, 0.5)]
+    quads = [(0, 1, 3, 2), (4, 6, 7, 5), (0, 4, 5, 1), (2, 3, 7, 6), (0, 2, 6, 4), (1, 5, 7, 3)]
+    lines = ["mtllib model.mtl", "g object", "usemtl default"] + [f"v {x} {y} {z}" for x, y, z in corners]
+    uv_rows = [(0.1, 0.6), (0.9, 0.6), (0.9, 0.9), (0.1, 0.9)]  # (u, 1 - v) as threestudio keeps them
+    lines += [f"vt {u} {1.0 - v}" for _ in quads for u, v in ((u, 1.0 - r) for u, r in uv_rows)]
+    for q, quad in enumerate(quads):
+        for tri in ((0, 1, 2), (0, 2, 3)):
+            lines.append("f" + "".join(f" {quad[k] + 1}/{4 * q + k + 1}/" for k in tri))
+    (folder / "model.obj").write_text("\n".join(lines) + "\n")
+    (folder / "model.mtl").write_text("newmtl default\nKa 0.0 0.0 0.0\nmap_Kd texture_kd.jpg\nKs 0.0 0.0 0.0\n")
+
+
+def test_a_threestudio_obj_export_is_drawn_with_its_texture_and_a_bad_one_is_one_line(browser, serve_app, tmp_path):
+    from urllib.parse import quote
+
+    runs = {}
+    for name, obj in (("a_cat", None), ("a_dog", "")):  # a textured export; an empty model.obj
+        run = tmp_path / "outputs" / "dreamfusion-sd" / f"{name}@20261207-000000"
+        (run / "configs").mkdir(parents=True)
+        (run / "configs" / "parsed.yaml").write_text(f"name: dreamfusion-sd\nsystem:\n  prompt_processor:\n    prompt: {name}\n")
+        threestudio_textured_cube(run / "save" / "it10000-export")
+        if obj is not None:
+            (run / "save" / "it10000-export" / "model.obj").write_text(obj)
+        runs[name] = quote("d:" + str(run.relative_to(tmp_path / "outputs")), safe="")
+    url = serve_app()
+    page = browser.new_page(viewport={"width": 1400, "height": 1600})
+    errors = page_errors(page)
+    page.goto(f"{url}#run={runs['a_cat']}")
+    page.wait_for_function("() => /triangles/.test(document.getElementById('mesh-caption').textContent)", timeout=20_000)
+    assert page.text_content("#mesh-caption") == "Mesh: 8 vertices, 12 triangles (model.obj, texture_kd.jpg)"
+    pixels = canvas_pixels(page, "#mesh-view")
+    drawn = np.abs(pixels - np.array([0.17, 0.176, 0.192]) * 255).sum(-1) > 30
+    r, g, b = pixels[drawn].mean(0)
+    assert drawn.mean() > 0.05 and r > g + 30 and g > b + 30, (drawn.mean(), r, g, b)  # the texture's orange
+    hrefs = {a.text_content(): a.get_attribute("href") for a in page.locator("#downloads a").all()}
+    assert set(hrefs) == {"OBJ", "MTL", "texture_kd.jpg"}
+    for label, start in (("OBJ", b"mtllib model.mtl"), ("MTL", b"newmtl default")):
+        response = page.request.get(url.rstrip("/") + hrefs[label])
+        assert response.status == 200 and "attachment" in response.headers["content-disposition"]
+        assert response.body().startswith(start), label
+    # the reader's forms: v/vt, v//vn, v/vt/vn, a/b/, negative indices, polygons, comments, unknown lines
+    parsed = page.evaluate("""() => { const p = window.LucidViewer.parseObj;
+        const o = p('# a quad\\no quad\\nv 0 0 0 1 0 0\\nv 1 0 0 0 1 0\\nv 1 1 0 0 0 1\\nv 0 1 0 1 1 1\\nvt 0 0\\nvn 0 0 1\\n'
+                    + 's off\\nf -4/1/1 -3//-1 -2/-1/ 4 # the last corner plain\\nl 1 2\\n');
+        const bad = [];
+        for (const t of ['', 'v 0 0 0\\n', 'v 0 0 0\\nf 1 2 3\\n', 'v 0 0 0\\nf 0 0 0\\n', 'v 1 2\\n', 'f -1 -1 -1\\n'])
+          try { p(t); bad.push(null); } catch (e) { bad.push(e.message); }
+        return { tris: Array.from(o.triangles), n: o.vertices, colors: Array.from(o.colors.slice(0, 6)), bad }; }""")
+    assert parsed["tris"] == [0, 1, 2, 0, 2, 3] and parsed["n"] == 4 and parsed["colors"] == [1, 0, 0, 0, 1, 0]
+    assert all(message and "\n" not in message for message in parsed["bad"]), parsed["bad"]
+    # an empty model.obj: one line in the caption, no exception
+    page.evaluate(f"() => {{ location.hash = 'run={runs['a_dog']}'; }}")
+    page.wait_for_function("() => /cannot show/.test(document.getElementById('mesh-caption').textContent)", timeout=20_000)
+    assert page.text_content("#mesh-caption") == "Mesh: cannot show model.obj: the OBJ has no vertices"
+    assert errors == []

@@ -54,7 +54,8 @@ def test_stop_resume_and_export_from_the_page_with_live_splats(browser, serve_ap
     start_run(page, "a penguin", "lucid-ism-toy", steps=1200, every=50)
     # live 3D: the running job's splats in the view (its live PLY; the first may be the faint initial
     # Gaussians of step 1, so the view is given a refresh or two to show the object)
-    wait_for(page, "() => document.getElementById('splats-caption').textContent.includes('live')", 120, "live splats")
+    wait_for(page, "() => /^Live splats: step \\d+, \\d+ Gaussians/.test(document.getElementById('splats-caption').textContent)",
+             120, "live splats with their step")
     deadline = time.time() + 30
     while drawn(page, "#splat-view") <= 0.01 and time.time() < deadline:
         time.sleep(1.0)

@@ -63,3 +63,52 @@ def test_a_run_folder_is_read_for_its_newest_images_video_splats_and_checkpoints
     assert run_reader.find_run_folders(str(tmp_path)) == [str(run)]
     s = run_reader.summary(str(run))
     assert (s["prompt"], s["name"], s["max_steps"], s["state"]) == ("a penguin", "lucid-ism-toy", 400, "done")
+
+
+def threestudio_obj_export(folder, texture=True, map_kd="texture_kd.jpg"):
+    """The files of threestudio's mesh exporter (format obj-mtl, ``save_obj``/``_save_mtl``) in ``folder``:
+    model.obj naming model.mtl, and the MTL's map_Kd (or its Kd without a texture)."""
+    touch(folder / "model.obj", b"mtllib model.mtl\ng object\nusemtl default\nv 0 0 0\nv 1 0 0\nv 0 1 0\n"
+                                b"vt 0 1\nvt 1 1\nvt 0 0\nf 1/1/ 2/2/ 3/3/\n")
+    lines = ["newmtl default", "Ka 0.0 0.0 0.0", f"map_Kd {map_kd}" if texture else "Kd 0.2 0.4 0.6", "Ks 0.0 0.0 0.0"]
+    touch(folder / "model.mtl", ("\n".join(lines) + "\n").encode())
+    if texture and map_kd == "texture_kd.jpg":
+        touch(folder / map_kd, b"\xff\xd8 a jpeg")
+
+
+def test_the_mesh_view_is_the_ply_with_faces_else_the_obj_with_its_mtl_texture_or_kd(tmp_path):
+    export = tmp_path / "run" / "save" / "it30-export"
+    threestudio_obj_export(export)
+    files = run_reader.exports(str(tmp_path / "run"))[0]["files"]
+    assert set(files) == {"obj", "mtl", "texture_kd.jpg"}
+    view = run_reader.mesh_view(files)
+    assert (view["kind"], view["path"], view["kd"]) == ("obj", str(export / "model.obj"), None)
+    assert (view["mtl"], view["texture"]) == (str(export / "model.mtl"), str(export / "texture_kd.jpg"))
+    # a PLY without faces (a point cloud) is not the mesh; one with faces is, before the OBJ
+    touch(export / "model.ply", b"ply\nformat binary_little_endian 1.0\nelement vertex 3\nproperty float x\n"
+                                b"element face 0\nproperty list uchar int vertex_indices\nend_header\n")
+    assert run_reader.mesh_view(run_reader.exports(str(tmp_path / "run"))[0]["files"])["kind"] == "obj"
+    touch(export / "model.ply", b"ply\nformat binary_little_endian 1.0\nelement vertex 3\nproperty float x\n"
+                                b"element face 1\nproperty list uchar int vertex_indices\nend_header\n")
+    view = run_reader.mesh_view(run_reader.exports(str(tmp_path / "run"))[0]["files"])
+    assert (view["kind"], view["path"], view["mtl"]) == ("ply", str(export / "model.ply"), None)
+    # threestudio's "obj" format (vertex colours, no MTL), and an MTL with Kd only
+    other = tmp_path / "other"
+    touch(other / "model.obj", b"v 0 0 0 1 0 0\nv 1 0 0 1 0 0\nv 0 1 0 1 0 0\nf 1// 2// 3//\n")
+    assert run_reader.mesh_view({"obj": str(other / "model.obj")}) == {
+        "kind": "obj", "path": str(other / "model.obj"), "mtl": None, "texture": None, "kd": None}
+    threestudio_obj_export(other, texture=False)
+    assert run_reader.mesh_view({"obj": str(other / "model.obj")})["kd"] == [0.2, 0.4, 0.6]
+    assert run_reader.mesh_view({"glb": str(other / "model.glb")}) is None
+
+
+@pytest.mark.parametrize("map_kd", ["../../secret.jpg", "/etc/passwd", "out.jpg", ".hidden.jpg", "sub/../texture_kd.jpg"])
+def test_an_mtl_names_only_files_in_its_own_folder(tmp_path, map_kd):
+    export = tmp_path / "run" / "save" / "it30-export"
+    touch(tmp_path / "secret.jpg", b"secret")
+    threestudio_obj_export(export, map_kd=map_kd)
+    touch(export / "texture_kd.jpg", b"\xff\xd8 a jpeg")  # there, but not by that name
+    os.symlink(tmp_path / "secret.jpg", export / "out.jpg")  # a link out of the folder
+    touch(export / ".hidden.jpg", b"hidden")
+    view = run_reader.mesh_view({"obj": str(export / "model.obj")})
+    assert view["mtl"] == str(export / "model.mtl") and view["texture"] is None

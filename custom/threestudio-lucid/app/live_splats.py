@@ -3,7 +3,9 @@ newest checkpoint, whichever is newer.
 
 - ``save/live/<ply_name>``: the plugin's system writes the current Gaussians there every
   ``system.live_ply_every_n_steps`` steps, atomically (``system/live_splats.py``; the app starts its runs
-  with it on, one snapshot every 2 s at most). A file opened there is always a complete PLY;
+  with it on, one snapshot every 2 s at most). A file opened there is always a complete PLY; its step
+  is in ``<ply_name>.json`` beside it (:func:`live_step`), when that sidecar describes the very file
+  opened (an older run has none; the caption then omits the step);
 - ``ckpts/*.ckpt``: what every run has (a run started without the live PLY, e.g. from the command line):
   the Gaussians of the state dict (``geometry._xyz``, ``_features_dc``, ``_opacity``, ``_scaling``,
   ``_rotation``; memory-mapped, ``weights_only``), one every ``checkpoint.every_n_train_steps``.
@@ -15,6 +17,7 @@ cached. Both files are looked up under the app's ``--outputs`` only (``access.py
 is not followed).
 """
 import io
+import json
 import os
 import threading
 from typing import Optional, Tuple
@@ -97,6 +100,28 @@ def live_ply_name(trial_dir: str) -> str:
     return name
 
 
+def live_step(sidecar: Optional[str], ply_stat: os.stat_result) -> Optional[int]:
+    """The step in the live PLY's sidecar (``{"step", "time", "file", "ply_mtime_ns", "ply_size",
+    "ply_inode"}``, written by ``system/live_splats.py`` after the PLY), when it describes the PLY whose
+    ``os.fstat`` is ``ply_stat``; None when the sidecar is missing, unreadable, or of another snapshot
+    (read between the writer's two renames)."""
+    if sidecar is None:
+        return None
+    try:
+        with open(sidecar, "rb") as f:
+            record = json.loads(f.read(4096))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    step = record.get("step")
+    same = (record.get("ply_mtime_ns"), record.get("ply_size"), record.get("ply_inode")) == (
+        ply_stat.st_mtime_ns, ply_stat.st_size, ply_stat.st_ino)
+    if not same or isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        return None
+    return step
+
+
 class LiveSplats:
     """Per run folder, the PLY of its newest live snapshot or checkpoint, converted once. ``root``: the
     folder the files must be in (the app's ``--outputs``; None: anywhere)."""
@@ -141,29 +166,37 @@ class LiveSplats:
         return self._tag(*newest) if newest else None
 
     def get(self, trial_dir: str) -> Optional[Tuple[str, Optional[int], bytes]]:
-        """``(version, step, ply)`` of the newest readable source (``step``: the checkpoint's, None for
-        a live snapshot), or None when there is none. A checkpoint being written right now cannot be
-        read: the previous answer is kept. (The live PLY is replaced by a rename: an open file is
-        always whole, and its version is taken from the file that was opened.)"""
+        """``(version, step, ply)`` of the newest readable source (``step``: the checkpoint's, or the
+        live snapshot's from its sidecar, None when that is not known), or None when there is none. A
+        checkpoint being written right now cannot be read: the previous answer is kept. (The live PLY
+        is replaced by a rename: an open file is always whole, and its version and step are taken
+        from the file that was opened.)"""
         newest = self.newest(trial_dir)
         if newest is None:
             return None
         version = self._tag(*newest)
+        kind, path, _stat = newest
+        sidecar = self._allowed(path + ".json") if kind == "live" else None
         with self._lock:
             cached = self._cache.get(trial_dir)
             if cached and cached[0] == version:
-                return cached
-            kind, path, _stat = newest
+                if kind == "live" and cached[1] is None:  # the sidecar may have come since (its rename is second)
+                    step = live_step(sidecar, cached[3])
+                    if step is not None:
+                        cached = self._cache[trial_dir] = (cached[0], step, cached[2], cached[3])
+                return cached[:3]
             try:
                 if kind == "live":
                     with open(path, "rb") as f:
-                        version = self._tag(kind, path, os.fstat(f.fileno()))
+                        stat = os.fstat(f.fileno())
+                        version = self._tag(kind, path, stat)
                         data = f.read()
-                    params, step = ply_gaussians(data), None
+                    params, step = ply_gaussians(data), live_step(sidecar, stat)
                 else:
+                    stat = None
                     params, step = gaussians_of(path)
-                answer = (version, step, ply_bytes(params, self.max_splats))
+                answer = (version, step, ply_bytes(params, self.max_splats), stat)
             except Exception:
-                return cached
+                return cached[:3] if cached else None
             self._cache[trial_dir] = answer
-            return answer
+            return answer[:3]

@@ -8,17 +8,21 @@ them into ``/files/...`` URLs (and refuses any that are not under ``--outputs``)
 - the loss curve: ``csv_logs/version_*/metrics.csv`` (a resumed run adds a version; later rows win);
 - images: the newest validation grids ``save/it<k>-<view>.png`` and ``save/toy_world_eval.png``;
 - results: the orbit video ``save/it<k>-test.mp4``, the splats ``save/point_cloud.ply`` (or an
-  interrupted run's ``save/it<k>-interrupted/point_cloud.ply``), meshes ``save/it<k>-export/model.*``,
+  interrupted run's ``save/it<k>-interrupted/point_cloud.ply``), meshes ``save/it<k>-export/model.*``
+  (the plugin's PLY with faces, or threestudio's OBJ with its MTL and texture: :func:`mesh_view`),
   ``save/toy_world_scores.json``; checkpoints ``ckpts/*.ckpt``.
 """
 import csv
 import glob
 import json
+import math
 import os
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
+
+from . import access
 
 BAR = re.compile(
     r"(Epoch \d+|Training|Validation DataLoader \d+|Testing DataLoader \d+|Predicting DataLoader \d+|Validation|Testing|Predicting)"
@@ -259,7 +263,8 @@ def ckpt_step(path: str) -> Optional[int]:
 
 
 def exports(trial_dir: str) -> List[Dict[str, Any]]:
-    """``save/it<k>-export/`` folders, newest first: ``{step, folder, files: {ply, obj, glb, ...}}``."""
+    """``save/it<k>-export/`` folders, newest first: ``{step, folder, files: {ply, obj, glb, mtl, and
+    images by name, e.g. texture_kd.jpg}}``."""
     out = []
     for folder in glob.glob(os.path.join(glob.escape(trial_dir), "save", "it*-export")):
         m = re.match(r"^it(\d+)-export$", os.path.basename(folder))
@@ -270,11 +275,94 @@ def exports(trial_dir: str) -> List[Dict[str, Any]]:
             stem, ext = os.path.splitext(name)
             if stem == "point_cloud":
                 continue
-            if ext.lower() in (".ply", ".obj", ".glb", ".mtl", ".png", ".jpg"):
+            if ext.lower() in (".ply", ".obj", ".glb", ".mtl", ".png", ".jpg", ".jpeg"):
                 files[ext.lower().lstrip(".") if ext.lower() in (".ply", ".obj", ".glb", ".mtl") else name] = os.path.join(folder, name)
         if files:
             out.append({"step": int(m.group(1)), "folder": folder, "files": files})
     return sorted(out, key=lambda e: e["step"], reverse=True)
+
+
+HEAD_BYTES = 65536  # where a PLY's header and an OBJ's ``mtllib`` / ``usemtl`` lines are looked for
+
+
+def _read_head(path: Optional[str]) -> str:
+    if path is None:
+        return ""
+    try:
+        with open(path, "rb") as f:
+            return f.read(HEAD_BYTES).decode("latin-1")
+    except OSError:
+        return ""
+
+
+def ply_has_faces(path: str) -> bool:
+    """Whether the PLY's header declares a ``face`` element with at least one face."""
+    head = _cached(path, _read_head, what="head")
+    if not head.startswith("ply") or "end_header" not in head:
+        return False
+    for line in head.split("end_header", 1)[0].splitlines():
+        words = line.split()
+        if len(words) == 3 and words[:2] == ["element", "face"]:
+            return words[2].isdigit() and int(words[2]) > 0
+    return False
+
+
+def _read_mtl(path: Optional[str]) -> Dict[str, Dict[str, Any]]:
+    """``{material: {"Kd": [r, g, b], "map_Kd": name}}`` of an MTL file (its first 64 kB)."""
+    materials: Dict[str, Dict[str, Any]] = {}
+    current: Optional[Dict[str, Any]] = None
+    for line in _read_head(path).splitlines():
+        key, _, rest = line.strip().partition(" ")
+        rest = rest.strip()
+        if key == "newmtl":
+            current = materials.setdefault(rest, {})
+        elif current is None or not rest:
+            continue
+        elif key == "Kd":
+            try:
+                rgb = [float(x) for x in rest.split()[:3]]
+            except ValueError:
+                continue
+            if len(rgb) == 3 and all(math.isfinite(x) for x in rgb):
+                current["Kd"] = [min(1.0, max(0.0, x)) for x in rgb]
+        elif key == "map_Kd":
+            # options (-s 1 1 1, -clamp on, ...) come before the file name: it is then the last word
+            current["map_Kd"] = rest.split()[-1] if rest.startswith("-") else rest
+    return materials
+
+
+def _beside(folder: str, name: Optional[str]) -> Optional[str]:
+    """The file ``name`` (as an OBJ or MTL names it) in ``folder`` or below it, by ``access.py``'s
+    rules: no ``..``, no absolute path, no dot-file, no symlink out of ``folder``; else None."""
+    if not name:
+        return None
+    return access.resolve_under(folder, name.strip().replace("\\", "/"))
+
+
+def mesh_view(files: Dict[str, str]) -> Optional[Dict[str, Any]]:
+    """What the page's mesh view draws of an export folder's ``files`` (as :func:`exports` lists them):
+    the PLY when it has faces (the plugin's ``--export``), else the OBJ (threestudio's exporters:
+    ``obj-mtl`` with ``mtllib model.mtl`` and the MTL's ``map_Kd texture_kd.jpg`` or ``Kd``; ``obj`` with
+    vertex colours). ``{kind, path, mtl, texture, kd}`` (absolute paths; ``mtl`` and ``texture`` only
+    when they are in the export folder, by :func:`_beside`), or None when there is neither."""
+    ply, obj = files.get("ply"), files.get("obj")
+    if ply and ply_has_faces(ply):
+        return {"kind": "ply", "path": ply, "mtl": None, "texture": None, "kd": None}
+    if not obj:
+        return None
+    folder = os.path.dirname(obj)
+    mtllib, usemtl = None, None
+    for line in _cached(obj, _read_head, what="head").splitlines():
+        key, _, rest = line.strip().partition(" ")
+        if key == "mtllib" and mtllib is None and rest.strip():
+            mtllib = rest.strip()
+        elif key == "usemtl" and usemtl is None and rest.strip():
+            usemtl = rest.strip()
+    mtl = _beside(folder, mtllib)
+    materials = _cached(mtl, _read_mtl, what="mtl") if mtl else {}
+    material = materials.get(usemtl) if usemtl in materials else next(iter(materials.values()), {})
+    texture = _beside(os.path.dirname(mtl), material.get("map_Kd")) if mtl else None
+    return {"kind": "obj", "path": obj, "mtl": mtl, "texture": texture, "kd": material.get("Kd")}
 
 
 def splats_file(trial_dir: str) -> Optional[str]:

@@ -82,6 +82,34 @@ class App:
             pass
         return url + ("&download=1" if download and "?" in url else "?download=1" if download else "")
 
+    def mesh_view(self, files: Dict[str, str]) -> Optional[Dict[str, Any]]:
+        """The mesh view of an export (``run_reader.mesh_view``) as URLs under ``--outputs``:
+        ``{kind: ply|obj, url, name, mtl, texture, kd}``; None when there is nothing to draw or its
+        file is not under ``--outputs``. The MTL and texture are named only when they are too."""
+        view = run_reader.mesh_view(files)
+        url = self.served_url(view["path"]) if view else None
+        if not url:
+            return None
+        texture = self.served_url(view["texture"])
+        return {"kind": view["kind"], "url": url, "name": os.path.basename(view["path"]),
+                "mtl": self.served_url(view["mtl"]), "texture": texture,
+                "texture_name": os.path.basename(view["texture"]) if texture else None, "kd": view["kd"]}
+
+    def export_entry(self, export: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+        """An export folder for the page (``{step, files: {kind: download URL}, view}``), naming only
+        the files ``/files/`` serves; None when that is none of them (a folder linked from elsewhere)."""
+        files = {}
+        for kind, path in export["files"].items():
+            url = self.served_url(path, download=True)
+            if url:
+                files[kind] = url
+        return {"step": export["step"], "files": files, "view": self.mesh_view(export["files"])} if files else None
+
+    def served_url(self, path: Optional[str], download: bool = False) -> Optional[str]:
+        """:meth:`file_url` of a file that ``/files/`` serves (``access.resolve_under``), else None."""
+        rel = access.relative_inside(self.outputs, path) if path else None
+        return self.file_url(path, download) if rel and access.resolve_under(self.outputs, rel) else None
+
     def folders(self) -> List[str]:
         if time.time() - self._folders_at > 3.0:
             self._folders = run_reader.find_run_folders(self.outputs)
@@ -185,8 +213,7 @@ class App:
                 splats=self.file_url(res["splats"]), splats_download=self.file_url(res["splats"], download=True),
                 toy_world_eval=self.file_url(res["toy_world_eval"]), scores=res["scores"], loss=res["loss"],
                 last_step=res["last_step"], checkpoints=res["checkpoints"][:5], n_checkpoints=len(res["checkpoints"]),
-                exports=[{"step": e["step"], "files": {k: self.file_url(v, download=True) for k, v in e["files"].items()},
-                          "view": self.file_url(e["files"].get("ply"))} for e in res["exports"]],
+                exports=[e for e in map(self.export_entry, res["exports"]) if e],
             )
             running = latest is not None and latest.state in ("running", "stopping") and latest.kind != "export"
             version = self.live.version(trial_dir) if running else None

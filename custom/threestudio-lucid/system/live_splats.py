@@ -9,6 +9,13 @@ back with ``load_ply``), made in memory and written atomically (``atomic_files.p
 temporary, fsync, rename), so a reader opening it at any moment gets the previous complete snapshot or
 the new one, never a partial file. It is overwritten in place: one file per run, whatever its length.
 
+Beside it, ``save/live/<ply_name>.json`` says which snapshot it is (the PLY layout has no field for it):
+``{"step": global step, "time": unix time of the write, "file": ply_name, "ply_mtime_ns", "ply_size",
+"ply_inode"}``, written atomically too and only once the PLY is in place, so a sidecar is never newer
+than the PLY beside it. The last three are the PLY's ``os.stat`` after its rename: a reader that has
+opened the PLY takes the step only when they match the file it holds (between the two renames the
+sidecar still describes the previous snapshot).
+
 The write happens on the training thread, between two steps, on rank 0 only. It costs what
 ``save_ply`` costs (on 2 CPU cores: ~6 ms for 20,000 Gaussians at SH degree 0, ~18 ms at degree 3,
 ~90 ms for 100,000 at degree 3), so its share of the training time is at most that over
@@ -18,16 +25,27 @@ when they are slow. ``scripts/bench_app_live_view.py --live-ply`` measures it in
 It is a Lightning callback the system returns from ``configure_callbacks``, so it runs under
 ``lucid-launch`` and threestudio's ``launch.py`` alike and uses only the system's save folder.
 """
+import json
 import os
 import time
 from typing import Any, List, Optional
 
 import pytorch_lightning as pl
 
+from ..atomic_files import write_text
 from ..compat import info
 from ..errors import ConfigError
 
 LIVE_FOLDER = "live"
+SIDECAR_SUFFIX = ".json"
+
+
+def write_sidecar(ply_path: str, step: int) -> str:
+    """``<ply_path>.json``: which step the (complete, renamed) PLY at ``ply_path`` holds; atomic."""
+    stat = os.stat(ply_path)
+    record = {"step": int(step), "time": time.time(), "file": os.path.basename(ply_path),
+              "ply_mtime_ns": stat.st_mtime_ns, "ply_size": stat.st_size, "ply_inode": stat.st_ino}
+    return write_text(ply_path + SIDECAR_SUFFIX, json.dumps(record) + "\n")
 
 
 def check_options(cfg: Any) -> None:
@@ -44,8 +62,9 @@ def check_options(cfg: Any) -> None:
 
 class LiveSplatsWriter(pl.Callback):
     """After every ``every``-th training step (and at least ``min_seconds`` after the previous write),
-    ``system.geometry.save_ply(save/live/<ply_name>)``. ``writes`` and ``write_seconds`` count what it
-    did; the end of training prints them."""
+    ``system.geometry.save_ply(save/live/<ply_name>)``, then its step in ``<ply_name>.json``
+    (:func:`write_sidecar`). ``writes`` and ``write_seconds`` count what it did; the end of training
+    prints them."""
 
     def __init__(self, every: int, min_seconds: float, ply_name: str):
         self.every, self.min_seconds, self.ply_name = int(every), float(min_seconds), ply_name
@@ -62,10 +81,12 @@ class LiveSplatsWriter(pl.Callback):
         if not trainer.is_global_zero:
             return
         start = time.monotonic()
-        if not self.due(int(pl_module.true_global_step), start):
+        step = int(pl_module.true_global_step)
+        if not self.due(step, start):
             return
         self.path = pl_module.get_save_path(os.path.join(LIVE_FOLDER, self.ply_name))
         pl_module.geometry.save_ply(self.path)
+        write_sidecar(self.path, step)  # after the PLY's rename: never newer than the PLY
         self._last_write = time.monotonic()
         self.writes += 1
         self.write_seconds += self._last_write - start

@@ -189,12 +189,62 @@
     }
   }
 
+  // "Live splats: step 120, 5000 Gaussians (snapshot of 12:00:01)"; the step is left out when the app does
+  // not know it (a live PLY without its sidecar: an older run, or read between the writer's two renames)
   function liveCaption(info, r) {
     const step = r.headers.get("X-Step"), written = parseFloat(r.headers.get("X-Written"));
     const when = Number.isFinite(written) ? new Date(1000 * written).toLocaleTimeString() : "?";
-    return r.headers.get("X-Source") === "checkpoint"
-      ? `Splats, live: ${info.count} Gaussians at step ${step} (newest checkpoint)`
-      : `Splats, live: ${info.count} Gaussians, snapshot of ${when}`;
+    const at = /^\d+$/.test(step || "") ? `step ${step}, ` : "";
+    return `Live splats: ${at}${info.count} Gaussians ` +
+      (r.headers.get("X-Source") === "checkpoint" ? "(newest checkpoint)" : `(snapshot of ${when})`);
+  }
+
+  // an error as one line of the page
+  const oneLine = (message) => String(message || "unknown error").split("\n")[0].slice(0, 300);
+
+  // the texture of an OBJ's material as ImageData (the viewer samples it at each vertex's UV)
+  async function imageData(url) {
+    const response = await fetch(url);
+    if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
+    const bitmap = await createImageBitmap(await response.blob());
+    const canvas = document.createElement("canvas");
+    canvas.width = bitmap.width; canvas.height = bitmap.height;
+    const g = canvas.getContext("2d");
+    g.drawImage(bitmap, 0, 0);
+    return g.getImageData(0, 0, bitmap.width, bitmap.height);
+  }
+
+  // the newest export's mesh: its PLY with faces, or its OBJ with the MTL's texture or Kd (the server
+  // chose the file: mesh.view); any failure is one line in the caption and an empty view
+  async function showMesh(mesh) {
+    const m = mesh.view;
+    if (!m) {
+      if (state.views.mesh) state.views.mesh.clear();
+      setText("mesh-caption", "Mesh: no PLY with faces or OBJ to draw (downloads below)");
+      return;
+    }
+    const v = view("mesh", "mesh-view");
+    if (!v) { setText("mesh-caption", "Mesh: cannot draw here: " + oneLine($("mesh-view").title)); return; }
+    try {
+      const response = await fetch(m.url);
+      if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);
+      let info, note = "";
+      if (m.kind === "obj") {
+        const text = await response.text();
+        let texture = null;
+        if (m.texture) {
+          try { texture = await imageData(m.texture); } catch (e) { note = `; ${m.texture_name} not read: ${oneLine(e.message)}`; }
+        }
+        info = v.loadObj(text, { texture, kd: m.kd });
+        note = `, ${info.colour === "texture" ? m.texture_name : info.colour}${note}`;
+      } else {
+        info = v.load(await response.arrayBuffer());
+      }
+      setText("mesh-caption", `Mesh: ${info.count} vertices, ${info.faces} triangles (${m.name}${note})`);
+    } catch (e) {
+      v.clear();
+      setText("mesh-caption", `Mesh: cannot show ${m.name}: ${oneLine(e.message)}`);
+    }
   }
 
   function links(box, files) {
@@ -280,9 +330,11 @@
     const mesh = (d.exports || [])[0];
     if ($("mesh-box").hidden !== !mesh) $("mesh-box").hidden = !mesh;
     if (mesh) {
-      setOnce("mesh", mesh.view || "", () => {
-        if (mesh.view) showPly("mesh", "mesh-view", mesh.view, null);
-        links($("downloads"), [["PLY", mesh.files.ply], ["OBJ", mesh.files.obj], ["MTL", mesh.files.mtl], ["GLB", mesh.files.glb]]);
+      setOnce("mesh", JSON.stringify([mesh.view, mesh.files]), () => {
+        showMesh(mesh);
+        const images = Object.keys(mesh.files).filter((k) => k.includes(".")).sort().map((k) => [k, mesh.files[k]]);
+        links($("downloads"), [["PLY", mesh.files.ply], ["OBJ", mesh.files.obj], ["MTL", mesh.files.mtl], ...images,
+          ["GLB", mesh.files.glb]]);
       });
     }
 

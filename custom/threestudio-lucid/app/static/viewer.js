@@ -1,5 +1,7 @@
 // The page's 3D view (WebGL): Gaussian splats from an INRIA-layout PLY (the run's point_cloud.ply, or the
-// live splats of a training run), meshes from a PLY with faces (the --export model.ply), plain coloured points.
+// live splats of a training run), meshes from a PLY with faces (the --export model.ply) or from an OBJ
+// (threestudio's exporters: vertex colours, or a texture sampled at each vertex's UV, or the MTL's Kd),
+// plain coloured points.
 // Splats are drawn as screen-space Gaussians, sorted back to front (a counting sort on depth) and
 // composited with premultiplied alpha; meshes with a headlight. Drag to orbit, wheel to zoom,
 // double-click to reset. z is up, as in threestudio's world. A reload with { keepCamera: true } (the live
@@ -77,6 +79,100 @@
       out[el.name] = data;
     }
     return out;
+  }
+
+  // ---- OBJ (Wavefront text, as threestudio's save_obj and trimesh write it) ----
+  // "v x y z [r g b]", "vt u [v]", "vn ...", "f" with a, a/b, a//c, a/b/c or a/b/ corners (1-based; negative:
+  // counted back from the newest), polygons fanned into triangles; comments and other lines are skipped.
+  // A corner is a (vertex, UV) pair, so a UV seam splits a vertex; normals are computed per position (smooth
+  // across seams), the file's own vn only checked. Returns positions and triangles of the corners, the
+  // source position of each (`source`), the vertex colours when every v line has them, and the UVs.
+  function parseObj(text) {
+    const pos = [], rgb = [], uv = [], tris = [], corner = [], cornerUv = [];
+    const seen = new Map();
+    let normals = 0, allColoured = true, maxPositive = -1, line = 0;
+    const fail = (what) => { throw new Error(`OBJ line ${line}: ${what}`); };
+    const index = (token, count, what) => {
+      const i = Number(token);
+      if (!Number.isInteger(i) || i === 0) fail(`bad ${what} index "${token}"`);
+      if (i > 0) return i - 1;  // checked at the end (a file may name a vertex before its v line)
+      if (count + i < 0) fail(`${what} index ${i} points before the first ${what}`);
+      return count + i;
+    };
+    for (const raw of text.split("\n")) {
+      line++;
+      const hash = raw.indexOf("#");
+      const w = (hash >= 0 ? raw.slice(0, hash) : raw).trim().split(/\s+/);
+      const key = w[0];
+      if (key === "v") {
+        const x = Number(w[1]), y = Number(w[2]), z = Number(w[3]);
+        if (!Number.isFinite(x) || !Number.isFinite(y) || !Number.isFinite(z)) fail("a vertex needs three numbers");
+        pos.push(x, y, z);
+        const r = Number(w[4]), g = Number(w[5]), b = Number(w[6]);
+        if (w.length >= 7 && Number.isFinite(r) && Number.isFinite(g) && Number.isFinite(b)) rgb.push(r, g, b);
+        else allColoured = false;
+      } else if (key === "vt") {
+        const u = Number(w[1]), v = w.length > 2 ? Number(w[2]) : 0;
+        uv.push(Number.isFinite(u) ? u : 0, Number.isFinite(v) ? v : 0);
+      } else if (key === "vn") {
+        normals++;
+      } else if (key === "f") {
+        const ids = [];
+        for (let k = 1; k < w.length; k++) {
+          const parts = w[k].split("/");
+          const vi = index(parts[0], pos.length / 3, "vertex");
+          const ti = parts.length > 1 && parts[1] !== "" ? index(parts[1], uv.length / 2, "texture coordinate") : -1;
+          if (parts.length > 2 && parts[2] !== "") {
+            const ni = index(parts[2], normals, "normal");
+            if (ni >= normals) fail(`normal index ${parts[2]} is past the last normal`);
+          }
+          if (ti >= uv.length / 2) fail(`texture coordinate index ${parts[1]} is past the last one`);
+          maxPositive = Math.max(maxPositive, vi);
+          const id = vi * 67108864 + ti + 1;  // one output vertex per (vertex, UV) pair
+          let at = seen.get(id);
+          if (at === undefined) { at = corner.length; seen.set(id, at); corner.push(vi); cornerUv.push(ti); }
+          ids.push(at);
+        }
+        for (let k = 1; k + 1 < ids.length; k++) tris.push(ids[0], ids[k], ids[k + 1]);
+      }
+    }
+    const n = pos.length / 3;
+    if (!n) throw new Error("the OBJ has no vertices");
+    if (maxPositive >= n) throw new Error(`the OBJ names vertex ${maxPositive + 1} but has ${n}`);
+    if (!tris.length) throw new Error("the OBJ has no faces");
+    const m = corner.length;
+    const positions = new Float32Array(3 * m), uvs = new Float32Array(2 * m);
+    let hasUv = false;
+    for (let i = 0; i < m; i++) {
+      const p = 3 * corner[i];
+      positions[3 * i] = pos[p]; positions[3 * i + 1] = pos[p + 1]; positions[3 * i + 2] = pos[p + 2];
+      if (cornerUv[i] >= 0) { hasUv = true; uvs[2 * i] = uv[2 * cornerUv[i]]; uvs[2 * i + 1] = uv[2 * cornerUv[i] + 1]; }
+    }
+    let colors = null;
+    if (allColoured && rgb.length === 3 * n) {
+      let top = 0;
+      for (const c of rgb) if (c > top) top = c;
+      const k = top > 1 ? 1 / 255 : 1;  // 0-1 floats (threestudio), or 0-255
+      colors = new Float32Array(3 * m);
+      for (let i = 0; i < m; i++) for (let c = 0; c < 3; c++) colors[3 * i + c] = Math.min(1, Math.max(0, rgb[3 * corner[i] + c] * k));
+    }
+    return { positions, triangles: new Uint32Array(tris), source: Uint32Array.from(corner), sources: n,
+      colors, uvs: hasUv ? uvs : null, vertices: n };
+  }
+
+  // The colour of an image ({width, height, data: RGBA bytes}, e.g. ImageData) at (u, v), bilinear, repeating;
+  // v = 0 is the image's bottom row (the OBJ convention; threestudio writes 1 - v for it).
+  function sampleImage(image, u, v, out, at) {
+    const W = image.width, H = image.height, d = image.data;
+    const wrap = (t) => (t >= 0 && t <= 1 ? t : t - Math.floor(t));
+    const x = wrap(u) * (W - 1), y = (1 - wrap(v)) * (H - 1);
+    const x0 = Math.floor(x), y0 = Math.floor(y), x1 = Math.min(W - 1, x0 + 1), y1 = Math.min(H - 1, y0 + 1);
+    const fx = x - x0, fy = y - y0;
+    for (let c = 0; c < 3; c++) {
+      const top = d[4 * (y0 * W + x0) + c] * (1 - fx) + d[4 * (y0 * W + x1) + c] * fx;
+      const bottom = d[4 * (y1 * W + x0) + c] * (1 - fx) + d[4 * (y1 * W + x1) + c] * fx;
+      out[at + c] = (top * (1 - fy) + bottom * fy) / 255;
+    }
   }
 
   // ---- small matrix helpers (column-major, as WebGL wants) ----
@@ -196,9 +292,37 @@
       this.positions = pos; this.count = n;
       if (faces) this.loadMesh(v, faces);
       else this.loadSplats(v);
+      this.show(options);
+      return { kind: this.kind, count: n, faces: faces ? faces.length / 3 : 0 };
+    }
+
+    // Load an OBJ (its text) as a mesh. Its colour: the vertex colours of its v lines, else options.texture
+    // (the MTL's map_Kd as ImageData) sampled at each vertex's UV, else options.kd (the MTL's Kd), else grey.
+    // Throws (and keeps what was shown) when the text is not a mesh.
+    loadObj(text, options) {
+      const obj = parseObj(text);
+      const m = obj.positions.length / 3;
+      let colors = obj.colors, colour = "vertex colours";
+      const texture = options && options.texture, kd = options && options.kd;
+      if (!colors && texture && obj.uvs) {
+        colors = new Float32Array(3 * m); colour = "texture";
+        for (let i = 0; i < m; i++) sampleImage(texture, obj.uvs[2 * i], obj.uvs[2 * i + 1], colors, 3 * i);
+      } else if (!colors) {
+        const rgb = kd && kd.length === 3 ? kd : [0.75, 0.75, 0.75];
+        colour = kd && kd.length === 3 ? "Kd" : "grey";
+        colors = new Float32Array(3 * m);
+        for (let i = 0; i < 3 * m; i++) colors[i] = rgb[i % 3];
+      }
+      this.release();
+      this.positions = obj.positions; this.count = m;
+      this.setMesh(obj.triangles, colors, obj.source, obj.sources);
+      this.show(options);
+      return { kind: this.kind, count: obj.vertices, faces: obj.triangles.length / 3, colour };
+    }
+
+    show(options) {
       if (!(options && options.keepCamera && this.fitted)) this.fit();
       this.sortAndDraw();
-      return { kind: this.kind, count: n, faces: faces ? faces.length / 3 : 0 };
     }
 
     loadSplats(v) {
@@ -227,19 +351,36 @@
     }
 
     loadMesh(v, tris) {
+      const n = this.count, color = new Float32Array(n * 3);
+      const k = v.red ? (Math.max(...Array.from(v.red.subarray(0, Math.min(n, 1000)))) > 1 ? 1 / 255 : 1) : 0;
+      for (let i = 0; i < n; i++) {
+        color[3 * i] = v.red ? v.red[i] * k : 0.75; color[3 * i + 1] = v.green ? v.green[i] * k : 0.75;
+        color[3 * i + 2] = v.blue ? v.blue[i] * k : 0.75;
+      }
+      this.setMesh(tris, color);
+    }
+
+    // this.positions / this.count as a mesh of `tris` with per-vertex `color`. Normals: the area-weighted
+    // face normals summed per vertex, or per source position when `source` (vertex -> position, of
+    // `sources` positions) says which vertices are copies of one position (an OBJ's UV seams).
+    setMesh(tris, color, source, sources) {
       const n = this.count, pos = this.positions;
-      const normals = new Float32Array(n * 3), color = new Float32Array(n * 3);
+      const at = source || null, m = source ? sources : n;
+      const sum = new Float32Array(m * 3);
       for (let t = 0; t < tris.length; t += 3) {
         const a = tris[t] * 3, b = tris[t + 1] * 3, c = tris[t + 2] * 3;
         const e1 = [pos[b] - pos[a], pos[b + 1] - pos[a + 1], pos[b + 2] - pos[a + 2]];
         const e2 = [pos[c] - pos[a], pos[c + 1] - pos[a + 1], pos[c + 2] - pos[a + 2]];
         const f = cross(e1, e2);
-        for (const i of [a, b, c]) { normals[i] += f[0]; normals[i + 1] += f[1]; normals[i + 2] += f[2]; }
+        for (let k = 0; k < 3; k++) {
+          const i = 3 * (at ? at[tris[t + k]] : tris[t + k]);
+          sum[i] += f[0]; sum[i + 1] += f[1]; sum[i + 2] += f[2];
+        }
       }
-      const k = v.red ? (Math.max(...Array.from(v.red.subarray(0, Math.min(n, 1000)))) > 1 ? 1 / 255 : 1) : 0;
-      for (let i = 0; i < n; i++) {
-        color[3 * i] = v.red ? v.red[i] * k : 0.75; color[3 * i + 1] = v.green ? v.green[i] * k : 0.75;
-        color[3 * i + 2] = v.blue ? v.blue[i] * k : 0.75;
+      let normals = sum;
+      if (at) {
+        normals = new Float32Array(n * 3);
+        for (let i = 0; i < n; i++) for (let c = 0; c < 3; c++) normals[3 * i + c] = sum[3 * at[i] + c];
       }
       this.kind = "mesh";
       this.posBuf = this.buffer(pos);
@@ -350,5 +491,5 @@
     }
   }
 
-  window.LucidViewer = { View3D, parsePly };
+  window.LucidViewer = { View3D, parsePly, parseObj, sampleImage };
 })();
