@@ -30,7 +30,7 @@ def test_a_value_reads_back_exactly_as_typed(prompt):
 def test_only_the_options_that_differ_from_the_config_become_overrides(tmp_path):
     text = text_of("lucid-sds-toy.yaml")
     fields = catalog.fields_of(catalog.read_yaml_text(text))
-    assert set(fields) == {"negative_prompt", "model", "guidance_scale", "max_steps", "seed", "resolution"}
+    assert set(fields) == {"init_prompt", "negative_prompt", "model", "guidance_scale", "max_steps", "seed", "resolution"}
     form = {name: f["value"] for name, f in fields.items()}
     form.update(prompt="a penguin", guidance_scale="6.5", max_steps="20", model="/worlds/toy", resolution="32")
     out = form_overrides(text, form, str(tmp_path))
@@ -103,3 +103,48 @@ def test_the_catalog_offers_every_plugin_config_and_threestudios_with_a_checkout
     assert baseline.method == "SDS (threestudio)" and not baseline.plugin and ids[-1] == baseline.id
     assert catalog.default_config_id(found, on_gpu=False) == "lucid/lucid-ism-toy"
     assert catalog.default_config_id(found, on_gpu=True) == "lucid/lucid-ism"
+
+
+def test_an_init_prompt_starts_from_point_e_and_an_empty_one_keeps_the_configs_init(tmp_path, monkeypatch):
+    monkeypatch.setattr(catalog, "point_e_installed", lambda: True)
+    text = text_of("lucid-ism.yaml")
+    field = catalog.fields_of(catalog.read_yaml_text(text))["init_prompt"]
+    assert field["value"] is None and "sphere_solid" in field["placeholder"] and "note" not in field
+    tail = [f"exp_root_dir={tmp_path}"]
+    assert form_overrides(text, {"prompt": "a cat", "init_prompt": "a cat: sitting"}, str(tmp_path)) == [
+        "system.prompt_processor.prompt=a cat", "system.geometry.init_type=point_e",
+        'system.geometry.init_prompt="a cat: sitting"', *tail]  # quoted as every value
+    for empty in ("", "  ", None):
+        assert form_overrides(text, {"prompt": "a cat", "init_prompt": empty}, str(tmp_path)) == [
+            "system.prompt_processor.prompt=a cat", *tail]
+    # LucidDreamer's configs start from Point-E themselves: their init prompt is filled in, and kept
+    # as it is adds nothing; another text replaces it
+    axe = text_of(os.path.join("luciddreamer", "axe.yaml"))
+    assert catalog.fields_of(catalog.read_yaml_text(axe))["init_prompt"]["value"] == "A flag."
+    assert "system.geometry.init_type=point_e" not in form_overrides(axe, {"prompt": "an axe", "init_prompt": "A flag."}, str(tmp_path))
+    assert form_overrides(axe, {"prompt": "an axe", "init_prompt": "an axe"}, str(tmp_path))[1:3] == [
+        "system.geometry.init_type=point_e", "system.geometry.init_prompt=an axe"]
+    assert catalog.config_prompt(catalog.read_yaml_text(axe)) == "Viking axe, fantasy, weapon, blender, 8k, HDR."
+    assert catalog.config_prompt(catalog.read_yaml_text(text)) is None  # the plugin's: ???
+
+
+def test_without_point_e_the_option_says_so_and_a_point_e_start_is_refused_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(catalog, "point_e_installed", lambda: False)
+    text = text_of("lucid-ism-toy.yaml")
+    assert "needs point-e" in catalog.fields_of(catalog.read_yaml_text(text))["init_prompt"]["note"]
+    assert form_overrides(text, {"prompt": "a cat", "init_prompt": ""}, str(tmp_path))[0] == "system.prompt_processor.prompt=a cat"
+    with pytest.raises(FormError) as info:
+        form_overrides(text, {"prompt": "a cat", "init_prompt": "a cat"}, str(tmp_path))
+    assert str(info.value).startswith("init prompt (Point-E): Point-E is not installed here") and "\n" not in str(info.value)
+    with pytest.raises(FormError, match="set init_type: sphere_solid in the config"):
+        form_overrides(text_of(os.path.join("luciddreamer", "axe.yaml")), {"prompt": "an axe"}, str(tmp_path))
+
+
+def test_the_init_prompt_is_shown_only_where_the_geometry_has_one():
+    baseline = ("name: dreamfusion-sd\nsystem_type: dreamfusion-system\nsystem:\n  geometry_type: implicit-volume\n"
+                "  geometry: {radius: 2.0}\n  guidance_type: stable-diffusion-guidance\n")
+    assert "init_prompt" not in catalog.fields_of(catalog.read_yaml_text(baseline))
+    # a config that sets the key itself has it, whatever its geometry
+    assert "init_prompt" in catalog.fields_of(catalog.read_yaml_text(baseline.replace("radius: 2.0", "init_prompt: a cat")))
+    for name in ("lucid-sds-toy.yaml", "lucid-vsd.yaml", os.path.join("luciddreamer", "bagel.yaml")):
+        assert "init_prompt" in catalog.fields_of(catalog.read_yaml_text(text_of(name)))

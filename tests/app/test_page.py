@@ -1,8 +1,10 @@
 """lucid-app's page in a real headless Chromium: the short run every test suite makes (well under 30 s).
 
 A toy run is started from the page (the config edited in the page's editor), the progress bar moves,
-a validation image appears, the run ends with its video and its splats in the 3D view (a canvas that
-is not blank); before that, a bad option is refused with the launcher's own one-line error."""
+a validation image appears, the run ends with its video, its splats in the 3D view (a canvas that
+is not blank) and its validation steps on a slider, from which the progress video is made; before that,
+a bad option is refused with the launcher's own one-line error. A run folder's older validation step
+on the slider, and the progress video with its download (about 2 s)."""
 import io
 import re
 
@@ -64,6 +66,12 @@ def test_a_toy_run_from_the_page_shows_progress_images_video_and_splats(browser,
     assert drawn.mean() > 0.01 and pixels.std() > 5, "the 3D view shows nothing"
     assert "a_penguin@" in page.text_content("#folder")
     assert "lucid-launch --config" in page.text_content("#command")
+    # the run's validation steps on the slider, and its progress video: one frame for each
+    n_steps = int(page.get_attribute("#image-step", "max")) + 1
+    assert n_steps >= 2 and page.input_value("#image-step") == str(n_steps - 1)
+    page.click("#make-progress-video")
+    page.wait_for_function("() => /frames/.test(document.getElementById('progress-video-state').textContent)", timeout=30_000)
+    assert page.text_content("#progress-video-state").startswith(f"{n_steps} frames (steps ")
     assert page.locator("#runs-table tbody tr").count() == 1
     assert errors == []
 
@@ -133,4 +141,65 @@ def test_a_threestudio_obj_export_is_drawn_with_its_texture_and_a_bad_one_is_one
     page.evaluate(f"() => {{ location.hash = 'run={runs['a_dog']}'; }}")
     page.wait_for_function("() => /cannot show/.test(document.getElementById('mesh-caption').textContent)", timeout=20_000)
     assert page.text_content("#mesh-caption") == "Mesh: cannot show model.obj: the OBJ has no vertices"
+    assert errors == []
+
+
+def test_the_slider_shows_an_earlier_steps_images_and_the_progress_video_is_made_from_them(browser, serve_app, tmp_path):
+    """A run folder with validation images at steps 10, 20 and 30 (one colour each) and its orbit video:
+    the page opens on the newest step, the slider shows an older one, follows a new step only when it is
+    at the end, and the progress video is made on request (one frame per step) with its download. The
+    form fills a LucidDreamer config's prompt and Point-E init prompt."""
+    import imageio.v2 as imageio
+    from urllib.parse import quote
+
+    from .test_progress_video import frames_of
+
+    run = tmp_path / "outputs" / "lucid-ism-toy" / "a_penguin@20261207-000000"
+    (run / "configs").mkdir(parents=True)
+    (run / "configs" / "parsed.yaml").write_text("name: lucid-ism-toy\nsystem:\n  prompt_processor:\n    prompt: a penguin\n")
+    save = run / "save"
+    save.mkdir()
+    for step, colour in ((10, (220, 40, 40)), (20, (40, 200, 40)), (30, (40, 40, 220))):
+        imageio.imwrite(save / f"it{step}-0.png", np.full((16, 48, 3), colour, np.uint8))
+    imageio.mimwrite(save / "it30-test.mp4", [np.full((16, 16, 3), 90, np.uint8)] * 2, fps=2, macro_block_size=16)
+    url = serve_app()
+    page = browser.new_page(viewport={"width": 1400, "height": 1600})
+    errors = page_errors(page)
+    page.goto(f"{url}#run={quote('d:' + str(run.relative_to(tmp_path / 'outputs')), safe='')}")
+    page.wait_for_function("() => /step 30/.test(document.getElementById('images-caption').textContent)", timeout=20_000)
+    shown = lambda: page.get_attribute("#images img", "src").split("?")[0].rsplit("/", 1)[-1]
+    assert page.text_content("#images-caption") == "Validation images: step 30, 3 of 3 steps, the newest (rgb | depth | alpha)"
+    assert shown() == "it30-0.png" and page.input_value("#image-step") == "2"
+
+    page.locator("#image-step").fill("0")  # the slider to the oldest step
+    assert shown() == "it10-0.png" and page.text_content("#images-caption").startswith("Validation images: step 10, 1 of 3")
+    # a new step: the slider stays where the user put it; at the end again, it follows new steps
+    imageio.imwrite(save / "it40-0.png", np.full((16, 48, 3), 200, np.uint8))
+    page.locator("#runs-table tbody tr").first.click()  # a refresh now, not after the 5 s of a quiet page
+    page.wait_for_function("() => document.getElementById('image-step').max === '3'", timeout=10_000)
+    assert shown() == "it10-0.png"
+    page.locator("#image-step").fill("3")
+    assert shown() == "it40-0.png"
+    imageio.imwrite(save / "it50-0.png", np.full((16, 48, 3), 100, np.uint8))
+    page.locator("#runs-table tbody tr").first.click()
+    page.wait_for_function("() => /it50-0.png/.test(document.querySelector('#images img').src)", timeout=10_000)
+
+    # the progress video: made on request, one frame per step, offered as a download and played
+    page.click("#make-progress-video")
+    page.wait_for_function("() => /frames/.test(document.getElementById('progress-video-state').textContent)", timeout=20_000)
+    assert page.text_content("#progress-video-state") == "5 frames (steps 10 to 50), 2 frames a second"
+    href = page.get_attribute("#progress-video-links a", "href")
+    response = page.request.get(url.rstrip("/") + href)
+    assert response.status == 200 and "attachment" in response.headers["content-disposition"]
+    assert len(frames_of(save / "progress.mp4")) == 5
+    page.wait_for_function("() => document.getElementById('progress-video').readyState >= 1", timeout=10_000)
+    assert page.text_content("#make-progress-video") == "Remake progress video"
+    # the orbit video has its download too
+    assert page.get_attribute("#video-links a", "href").split("?")[0].endswith("/it30-test.mp4")
+
+    # the form: a LucidDreamer config brings its prompt and its Point-E init prompt
+    page.select_option("#config", "lucid/luciddreamer/cat_armor")
+    page.wait_for_function("() => !!document.getElementById('field-init_prompt') && "
+                           "document.getElementById('field-init_prompt').value === 'a cat.'")
+    assert page.input_value("#prompt") == "a DSLR photo of a cat wearing armor."
     assert errors == []

@@ -112,3 +112,18 @@ def test_an_mtl_names_only_files_in_its_own_folder(tmp_path, map_kd):
     touch(export / ".hidden.jpg", b"hidden")
     view = run_reader.mesh_view({"obj": str(export / "model.obj")})
     assert view["mtl"] == str(export / "model.mtl") and view["texture"] is None
+
+
+def test_every_step_with_validation_images_is_listed_oldest_first_with_its_views_in_order(tmp_path):
+    run = tmp_path / "run"
+    for name in ("it40-0.png", "it5-1.png", "it5-0.png", "it100-10.png", "it100-2.png", "it40-test.mp4",
+                 "progress.mp4", "toy_world_eval.png", "it7-interrupted.png"):
+        touch(run / "save" / name)
+    touch(run / "save" / "it60-test" / "0.png")  # the test orbit's frames are not validation images
+    steps = run_reader.validation_steps(str(run))
+    assert [(step, [os.path.basename(p) for p in paths]) for step, paths in steps] == [
+        (5, ["it5-0.png", "it5-1.png"]), (40, ["it40-0.png"]), (100, ["it100-2.png", "it100-10.png"])]
+    r = run_reader.results(str(run))
+    assert r["image_step"] == 100 and r["images"] == steps[-1][1] and r["image_steps"] == steps
+    assert r["progress_video"]["path"] == str(run / "save" / "progress.mp4")
+    assert run_reader.validation_steps(str(tmp_path / "missing")) == []

@@ -5,7 +5,9 @@ A config is a YAML file: the plugin's own (``configs/*.yaml``, LucidDreamer's in
 ``configs/luciddreamer/``), any folder given with ``--configs``, and threestudio's baselines
 (``<checkout>/configs/*.yaml``) when ``--threestudio`` is given. Its method is read from its
 ``system.guidance_type``. The page shows each option of :data:`FIELDS` that the config's guidance
-has, pre-filled from the config text (or the guidance's own default where the text leaves it out).
+has, pre-filled from the config text (or the guidance's own default where the text leaves it out);
+an option with ``needs`` only where the config's component has that key (the init prompt: where the
+geometry has ``init_prompt``, i.e. the plugin's Gaussian splatting).
 """
 import dataclasses
 import glob
@@ -29,20 +31,27 @@ METHODS = {
 
 @dataclass(frozen=True)
 class Field:
-    """One option of the form: its name in the page, the config keys it sets, its type, and the
-    guidance types that have it (None: every config)."""
+    """One option of the form: its name in the page, the config keys it sets, its type, the guidance
+    types that have it (None: every config), and ``needs``: a config key the option is shown for only
+    where the config's component has it (in the text, or in its registered class's ``Config``)."""
 
     name: str
     label: str
     keys: tuple
     kind: type
     guidance: Optional[tuple] = None
+    needs: Optional[str] = None
 
 
 MODEL_KEYS = ("system.prompt_processor.pretrained_model_name_or_path", "system.guidance.pretrained_model_name_or_path")
 RESOLUTION_KEYS = ("data.width", "data.height", "data.eval_width", "data.eval_height")
+INIT_TYPE_KEY, INIT_PROMPT_KEY = "system.geometry.init_type", "system.geometry.init_prompt"
+POINT_E = "point_e"
 
 FIELDS = [
+    # LucidDreamer's demo's "Point-E init prompt": non-empty starts from a Point-E cloud of that text
+    # (system.geometry.init_type=point_e); empty keeps the config's init
+    Field("init_prompt", "init prompt (Point-E)", (INIT_TYPE_KEY, INIT_PROMPT_KEY), str, needs=INIT_PROMPT_KEY),
     Field("negative_prompt", "negative prompt", ("system.prompt_processor.negative_prompt",), str),
     Field("model", "model (hub id or local folder)", MODEL_KEYS, str),
     Field("guidance_scale", "guidance scale", ("system.guidance.guidance_scale",), float),
@@ -149,23 +158,75 @@ def build_catalog(threestudio: Optional[str] = None, extra_dirs: Optional[List[s
     return Catalog(kept)
 
 
-def guidance_default(guidance_type: str, name: str) -> Any:
-    """The default of ``system.guidance.<name>`` in the registered guidance's Config, where the
-    guidance is one of this plugin's (threestudio's are not imported by the app)."""
-    if not guidance_type.startswith("lucid-"):
-        return None
+_MISSING = object()
+
+
+def _registered_default(type_name: str, name: str) -> Any:
+    """The default of the field ``name`` in the ``Config`` of the registered component ``type_name``
+    where it is one of this plugin's (threestudio's are not imported by the app); ``_MISSING`` when
+    it has no such field."""
+    if not type_name.startswith("lucid-"):
+        return _MISSING
     try:
         from .. import compat
 
-        cls = compat.find(guidance_type)
+        cls = compat.find(type_name)
     except Exception:
-        return None
-    for f in dataclasses.fields(getattr(cls, "Config", object)) if dataclasses.is_dataclass(getattr(cls, "Config", None)) else []:
+        return _MISSING
+    config = getattr(cls, "Config", None)
+    for f in dataclasses.fields(config) if dataclasses.is_dataclass(config) else []:
         if f.name == name:
-            if f.default is not dataclasses.MISSING:
-                return f.default
-            return None
-    return None
+            return None if f.default is dataclasses.MISSING else f.default
+    return _MISSING
+
+
+def guidance_default(guidance_type: str, name: str) -> Any:
+    """The default of ``system.guidance.<name>`` in the registered guidance's Config, where the
+    guidance is one of this plugin's (threestudio's are not imported by the app)."""
+    value = _registered_default(guidance_type, name)
+    return None if value is _MISSING else value
+
+
+def config_value(tree: Dict[str, Any], key: str) -> Any:
+    """``system.<part>.<name>``'s value: the config text's, else the default of the registered
+    ``system.<part>_type`` (``_MISSING`` when neither has it). Other keys: the text's only."""
+    if has_key(tree, key):
+        return select(tree, key)
+    parts = key.split(".")
+    if len(parts) != 3 or parts[0] != "system":
+        return _MISSING
+    return _registered_default(str(select(tree, f"system.{parts[1]}_type") or ""), parts[2])
+
+
+def config_prompt(tree: Dict[str, Any]) -> Optional[str]:
+    """The config's own prompt (LucidDreamer's configs have one; the plugin's leave it ``???``), which
+    the page offers until the user types another; None when it has none or it is an interpolation."""
+    prompt = select(tree, "system.prompt_processor.prompt")
+    if not isinstance(prompt, str) or not prompt.strip() or prompt.strip() == "???" or "${" in prompt:
+        return None
+    return prompt
+
+
+def point_e_installed() -> bool:
+    """Whether the Point-E package is importable here: the jobs run in the app's own environment."""
+    from ..geometry.initializers import point_e_available
+
+    return point_e_available()
+
+
+def init_prompt_field(tree: Dict[str, Any]) -> Dict[str, Any]:
+    """The "init prompt (Point-E)" option: filled with the config's ``init_prompt`` when its geometry
+    starts from Point-E, else empty (the config's own init, named in the placeholder)."""
+    init_type = config_value(tree, INIT_TYPE_KEY)
+    init_type = None if init_type is _MISSING else init_type
+    prompt = select(tree, INIT_PROMPT_KEY)
+    entry: Dict[str, Any] = {"value": prompt if init_type == POINT_E and isinstance(prompt, str) else None,
+                             "placeholder": f"empty: the config's init ({init_type or 'its default'})"}
+    if not point_e_installed():
+        from ..geometry.initializers import POINT_E_INSTALL
+
+        entry["note"] = f"needs point-e, not installed here: {POINT_E_INSTALL}"
+    return entry
 
 
 def fields_of(tree: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
@@ -175,10 +236,15 @@ def fields_of(tree: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
     for f in FIELDS:
         if f.guidance is not None and guidance_type not in f.guidance:
             continue
+        if f.needs is not None and config_value(tree, f.needs) is _MISSING:
+            continue
         key = f.keys[-1] if f.name == "model" else f.keys[0]
         value = select(tree, key)
         entry: Dict[str, Any] = {"label": f.label, "type": f.kind.__name__}
-        if f.name == "resolution":
+        if f.name == "init_prompt":
+            entry.update(init_prompt_field(tree))
+            value = entry["value"]
+        elif f.name == "resolution":
             if isinstance(value, list):
                 entry["note"] = "resolution stages: set them in the config"
                 value = None

@@ -2,9 +2,10 @@
 
 The form's options become OmegaConf dotlist overrides, the same ``key=value`` arguments a user types
 after ``lucid-launch``; only options that differ from the config text are added, so the command stays
-the one a person would write. Values are written so that OmegaConf reads back exactly the text the
-user typed: a prompt such as ``a cat: sitting``, ``1984``, ``#1`` or ``${oc.env:HOME}`` is YAML-quoted
-(and ``${`` escaped), never interpreted. Nothing here goes through a shell.
+the one a person would write (an init prompt adds ``system.geometry.init_type=point_e`` with it).
+Values are written so that OmegaConf reads back exactly the text the user typed: a prompt such as
+``a cat: sitting``, ``1984``, ``#1`` or ``${oc.env:HOME}`` is YAML-quoted (and ``${`` escaped), never
+interpreted. Nothing here goes through a shell.
 """
 import math
 import os
@@ -15,7 +16,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
-from .catalog import FIELDS_BY_NAME, MODEL_KEYS, RESOLUTION_KEYS, fields_of, has_key, read_yaml_text, select
+from . import catalog
+from .catalog import (FIELDS_BY_NAME, INIT_PROMPT_KEY, INIT_TYPE_KEY, MODEL_KEYS, POINT_E, RESOLUTION_KEYS,
+                      config_value, fields_of, has_key, read_yaml_text, select)
 
 PROMPT_KEY = "system.prompt_processor.prompt"
 
@@ -100,6 +103,9 @@ def form_overrides(text: str, form: Dict[str, Any], outputs: str, train: bool = 
         value = _typed(spec.label, form[name], spec.kind)
         if value is None or _same(value, entry["value"]):
             continue
+        if name == "init_prompt":  # a Point-E start from this text: both keys, whatever the config's init
+            out += [override(INIT_TYPE_KEY, POINT_E), override(INIT_PROMPT_KEY, value)]
+            continue
         if name == "model":
             keys = [k for k in MODEL_KEYS if has_key(tree, k)] or [MODEL_KEYS[-1]]
         elif name == "resolution":
@@ -109,8 +115,28 @@ def form_overrides(text: str, form: Dict[str, Any], outputs: str, train: bool = 
         else:
             keys = list(spec.keys)
         out += [override(k, value) for k in keys]
+    check_point_e(tree, override(INIT_TYPE_KEY, POINT_E) in out)
     out.append(override("exp_root_dir", os.path.abspath(outputs)))
     return out
+
+
+def check_point_e(tree: Dict[str, Any], from_form: bool) -> None:
+    """A run that starts from Point-E (the form's init prompt, or the config's own ``init_type:
+    point_e``, as in LucidDreamer's configs) needs the point_e package in the jobs' environment (the
+    app's): without it the geometry would refuse the run after its wait in the queue; refused here
+    at once, in one line, with both ways out."""
+    if not from_form and config_value(tree, INIT_TYPE_KEY) != POINT_E:
+        return
+    if catalog.point_e_installed():
+        return
+    from ..geometry.initializers import POINT_E_INSTALL
+
+    if from_form:
+        raise FormError(f"init prompt (Point-E): Point-E is not installed here ({POINT_E_INSTALL}); "
+                        "leave the init prompt empty to start from the config's shape")
+    raise FormError(f"{INIT_TYPE_KEY}: the config starts from Point-E (init_type: point_e), which is not installed "
+                    f"here: install it ({POINT_E_INSTALL}) or set init_type: sphere_solid in the config "
+                    "(LucidDreamer's 'sphere')")
 
 
 LIVE_SYSTEM = "lucid-gaussian-system"

@@ -6,7 +6,8 @@ them into ``/files/...`` URLs (and refuses any that are not under ``--outputs``)
 - progress: the training bar the launcher prints (Lightning's tqdm bar, as in threestudio:
   ``Epoch 0:  75%|...| 15/20 [00:03<00:01, 4.62it/s, train/loss=...]``), from the console's tail;
 - the loss curve: ``csv_logs/version_*/metrics.csv`` (a resumed run adds a version; later rows win);
-- images: the newest validation grids ``save/it<k>-<view>.png`` and ``save/toy_world_eval.png``;
+- images: the validation grids ``save/it<k>-<view>.png`` of every step (the newest shown first), the
+  progress video made of them (``save/progress.mp4``, :mod:`progress_video`) and ``save/toy_world_eval.png``;
 - results: the orbit video ``save/it<k>-test.mp4``, the splats ``save/point_cloud.ply`` (or an
   interrupted run's ``save/it<k>-interrupted/point_cloud.ply``), meshes ``save/it<k>-export/model.*``
   (the plugin's PLY with faces, or threestudio's OBJ with its MTL and texture: :func:`mesh_view`),
@@ -22,7 +23,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
-from . import access
+from . import access, progress_video
 
 BAR = re.compile(
     r"(Epoch \d+|Training|Validation DataLoader \d+|Testing DataLoader \d+|Predicting DataLoader \d+|Validation|Testing|Predicting)"
@@ -220,22 +221,32 @@ def loss_curve(trial_dir: str, column: str = "train/loss", limit: int = 2000) ->
     return curve
 
 
-def _newest(folder: str, pattern: re.Pattern) -> Tuple[Optional[int], List[str]]:
-    """The highest step among the files of ``folder`` matching ``pattern`` and those files."""
+def _by_step(folder: str, pattern: re.Pattern) -> List[Tuple[int, List[str]]]:
+    """``[(step, [paths])]`` of the files of ``folder`` matching ``pattern`` (its group 1 is the step),
+    by step, each step's files in natural order (``it10-2.png`` before ``it10-10.png``)."""
     try:
         names = os.listdir(folder)
     except OSError:
-        return None, []
+        return []
     by_step: Dict[int, List[str]] = {}
     for name in names:
         m = pattern.match(name)
         if m:
             by_step.setdefault(int(m.group(1)), []).append(name)
-    if not by_step:
-        return None, []
-    step = max(by_step)
     key = lambda n: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", n)]
-    return step, [os.path.join(folder, n) for n in sorted(by_step[step], key=key)]
+    return [(step, [os.path.join(folder, n) for n in sorted(by_step[step], key=key)]) for step in sorted(by_step)]
+
+
+def _newest(folder: str, pattern: re.Pattern) -> Tuple[Optional[int], List[str]]:
+    """The highest step among the files of ``folder`` matching ``pattern`` and those files."""
+    found = _by_step(folder, pattern)
+    return found[-1] if found else (None, [])
+
+
+def validation_steps(trial_dir: str) -> List[Tuple[int, List[str]]]:
+    """Every step that has validation images, oldest first: ``[(step, [save/it<step>-<view>.png, ...])]``
+    (the views in order). What the page's slider steps through and the progress video is made of."""
+    return _by_step(os.path.join(trial_dir, "save"), VALIDATION_IMAGE)
 
 
 def checkpoints(trial_dir: str) -> List[str]:
@@ -390,7 +401,8 @@ def scores(trial_dir: str) -> Optional[Dict[str, Any]]:
 def results(trial_dir: str) -> Dict[str, Any]:
     """Everything the page shows of a run folder (absolute paths)."""
     save = os.path.join(trial_dir, "save")
-    image_step, images = _newest(save, VALIDATION_IMAGE)
+    steps = validation_steps(trial_dir)
+    image_step, images = steps[-1] if steps else (None, [])
     video_step, videos = _newest(save, TEST_VIDEO)
     eval_png = os.path.join(save, "toy_world_eval.png")
     ckpts = checkpoints(trial_dir)
@@ -398,6 +410,8 @@ def results(trial_dir: str) -> Dict[str, Any]:
     return {
         "images": images,
         "image_step": image_step,
+        "image_steps": steps,
+        "progress_video": progress_video.existing(trial_dir),
         "video": videos[0] if videos else None,
         "video_step": video_step,
         "splats": splats_file(trial_dir),

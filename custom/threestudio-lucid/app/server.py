@@ -10,7 +10,8 @@ when it has none, and same-origin JSON for anything that changes state):
   ``POST /api/config/fields``: the options of an edited text;
 - ``POST /api/runs``: a new run (queued); ``GET /api/runs``: the runs list;
   ``GET /api/run?key=``: one run (progress, console, images, results);
-  ``POST /api/run/{stop,resume,export}``: its actions;
+  ``POST /api/run/{stop,resume,export}``: its actions; ``POST /api/run/progress-video``: make the run's
+  ``save/progress.mp4`` from its validation images (``progress_video.py``);
 - ``GET /api/run/live.ply?key=``: the running job's splats: its live PLY (``save/live/``) or its newest
   checkpoint, whichever is newer (``live_splats.py``).
 
@@ -30,7 +31,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from . import access, catalog, run_reader
+from . import access, catalog, progress_video, run_reader
 from .commands import FormError, form_overrides, live_view_overrides, parse_config_text
 from .jobs import ACTIVE, JobManager, QueueError, Run
 from .live_splats import LiveSplats
@@ -109,6 +110,15 @@ class App:
         """:meth:`file_url` of a file that ``/files/`` serves (``access.resolve_under``), else None."""
         rel = access.relative_inside(self.outputs, path) if path else None
         return self.file_url(path, download) if rel and access.resolve_under(self.outputs, rel) else None
+
+    def progress_video_entry(self, video: Optional[Dict[str, Any]], newest_images: List[str]) -> Optional[Dict[str, Any]]:
+        """The run's ``save/progress.mp4`` for the page: ``{url, download, stale}`` (``stale``: the run has
+        written validation images since it was made); None when there is none that ``/files/`` serves."""
+        url = self.served_url(video["path"]) if video else None
+        if not url:
+            return None
+        newest = max((os.path.getmtime(p) for p in newest_images if os.path.exists(p)), default=0.0)
+        return {"url": url, "download": self.served_url(video["path"], download=True), "stale": newest > video["time"]}
 
     def folders(self) -> List[str]:
         if time.time() - self._folders_at > 3.0:
@@ -209,7 +219,11 @@ class App:
             res["exports"].sort(key=lambda e: e["step"], reverse=True)
             out.update(
                 images=[self.file_url(p) for p in res["images"]], image_step=res["image_step"],
+                image_steps=[[step, [self.file_url(p) for p in paths]] for step, paths in res["image_steps"]],
+                progress_video=self.progress_video_entry(res["progress_video"], res["images"]),
                 video=self.file_url(res["video"]), video_step=res["video_step"],
+                video_download=self.file_url(res["video"], download=True),
+                video_name=os.path.basename(res["video"]) if res["video"] else None,
                 splats=self.file_url(res["splats"]), splats_download=self.file_url(res["splats"], download=True),
                 toy_world_eval=self.file_url(res["toy_world_eval"]), scores=res["scores"], loss=res["loss"],
                 last_step=res["last_step"], checkpoints=res["checkpoints"][:5], n_checkpoints=len(res["checkpoints"]),
@@ -327,11 +341,13 @@ def routes(state: App) -> web.RouteTableDef:
             return _json_error(404, "error: no such config")
         with open(entry.path, encoding="utf-8") as f:
             text = f.read()
-        fields = catalog.fields_of(parse_config_text(text))
+        tree = parse_config_text(text)
+        fields = catalog.fields_of(tree)
         model = state.model_default(entry)
         if model and "model" in fields:
             fields["model"]["value"] = model
-        return json_response({"id": entry.id, "path": entry.path, "text": text, "fields": fields, **entry.public()})
+        return json_response({"id": entry.id, "path": entry.path, "text": text, "fields": fields,
+                              "prompt": catalog.config_prompt(tree), **entry.public()})
 
     @r.post("/api/config/fields")
     async def config_fields(request):
@@ -432,6 +448,34 @@ def routes(state: App) -> web.RouteTableDef:
     @r.post("/api/run/export")
     async def export(request):
         return await action(request, "export")
+
+    video_locks: Dict[str, asyncio.Lock] = {}
+
+    @r.post("/api/run/progress-video")
+    async def make_progress_video(request):
+        """Make (or remake) the run's ``save/progress.mp4`` from its validation images, one frame per
+        step (``progress_video.py``); one at a time per run."""
+        body = await request.json()
+        key = str(body.get("key", ""))
+        try:
+            run, trial_dir = state.lookup(key)
+        except KeyError:
+            return _json_error(404, "error: no such run")
+        trial_dir = run.trial_dir if run else trial_dir
+        if not trial_dir or not os.path.isdir(trial_dir):
+            return _json_error(409, "error: the run has no folder yet")
+        lock = video_locks.setdefault(os.path.realpath(trial_dir), asyncio.Lock())
+        async with lock:
+            steps = run_reader.validation_steps(trial_dir)
+            try:
+                made = await asyncio.get_running_loop().run_in_executor(
+                    None, progress_video.make, state.outputs, trial_dir, steps)
+            except progress_video.ProgressVideoError as e:
+                return _json_error(409, f"error: {e}")
+            except Exception as e:  # ffmpeg, a full disk (StorageError's one line), an unreadable image
+                return _json_error(500, "error: the progress video was not made: " + " ".join(str(e).split())[:300])
+        return json_response({"url": state.served_url(made["path"]), "download": state.served_url(made["path"], download=True),
+                              "steps": made["steps"], "frames": made["frames"], "fps": made["fps"]})
 
     @r.get("/api/run/live.ply")
     async def live(request):

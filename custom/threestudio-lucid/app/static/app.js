@@ -8,7 +8,8 @@
   const setText = (id, text) => { const el = $(id); if (el.textContent !== text) el.textContent = text; };
   const setDisabled = (id, value) => { const el = $(id); if (el.disabled !== value) el.disabled = value; };
   const LIVE_EVERY = 5000, IMAGES_EVERY = 3000;  // ms: how often a training run's splats and images are replaced
-  const state = { info: null, config: null, originalText: "", key: null, detail: null, shown: {}, views: {} };
+  const state = { info: null, config: null, originalText: "", key: null, detail: null, shown: {}, views: {},
+    followNewest: true, pickedStep: null, defaultPrompt: "" };
 
   async function api(path, body) {
     const options = body === undefined ? {} : {
@@ -39,7 +40,7 @@
     box.textContent = "";
     for (const [name, f] of Object.entries(fields)) {
       const wrap = document.createElement("div");
-      if (name === "negative_prompt" || name === "model") wrap.className = "wide";
+      if (name === "negative_prompt" || name === "model" || name === "init_prompt") wrap.className = "wide";
       const label = document.createElement("label");
       label.htmlFor = "field-" + name;
       label.textContent = f.label;
@@ -47,6 +48,7 @@
       const input = document.createElement("input");
       input.id = "field-" + name; input.name = name;
       input.value = f.value === null || f.value === undefined ? "" : String(f.value);
+      if (f.placeholder) input.placeholder = f.placeholder;
       if (f.type === "int" || f.type === "float") { input.inputMode = "decimal"; }
       if (name === "model") input.setAttribute("list", "models");
       input.disabled = !!f.disabled;
@@ -61,6 +63,8 @@
     state.config = cfg;
     state.originalText = cfg.text;
     $("config-text").value = cfg.text;
+    // the config's own prompt (LucidDreamer's configs have one), unless the user typed one
+    if (!$("prompt").dataset.touched) $("prompt").value = cfg.prompt || state.defaultPrompt;
     renderFields(cfg.fields);
     $("launcher-row").hidden = !(state.info.threestudio && cfg.plugin);
   }
@@ -129,6 +133,8 @@
   function select(key) {
     if (key !== state.key) {
       state.key = key; state.shown = {}; state.detail = null; state.liveAt = state.imagesAt = state.lossAt = 0;
+      state.followNewest = true; state.pickedStep = null;
+      setText("progress-video-state", "");
       for (const v of Object.values(state.views)) if (v) v.clear();  // another run: its camera is fitted anew
     }
     history.replaceState(null, "", "#run=" + encodeURIComponent(key));
@@ -297,20 +303,8 @@
       state.shown.loss = lossKey; state.lossAt = Date.now(); drawLoss(d.loss);
     }
 
-    const images = (d.images || []).join(" ");
-    const imagesDue = !running || !state.imagesAt || Date.now() - state.imagesAt >= IMAGES_EVERY;
-    if (images !== state.shown.images && imagesDue) state.imagesAt = Date.now();
-    if (imagesDue) setOnce("images", images, () => {
-      const box = $("images");
-      box.textContent = "";
-      for (const url of d.images || []) {
-        const img = document.createElement("img");
-        img.src = url; img.alt = "validation view (rgb | depth | alpha)";
-        box.appendChild(img);
-      }
-      $("images-caption").textContent = d.image_step !== null && d.image_step !== undefined
-        ? `Newest validation images (step ${d.image_step}: rgb | depth | alpha)` : "Newest validation images (none yet)";
-    });
+    renderImages(d, false);
+    renderProgressVideo(d);
 
     // splats: the live snapshot (save/live/) or checkpoint while it trains, then the run's point_cloud.ply;
     // at most one live refresh every LIVE_EVERY ms, however often the run writes them; the camera stays
@@ -325,7 +319,10 @@
     setOnce("splat-links", d.splats_download || "", () => links($("splat-links"), [["point_cloud.ply", d.splats_download]]));
 
     if ($("video-box").hidden !== !d.video) $("video-box").hidden = !d.video;
-    setOnce("video", d.video || "", () => { if (d.video) { $("video").src = d.video; } });
+    setOnce("video", d.video || "", () => {
+      if (d.video) $("video").src = d.video;
+      links($("video-links"), [[(d.video_name || "video"), d.video_download]]);
+    });
 
     const mesh = (d.exports || [])[0];
     if ($("mesh-box").hidden !== !mesh) $("mesh-box").hidden = !mesh;
@@ -353,6 +350,88 @@
       img.hidden = !d.toy_world_eval;
       if (d.toy_world_eval) img.src = d.toy_world_eval;
     });
+  }
+
+  // the validation images of one step: every step that has them is on the slider, the newest by
+  // default; while the run trains the slider follows each new step, unless the user moved it to an
+  // earlier one (moving it back to the end follows again). Replaced at most every IMAGES_EVERY ms while
+  // the run trains, at once when the user moves the slider (force).
+  function renderImages(d, force) {
+    const steps = d.image_steps || [];
+    const running = d.state === "running" || d.state === "stopping";
+    const due = force || !running || !state.imagesAt || Date.now() - state.imagesAt >= IMAGES_EVERY;
+    if (!due) return;
+    let i = steps.length - 1;
+    if (!state.followNewest) {
+      const picked = steps.findIndex((s) => s[0] === state.pickedStep);
+      if (picked >= 0) i = picked;
+    }
+    const slider = $("image-step");
+    const max = String(Math.max(steps.length - 1, 0));
+    if (slider.max !== max) slider.max = max;
+    if (i >= 0 && slider.value !== String(i)) slider.value = String(i);
+    if ($("image-steps").hidden !== steps.length < 2) $("image-steps").hidden = steps.length < 2;
+    const [step, urls] = i >= 0 ? steps[i] : [null, []];
+    const shown = urls.join(" ");
+    if (shown !== state.shown.images) state.imagesAt = Date.now();
+    setOnce("images", shown, () => {
+      const box = $("images");
+      box.textContent = "";
+      for (const url of urls) {
+        const img = document.createElement("img");
+        img.src = url; img.alt = `validation view at step ${step} (rgb | depth | alpha)`;
+        box.appendChild(img);
+      }
+    });
+    let caption = "Validation images (none yet)";
+    if (step !== null) {
+      const where = steps.length > 1 ? `, ${i + 1} of ${steps.length} steps` + (i === steps.length - 1 ? ", the newest" : "") : "";
+      caption = `Validation images: step ${step}${where} (rgb | depth | alpha)`;
+    }
+    setText("images-caption", caption);
+  }
+
+  function pickImageStep() {
+    const d = state.detail;
+    if (!d) return;
+    const steps = d.image_steps || [], i = +$("image-step").value;
+    state.followNewest = i >= steps.length - 1;
+    state.pickedStep = steps[i] ? steps[i][0] : null;
+    renderImages(d, true);
+  }
+
+  // the progress video (save/progress.mp4): made on request from every step's validation images
+  function renderProgressVideo(d) {
+    const steps = d.image_steps || [], v = d.progress_video;
+    if ($("progress-video-row").hidden !== !steps.length) $("progress-video-row").hidden = !steps.length;
+    const label = !v ? "Make progress video" : v.stale ? "Update progress video (newer steps)" : "Remake progress video";
+    setText("make-progress-video", label);
+    setOnce("progress-video", v ? v.url : "", () => {
+      links($("progress-video-links"), [["progress.mp4", v && v.download]]);
+      const video = $("progress-video");
+      video.hidden = !v;
+      if (v) video.src = v.url; else video.removeAttribute("src");
+    });
+  }
+
+  async function makeProgressVideo() {
+    const key = state.key;
+    if (!key) return;
+    setDisabled("make-progress-video", true);
+    setText("progress-video-state", "making the video ...");
+    try {
+      const v = await api("/api/run/progress-video", { key });
+      if (key === state.key) {
+        setText("progress-video-state", `${v.frames} frame${v.frames > 1 ? "s" : ""} (steps ${v.steps[0]} to ` +
+          `${v.steps[v.steps.length - 1]}), ${v.fps} frames a second`);
+        state.shown["progress-video"] = undefined;  // the same URL may hold a new video
+      }
+      refresh();
+    } catch (e) {
+      if (key === state.key) setText("progress-video-state", oneLine(e.message));
+    } finally {
+      setDisabled("make-progress-video", false);
+    }
   }
 
   async function act(what) {
@@ -404,7 +483,8 @@
     models.id = "models";
     for (const m of info.models) { const o = document.createElement("option"); o.value = m; models.appendChild(o); }
     document.body.appendChild(models);
-    if (info.captions.length && !$("prompt").value) $("prompt").value = info.captions[info.captions.length - 1];
+    state.defaultPrompt = info.captions.length ? info.captions[info.captions.length - 1] : "";
+    $("prompt").addEventListener("input", () => { $("prompt").dataset.touched = "1"; });
     await loadConfig(select_.value);
     select_.addEventListener("change", () => loadConfig(select_.value).catch((e) => { $("form-error").textContent = e.message; }));
     $("config-text").addEventListener("change", editorChanged);
@@ -413,6 +493,8 @@
     $("stop").addEventListener("click", () => act("stop"));
     $("resume").addEventListener("click", () => act("resume"));
     $("export").addEventListener("click", () => act("export"));
+    $("image-step").addEventListener("input", pickImageStep);
+    $("make-progress-video").addEventListener("click", makeProgressVideo);
     $("console-box").addEventListener("toggle", () => { if (state.detail) setText("console", (state.detail.console || []).join("\n")); });
     const fromHash = () => {
       const m = location.hash.match(/run=([^&]+)/);
