@@ -127,3 +127,32 @@ def test_every_step_with_validation_images_is_listed_oldest_first_with_its_views
     assert r["image_step"] == 100 and r["images"] == steps[-1][1] and r["image_steps"] == steps
     assert r["progress_video"]["path"] == str(run / "save" / "progress.mp4")
     assert run_reader.validation_steps(str(tmp_path / "missing")) == []
+
+
+def test_resume_keeps_the_interrupted_checkpoint_unless_a_later_state_was_saved_after_it(tmp_path):
+    import torch
+
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+
+    def save(name, step, when):
+        path = ckpts / name
+        torch.save({"global_step": step, "state_dict": {}}, str(path))
+        os.utime(path, (when, when))
+        return str(path)
+
+    step_ckpt = save("epoch=0-step=100.ckpt", 100, 1000)
+    interrupted = save("interrupted-step=130.ckpt", 130, 1010)
+    assert run_reader.resume_checkpoint(str(tmp_path)) == interrupted
+    # a Stop before the run's first checkpoint: Lightning writes last.ckpt at the end, after the interrupted
+    # one, with the same state; the interrupted one (its name says the step) is what Resume continues from
+    save("last.ckpt", 130, 1011)
+    assert run_reader.resume_checkpoint(str(tmp_path)) == interrupted
+    # a later state saved after it (a resumed run went on): last.ckpt
+    last = save("last.ckpt", 200, 1020)
+    assert run_reader.resume_checkpoint(str(tmp_path)) == last
+    # no interrupted checkpoint: last.ckpt, else the newest
+    os.remove(interrupted)
+    assert run_reader.resume_checkpoint(str(tmp_path)) == last
+    os.remove(last)
+    assert run_reader.resume_checkpoint(str(tmp_path)) == step_ckpt

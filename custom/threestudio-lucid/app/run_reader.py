@@ -255,17 +255,42 @@ def checkpoints(trial_dir: str) -> List[str]:
     return sorted(paths, key=lambda p: os.path.getmtime(p) if os.path.exists(p) else 0, reverse=True)
 
 
+def _stored_step(path: Optional[str]) -> Optional[int]:
+    """The ``global_step`` a Lightning checkpoint holds (memory-mapped, weights only); None unreadable."""
+    if path is None:
+        return None
+    try:
+        import torch
+
+        step = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("global_step")
+    except Exception:
+        return None
+    return int(step) if isinstance(step, int) else None
+
+
 def resume_checkpoint(trial_dir: str) -> Optional[str]:
-    """What Resume continues from: the newest ``interrupted-step=<k>.ckpt`` written after the newest
-    step checkpoint, else ``last.ckpt``, else the newest checkpoint."""
+    """What Resume continues from: the newest ``interrupted-step=<k>.ckpt`` unless a checkpoint of a later
+    state was written after it, else ``last.ckpt``, else the newest checkpoint. A checkpoint written after
+    the interrupted one that holds the same ``global_step`` is the same state (Lightning's ModelCheckpoint
+    writes ``last.ckpt`` at the end of a run that a Stop ended before its first checkpoint): the interrupted
+    one, whose name says the step, is kept."""
     ckpts = checkpoints(trial_dir)
     if not ckpts:
         return None
+    interrupted = [c for c in ckpts if INTERRUPTED.match(os.path.basename(c))]
+    if interrupted:
+        chosen = interrupted[0]
+        try:
+            at = os.path.getmtime(chosen)
+            later = [c for c in ckpts if c != chosen and os.path.getmtime(c) >= at]
+        except OSError:
+            later = []
+        step = _cached(chosen, _stored_step, what="global_step") if later else None
+        if not later or (step is not None and all(_cached(c, _stored_step, what="global_step") == step
+                                                   for c in later)):
+            return chosen
     last = os.path.join(trial_dir, "ckpts", "last.ckpt")
-    newest = ckpts[0]
-    if INTERRUPTED.match(os.path.basename(newest)) or not os.path.isfile(last):
-        return newest
-    return last
+    return last if os.path.isfile(last) else ckpts[0]
 
 
 def ckpt_step(path: str) -> Optional[int]:
