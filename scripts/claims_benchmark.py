@@ -702,6 +702,13 @@ def stable_diffusion_section(claims: List[Dict], args) -> List[str]:
     return lines
 
 
+def convergence_reports(path: str) -> List[str]:
+    """The ``--convergence`` reports beside the report at ``path`` (``claims_convergence*.md``), by name."""
+    import glob
+
+    return sorted(os.path.basename(p) for p in glob.glob(os.path.join(os.path.dirname(path), "claims_convergence*.md")))
+
+
 def report(path: str, results: Dict, stats: Dict, claims: List[Dict], args, command: str, meta: Dict,
            separations: Optional[Dict[str, object]] = None, demo: Optional[Dict] = None) -> str:
     lines = [
@@ -718,7 +725,9 @@ def report(path: str, results: Dict, stats: Dict, claims: List[Dict], args, comm
         f"- Command: `{command}`",
         f"- Prior: {PRIORS[args.prior]}; {describe_grid(args)}",
         f"- Budget: {args.steps} steps per run, seeds {' '.join(map(str, args.seeds))}; {meta['n_runs']} runs, "
-        f"{meta['run_minutes']:.1f} min of run time in all (the sum of the runs' own times)",
+        f"{meta['run_minutes']:.1f} min of run time in all (the sum of the runs' own times)"
+        + (f"; whether the scores have stopped moving at this budget: " + ", ".join(
+            f"[`{c}`]({c})" for c in convergence_reports(path)) if convergence_reports(path) else ""),
         "- Made by (invocations on this output folder that ran something, and this one; times UTC, load average "
         "1 / 5 / 15 min at the start and the end):",
         *[f"  - {i['started']}: `{i['command']}`, {i['runs_made']} runs made, {i['wall_minutes']:.1f} min wall; "
