@@ -687,11 +687,16 @@ def stable_diffusion_section(claims: List[Dict], args) -> List[str]:
     else:
         lines.append("- LucidDreamer's claim is inconclusive here: no statement about Stable Diffusion follows.")
     if esd["verdict"] == INCONCLUSIVE and esd["checks"][0].verdict != SHOWN:
+        why = ("With view captions the exact prior knows what a back looks like, however rare backs are in its data; "
+               "Stable Diffusion's Janus problem comes from a prior that has seen few backs and does not read the view "
+               "words reliably, which this prior does not reproduce. The learned prior (`--prior learned`) is the "
+               "closer stand-in." if args.prior == "exact" else
+               "A network trained on this world's front-heavy renders (the back weighted an eighth of the front) with their "
+               "view captions still "
+               "learns the back well enough that SDS does not paint the front there; Stable Diffusion's Janus problem "
+               "comes from far rarer backs and view words it reads unreliably, which neither toy prior reproduces.")
         lines.append("- ESD's claim is not tested: its precondition, SDS collapsing to the dominant (front) mode, is "
-                     f"{esd['checks'][0].verdict} on the biased world. With view captions the exact prior knows what a "
-                     "back looks like, however rare backs are in its data; Stable Diffusion's Janus problem comes "
-                     "from a prior that has seen few backs and does not read the view words reliably, which this "
-                     "prior does not reproduce. The learned prior (`--prior learned`) is the closer stand-in.")
+                     f"{esd['checks'][0].verdict} on the biased world. " + why)
     elif esd["verdict"] != INCONCLUSIVE:
         lines.append(f"- ESD's claim is {esd['verdict']} on the biased world: the collapse it needs is shown there, "
                      "so the entropy term's effect on it is measured; how that carries to Stable Diffusion depends on "

@@ -325,3 +325,6 @@ def test_what_the_verdicts_say_about_stable_diffusion_follows_the_outcomes(cb):
     Args.prior = "learned"
     text = "\n".join(cb.stable_diffusion_section([claim(cb.INCONCLUSIVE), claim(cb.INCONCLUSIVE)], Args))
     assert "learned prior" in text and text.count("no statement about Stable Diffusion follows") == 2
+    # the reason a precondition failed is said for the prior the run used
+    text = "\n".join(cb.stable_diffusion_section([claim(cb.SHOWN), claim(cb.INCONCLUSIVE, cb.REFUTED)], Args))
+    assert "neither toy prior reproduces" in text and "the exact prior knows" not in text
