@@ -417,13 +417,19 @@ def routes(state: App) -> web.RouteTableDef:
         except KeyError:
             return _json_error(404, "error: no such run")
 
-    async def action(request, what: str):
-        body = await request.json()
-        key = str(body.get("key", ""))
+    async def posted_run(request):
+        """``(key, run, trial_dir)`` of the run a POST names, or None when there is no such run."""
+        key = str((await request.json()).get("key", ""))
         try:
-            run, trial_dir = state.lookup(key)
+            return (key, *state.lookup(key))
         except KeyError:
+            return None
+
+    async def action(request, what: str):
+        found = await posted_run(request)
+        if found is None:
             return _json_error(404, "error: no such run")
+        key, run, trial_dir = found
         try:
             if what == "stop":
                 jobs = [j for j in (state.manager.run_jobs(run) if run else []) if j.state in ACTIVE]
@@ -455,12 +461,10 @@ def routes(state: App) -> web.RouteTableDef:
     async def make_progress_video(request):
         """Make (or remake) the run's ``save/progress.mp4`` from its validation images, one frame per
         step (``progress_video.py``); one at a time per run."""
-        body = await request.json()
-        key = str(body.get("key", ""))
-        try:
-            run, trial_dir = state.lookup(key)
-        except KeyError:
+        found = await posted_run(request)
+        if found is None:
             return _json_error(404, "error: no such run")
+        _key, run, trial_dir = found
         trial_dir = run.trial_dir if run else trial_dir
         if not trial_dir or not os.path.isdir(trial_dir):
             return _json_error(409, "error: the run has no folder yet")
