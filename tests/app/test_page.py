@@ -80,12 +80,15 @@ def threestudio_textured_cube(folder):
     """What threestudio's mesh exporter writes in format obj-mtl (``save_obj`` / ``_save_mtl``): model.obj
     (``mtllib``, ``usemtl``, ``v``, ``vt`` written as 1 - v, ``f a/b/`` corners), model.mtl with ``map_Kd``
     and texture_kd.jpg. The texture's top half is orange, its bottom half blue, and every UV of the cube
-    lies in the top half (OBJ's v = 0 is the image's bottom row): drawn orange, never blue, never grey."""
+    lies in the top half (OBJ's v = 0 is the image's bottom row): drawn orange, never blue, never grey.
+    Inside each face's UV rectangle, away from its corners, is a green square: every vertex's UV is on
+    orange, so green shows only when the texture is mapped per pixel, not sampled per vertex."""
     import imageio.v2 as imageio
 
     folder.mkdir(parents=True)
     texture = np.zeros((64, 64, 3), np.uint8)
     texture[:32], texture[32:] = (240, 140, 20), (20, 40, 230)
+    texture[12:20, 24:40] = (40, 200, 60)  # the UVs span rows 6 to 25 and columns 6 to 57
     imageio.imwrite(folder / "texture_kd.jpg", texture, quality=95)
     corners = [(x, y, z) for x in (-0.5, 0.5) for y in (-0.5, 0.5) for z in (-0.5, 0.5)]
     quads = [(0, 1, 3, 2), (4, 6, 7, 5), (0, 4, 5, 1), (2, 3, 7, 6), (0, 2, 6, 4), (1, 5, 7, 3)]
@@ -119,8 +122,11 @@ def test_a_threestudio_obj_export_is_drawn_with_its_texture_and_a_bad_one_is_one
     assert page.text_content("#mesh-caption") == "Mesh: 8 vertices, 12 triangles (model.obj, texture_kd.jpg)"
     pixels = canvas_pixels(page, "#mesh-view")
     drawn = np.abs(pixels - np.array([0.17, 0.176, 0.192]) * 255).sum(-1) > 30
-    r, g, b = pixels[drawn].mean(0)
-    assert drawn.mean() > 0.05 and r > g + 30 and g > b + 30, (drawn.mean(), r, g, b)  # the texture's orange
+    r, g, b = np.moveaxis(pixels[drawn], -1, 0)
+    orange, green = ((r > g + 30) & (g > b + 30)).mean(), ((g > r + 40) & (g > b + 40)).mean()
+    blue = ((b > r + 60) & (b > g + 60)).mean()
+    # the texture's orange with the green squares inside the faces (per pixel), never the bottom half's blue
+    assert drawn.mean() > 0.05 and orange > 0.3 and green > 0.05 and blue == 0, (drawn.mean(), orange, green, blue)
     hrefs = {a.text_content(): a.get_attribute("href") for a in page.locator("#downloads a").all()}
     assert set(hrefs) == {"OBJ", "MTL", "texture_kd.jpg"}
     for label, start in (("OBJ", b"mtllib model.mtl"), ("MTL", b"newmtl default")):
@@ -137,10 +143,17 @@ def test_a_threestudio_obj_export_is_drawn_with_its_texture_and_a_bad_one_is_one
         return { tris: Array.from(o.triangles), n: o.vertices, colors: Array.from(o.colors.slice(0, 6)), bad }; }""")
     assert parsed["tris"] == [0, 1, 2, 0, 2, 3] and parsed["n"] == 4 and parsed["colors"] == [1, 0, 0, 0, 1, 0]
     assert all(message and "\n" not in message for message in parsed["bad"]), parsed["bad"]
+    # without UVs the colour falls back per vertex (here grey, no texture on the GPU); with them it is mapped
+    loads = page.evaluate("""() => { const v = document.getElementById('mesh-view').lucidView, image = new ImageData(2, 2);
+        const a = v.loadObj('v 0 0 0\\nv 1 0 0\\nv 0 1 0\\nf 1 2 3\\n', { texture: image }), plain = v.texture === null;
+        const b = v.loadObj('v 0 0 0\\nv 1 0 0\\nv 0 1 0\\nvt 0 0\\nf 1/1 2/1 3/1\\n', { texture: image });
+        return [a.colour, plain, b.colour, v.texture !== null]; }""")
+    assert loads == ["grey", True, "texture", True], loads
     # an empty model.obj: one line in the caption, no exception
     page.evaluate(f"() => {{ location.hash = 'run={runs['a_dog']}'; }}")
     page.wait_for_function("() => /cannot show/.test(document.getElementById('mesh-caption').textContent)", timeout=20_000)
     assert page.text_content("#mesh-caption") == "Mesh: cannot show model.obj: the OBJ has no vertices"
+    assert page.evaluate("() => document.getElementById('mesh-view').lucidView.texture") is None  # released
     assert errors == []
 
 

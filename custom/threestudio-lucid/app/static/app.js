@@ -208,7 +208,7 @@
   // an error as one line of the page
   const oneLine = (message) => String(message || "unknown error").split("\n")[0].slice(0, 300);
 
-  // the texture of an OBJ's material as ImageData (the viewer samples it at each vertex's UV)
+  // the texture of an OBJ's material as ImageData (the viewer maps it per pixel by the OBJ's UVs)
   async function imageData(url) {
     const response = await fetch(url);
     if (!response.ok) throw new Error(`${response.status} ${response.statusText}`);

@@ -1,11 +1,12 @@
 // The page's 3D view (WebGL): Gaussian splats from an INRIA-layout PLY (the run's point_cloud.ply, or the
 // live splats of a training run), meshes from a PLY with faces (the --export model.ply) or from an OBJ
-// (threestudio's exporters: vertex colours, or a texture sampled at each vertex's UV, or the MTL's Kd),
+// (threestudio's exporters: vertex colours, or a texture mapped per pixel by the UVs, or the MTL's Kd),
 // plain coloured points.
 // Splats are drawn as screen-space Gaussians, sorted back to front (a counting sort on depth) and
-// composited with premultiplied alpha; meshes with a headlight. Drag to orbit, wheel to zoom,
-// double-click to reset. z is up, as in threestudio's world. A reload with { keepCamera: true } (the live
-// splats of a training run) keeps the camera the user has set; the first load of a view fits it.
+// composited with premultiplied alpha; meshes with a headlight (a textured OBJ's texture sampled per pixel).
+// Drag to orbit, wheel to zoom, double-click to reset. z is up, as in threestudio's world. A reload with
+// { keepCamera: true } (the live splats of a training run) keeps the camera the user has set; the first load
+// of a view fits it.
 "use strict";
 (function () {
   const SH_C0 = 0.28209479177387814;
@@ -222,6 +223,26 @@
   const MESH_FS = `
     precision mediump float; varying vec3 vColor; varying vec3 vNormal;
     void main() { float l = abs(normalize(vNormal).z); gl_FragColor = vec4(vColor * (0.35 + 0.65 * l), 1.0); }`;
+  // a textured OBJ: the UV interpolated per pixel and the texture sampled there, with the same headlight.
+  // OBJ's v = 0 is the image's bottom row and the texture is uploaded top row first, hence 1 - v.
+  // highp where the GPU has it: a mediump (16-bit) UV is off by half a texel of a 2048-pixel texture.
+  const TEXTURED_VS = `
+    attribute vec3 position; attribute vec3 normal; attribute vec2 uv;
+    uniform mat4 view; uniform mat4 proj;
+    varying vec2 vUv; varying vec3 vNormal;
+    void main() { vNormal = mat3(view) * normal; vUv = uv; gl_Position = proj * view * vec4(position, 1.0); }`;
+  const TEXTURED_FS = `
+    #ifdef GL_FRAGMENT_PRECISION_HIGH
+    precision highp float;
+    #else
+    precision mediump float;
+    #endif
+    uniform sampler2D map; varying vec2 vUv; varying vec3 vNormal;
+    void main() {
+      float l = abs(normalize(vNormal).z);
+      vec3 c = texture2D(map, vec2(vUv.x, 1.0 - vUv.y)).rgb;
+      gl_FragColor = vec4(c * (0.35 + 0.65 * l), 1.0);
+    }`;
 
   class View3D {
     constructor(canvas) {
@@ -232,6 +253,9 @@
       this.uint = gl.getExtension("OES_element_index_uint");
       this.splatProgram = this.program(SPLAT_VS, SPLAT_FS);
       this.meshProgram = this.program(MESH_VS, MESH_FS);
+      this.texturedProgram = this.program(TEXTURED_VS, TEXTURED_FS);
+      this.maxTexture = gl.getParameter(gl.MAX_TEXTURE_SIZE);
+      this.texture = null;  // the WebGL texture of a textured OBJ, else null
       this.kind = null;
       this.fitted = false;  // the camera was set (fitted, then maybe moved): a keepCamera load keeps it
       canvas.lucidView = this;  // for the page's tests and the browser console
@@ -297,16 +321,22 @@
     }
 
     // Load an OBJ (its text) as a mesh. Its colour: the vertex colours of its v lines, else options.texture
-    // (the MTL's map_Kd as ImageData) sampled at each vertex's UV, else options.kd (the MTL's Kd), else grey.
+    // (the MTL's map_Kd as ImageData) mapped per pixel by the UVs, else options.kd (the MTL's Kd), else grey.
+    // A texture larger than the GPU takes (MAX_TEXTURE_SIZE) is sampled at each vertex's UV instead.
     // Throws (and keeps what was shown) when the text is not a mesh.
     loadObj(text, options) {
       const obj = parseObj(text);
       const m = obj.positions.length / 3;
-      let colors = obj.colors, colour = "vertex colours";
+      let colors = obj.colors, colour = "vertex colours", mapped = false;
       const texture = options && options.texture, kd = options && options.kd;
       if (!colors && texture && obj.uvs) {
-        colors = new Float32Array(3 * m); colour = "texture";
-        for (let i = 0; i < m; i++) sampleImage(texture, obj.uvs[2 * i], obj.uvs[2 * i + 1], colors, 3 * i);
+        colour = "texture";
+        mapped = texture.width > 0 && texture.height > 0 &&
+          texture.width <= this.maxTexture && texture.height <= this.maxTexture;
+        if (!mapped) {
+          colors = new Float32Array(3 * m);
+          for (let i = 0; i < m; i++) sampleImage(texture, obj.uvs[2 * i], obj.uvs[2 * i + 1], colors, 3 * i);
+        }
       } else if (!colors) {
         const rgb = kd && kd.length === 3 ? kd : [0.75, 0.75, 0.75];
         colour = kd && kd.length === 3 ? "Kd" : "grey";
@@ -316,6 +346,7 @@
       this.release();
       this.positions = obj.positions; this.count = m;
       this.setMesh(obj.triangles, colors, obj.source, obj.sources);
+      if (mapped) this.setTexture(obj.uvs, texture);
       this.show(options);
       return { kind: this.kind, count: obj.vertices, faces: obj.triangles.length / 3, colour };
     }
@@ -360,9 +391,10 @@
       this.setMesh(tris, color);
     }
 
-    // this.positions / this.count as a mesh of `tris` with per-vertex `color`. Normals: the area-weighted
-    // face normals summed per vertex, or per source position when `source` (vertex -> position, of
-    // `sources` positions) says which vertices are copies of one position (an OBJ's UV seams).
+    // this.positions / this.count as a mesh of `tris` with per-vertex `color` (null when setTexture follows).
+    // Normals: the area-weighted face normals summed per vertex, or per source position when `source`
+    // (vertex -> position, of `sources` positions) says which vertices are copies of one position (an OBJ's
+    // UV seams).
     setMesh(tris, color, source, sources) {
       const n = this.count, pos = this.positions;
       const at = source || null, m = source ? sources : n;
@@ -385,16 +417,37 @@
       this.kind = "mesh";
       this.posBuf = this.buffer(pos);
       this.normalBuf = this.buffer(normals);
-      this.colorBuf = this.buffer(color);
+      this.colorBuf = color ? this.buffer(color) : null;
       this.triangles = tris.length;
       this.indexBuf = this.buffer(tris, this.gl.ELEMENT_ARRAY_BUFFER);
     }
 
-    // the GPU buffers of what is shown (a live view reloads every few seconds: nothing may pile up)
+    // The mesh's UVs (2 per vertex) and its texture (`image`: {width, height, data: RGBA bytes}, e.g.
+    // ImageData) for per-pixel mapping. WebGL1 repeats and mipmaps only power-of-two textures (threestudio
+    // writes 1024 or 2048 squares): those repeat like sampleImage; others are clamped to the edge, unmipmapped.
+    setTexture(uvs, image) {
+      const gl = this.gl, w = image.width, h = image.height;
+      const pot = (w & (w - 1)) === 0 && (h & (h - 1)) === 0;
+      this.uvBuf = this.buffer(uvs);
+      this.texture = gl.createTexture();
+      gl.activeTexture(gl.TEXTURE0);
+      gl.bindTexture(gl.TEXTURE_2D, this.texture);
+      const bytes = new Uint8Array(image.data.buffer, image.data.byteOffset, 4 * w * h);
+      gl.texImage2D(gl.TEXTURE_2D, 0, gl.RGBA, w, h, 0, gl.RGBA, gl.UNSIGNED_BYTE, bytes);
+      const wrap = pot ? gl.REPEAT : gl.CLAMP_TO_EDGE;
+      gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_WRAP_S, wrap);
+      gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_WRAP_T, wrap);
+      gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_MAG_FILTER, gl.LINEAR);
+      gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_MIN_FILTER, pot ? gl.LINEAR_MIPMAP_LINEAR : gl.LINEAR);
+      if (pot) gl.generateMipmap(gl.TEXTURE_2D);
+    }
+
+    // the GPU buffers and texture of what is shown (a live view reloads every few seconds: nothing may pile up)
     release() {
-      for (const name of ["posBuf", "colorBuf", "radiusBuf", "normalBuf", "indexBuf"]) {
+      for (const name of ["posBuf", "colorBuf", "radiusBuf", "normalBuf", "uvBuf", "indexBuf"]) {
         if (this[name]) { this.gl.deleteBuffer(this[name]); this[name] = null; }
       }
+      if (this.texture) { this.gl.deleteTexture(this.texture); this.texture = null; }
     }
 
     // empty the view; the next load fits the camera again
@@ -447,12 +500,15 @@
 
     sortAndDraw() { this.sort(); this.draw(); }
 
+    // bind `buffer` to the program's attribute `name`; the draw disables it again (an array left enabled
+    // with its buffer deleted would fail the next draw of another program)
     attrib(program, name, buffer, size) {
       const gl = this.gl, loc = gl.getAttribLocation(program, name);
       if (loc < 0) return;
       gl.bindBuffer(gl.ARRAY_BUFFER, buffer);
       gl.enableVertexAttribArray(loc);
       gl.vertexAttribPointer(loc, size, gl.FLOAT, false, 0, 0);
+      this.enabled.push(loc);
     }
 
     draw() {
@@ -463,7 +519,8 @@
       if (!this.kind) return;
       const proj = perspective(this.fovy, c.width / c.height, this.dist * 0.01, this.dist * 100);
       const view = lookAt(this.eye(), this.target, [0, 0, 1]);
-      const prog = this.kind === "splats" ? this.splatProgram : this.meshProgram;
+      const prog = this.kind === "splats" ? this.splatProgram : this.texture ? this.texturedProgram : this.meshProgram;
+      this.enabled = [];
       gl.useProgram(prog);
       gl.uniformMatrix4fv(gl.getUniformLocation(prog, "view"), false, view);
       gl.uniformMatrix4fv(gl.getUniformLocation(prog, "proj"), false, proj);
@@ -484,10 +541,18 @@
         gl.enable(gl.DEPTH_TEST);
         this.attrib(prog, "position", this.posBuf, 3);
         this.attrib(prog, "normal", this.normalBuf, 3);
-        this.attrib(prog, "color", this.colorBuf, 3);
+        if (this.texture) {
+          this.attrib(prog, "uv", this.uvBuf, 2);
+          gl.activeTexture(gl.TEXTURE0);
+          gl.bindTexture(gl.TEXTURE_2D, this.texture);
+          gl.uniform1i(gl.getUniformLocation(prog, "map"), 0);
+        } else {
+          this.attrib(prog, "color", this.colorBuf, 3);
+        }
         gl.bindBuffer(gl.ELEMENT_ARRAY_BUFFER, this.indexBuf);
         gl.drawElements(gl.TRIANGLES, this.triangles, indexType, 0);
       }
+      for (const loc of this.enabled) gl.disableVertexAttribArray(loc);
     }
   }
 
