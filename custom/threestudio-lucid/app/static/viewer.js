@@ -215,34 +215,49 @@
       float a = vColor.a * exp(-4.5 * r2);
       gl_FragColor = vec4(vColor.rgb * a, a);
     }`;
+  // Meshes, with a headlight: per-vertex colours, or (TEXTURED, a textured OBJ) the UV interpolated per pixel
+  // and the texture sampled there. OBJ's v = 0 is the image's bottom row and the texture is uploaded top row
+  // first, hence 1 - v. highp where the GPU has it: a mediump (16-bit) UV is off by half a texel of a
+  // 2048-pixel texture. Both programs are compiled from these sources, TEXTURED defined for the second.
   const MESH_VS = `
-    attribute vec3 position; attribute vec3 normal; attribute vec3 color;
-    uniform mat4 view; uniform mat4 proj;
-    varying vec3 vColor; varying vec3 vNormal;
-    void main() { vNormal = mat3(view) * normal; vColor = color; gl_Position = proj * view * vec4(position, 1.0); }`;
+    attribute vec3 position; attribute vec3 normal;
+    #ifdef TEXTURED
+    attribute vec2 uv; varying vec2 vUv;
+    #else
+    attribute vec3 color; varying vec3 vColor;
+    #endif
+    uniform mat4 view; uniform mat4 proj; varying vec3 vNormal;
+    void main() {
+      vNormal = mat3(view) * normal;
+    #ifdef TEXTURED
+      vUv = uv;
+    #else
+      vColor = color;
+    #endif
+      gl_Position = proj * view * vec4(position, 1.0);
+    }`;
   const MESH_FS = `
-    precision mediump float; varying vec3 vColor; varying vec3 vNormal;
-    void main() { float l = abs(normalize(vNormal).z); gl_FragColor = vec4(vColor * (0.35 + 0.65 * l), 1.0); }`;
-  // a textured OBJ: the UV interpolated per pixel and the texture sampled there, with the same headlight.
-  // OBJ's v = 0 is the image's bottom row and the texture is uploaded top row first, hence 1 - v.
-  // highp where the GPU has it: a mediump (16-bit) UV is off by half a texel of a 2048-pixel texture.
-  const TEXTURED_VS = `
-    attribute vec3 position; attribute vec3 normal; attribute vec2 uv;
-    uniform mat4 view; uniform mat4 proj;
-    varying vec2 vUv; varying vec3 vNormal;
-    void main() { vNormal = mat3(view) * normal; vUv = uv; gl_Position = proj * view * vec4(position, 1.0); }`;
-  const TEXTURED_FS = `
-    #ifdef GL_FRAGMENT_PRECISION_HIGH
+    #if defined(TEXTURED) && defined(GL_FRAGMENT_PRECISION_HIGH)
     precision highp float;
     #else
     precision mediump float;
     #endif
-    uniform sampler2D map; varying vec2 vUv; varying vec3 vNormal;
+    varying vec3 vNormal;
+    #ifdef TEXTURED
+    uniform sampler2D map; varying vec2 vUv;
+    #else
+    varying vec3 vColor;
+    #endif
     void main() {
-      float l = abs(normalize(vNormal).z);
+    #ifdef TEXTURED
       vec3 c = texture2D(map, vec2(vUv.x, 1.0 - vUv.y)).rgb;
+    #else
+      vec3 c = vColor;
+    #endif
+      float l = abs(normalize(vNormal).z);
       gl_FragColor = vec4(c * (0.35 + 0.65 * l), 1.0);
     }`;
+  const TEXTURED = "#define TEXTURED\n";
 
   class View3D {
     constructor(canvas) {
@@ -253,7 +268,7 @@
       this.uint = gl.getExtension("OES_element_index_uint");
       this.splatProgram = this.program(SPLAT_VS, SPLAT_FS);
       this.meshProgram = this.program(MESH_VS, MESH_FS);
-      this.texturedProgram = this.program(TEXTURED_VS, TEXTURED_FS);
+      this.texturedProgram = this.program(TEXTURED + MESH_VS, TEXTURED + MESH_FS);
       this.maxTexture = gl.getParameter(gl.MAX_TEXTURE_SIZE);
       this.texture = null;  // the WebGL texture of a textured OBJ, else null
       this.kind = null;
