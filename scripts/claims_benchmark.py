@@ -47,7 +47,8 @@ the metrics' separations), each claim with a verdict from the seeds' paired diff
 before the run, ``MARGINS``), per world a table of mean +- std over seeds (the oracle's row first, then each
 method's scores and their fractions of the oracle's), the command, date, machine and wall time; and
 ``<report>_<world>.png``: rows are the ground truth (every variant), the oracle, then one row per method
-setting (the first seed), over the world's held-out views. With ``--convergence``: ``<report>.md`` and
+setting (the first seed), over the world's held-out views; ``<report>_summary.json``: every score's per-seed
+values, the controls' requirements and each check's interval. With ``--convergence``: ``<report>.md`` and
 ``<report>.png`` (default ``docs/claims_convergence``), each score against the step per world and setting, and
 whether it is flat over the second half of the budget (:func:`flatness`); no verdicts.
 """
@@ -803,8 +804,9 @@ def report(path: str, results: Dict, stats: Dict, claims: List[Dict], args, comm
         "",
         "    " + cell_command(args, args.worlds[0], first_setting, args.seeds[0]),
         "",
-        "and compare its line with the table's row (the per-seed values are in `claims_summary.json` under the "
-        "output folder, and in the checks above).",
+        f"and compare its line with the table's row (every score's per-seed values, the controls and each check's "
+        f"interval are in [`{os.path.basename(path)}_summary.json`]({os.path.basename(path)}_summary.json), written "
+        "beside this report; the per-seed values of the checked scores are also in the checks above).",
         "",
     ]
     return "\n".join(lines) + "\n"
@@ -944,13 +946,18 @@ def describe_grid(args) -> str:
 
 
 def log_invocation(out_root: str, this: Dict) -> List[Dict]:
-    """Append this invocation to ``<out>/invocations.json``; return those that made runs, and this one."""
+    """Append this invocation to ``<out>/invocations.json``; return those on the same prior that made runs (the
+    exact and learned priors' runs share the folder, not a report; an entry logged without its prior is read from
+    its command), and this one."""
     path = os.path.join(out_root, "invocations.json")
     history = json.load(open(path)) if os.path.exists(path) else []
     history.append(this)
     with open(path, "w") as f:
         json.dump(history, f, indent=2)
-    return [i for i in history[:-1] if i["runs_made"]] + [this]
+    def prior(i):
+        return i.get("prior") or ("learned" if "--prior learned" in i["command"] else "exact")
+
+    return [i for i in history[:-1] if i["runs_made"] and prior(i) == prior(this)] + [this]
 
 
 def cell_command(args, world: str, setting: str, seed: int) -> str:
@@ -1093,7 +1100,7 @@ def main(argv=None):
     cpus = os.cpu_count()
     command = "python scripts/claims_benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
     this = dict(
-        started=started.strftime("%Y-%m-%d %H:%M"), command=command.strip(),
+        started=started.strftime("%Y-%m-%d %H:%M"), command=command.strip(), prior=args.prior,
         machine=f"{cpus} cores ({cpu_model()}), {platform.system()}, niceness {os.nice(0)}",
         load_start=" / ".join(f"{x:.2f}" for x in load_start), load_end=" / ".join(f"{x:.2f}" for x in os.getloadavg()),
         runs_made=sum(not r["skipped"] for r in all_runs), wall_minutes=(time.time() - start) / 60,
@@ -1124,7 +1131,8 @@ def main(argv=None):
         f.write(report(report_path, results, stats, claims, args, command.strip(), meta, separations, demo))
     summary = {w: {s: {k: {**vars(v), "values": list(v.values)} for k, v in by.items()} for s, by in ws.items()}
                for w, ws in stats.items()}
-    with open(os.path.join(out_root, "claims_summary.json"), "w") as f:
+    # beside its report (one per report: the exact and learned priors' runs share an output folder)
+    with open(report_path + "_summary.json", "w") as f:
         controls = {m: dict(sees=sep.sees, requirements=[dict(text=r.text, passed=r.passed, values=r.values)
                                                           for r in sep.requirements])
                     for m, sep in separations.items()}
@@ -1137,7 +1145,7 @@ def main(argv=None):
                                                 for c in claims], "meta": meta}, f, indent=2)
     for c in claims:
         print(f"{c['paper']}: {c['title']}: {c['verdict']}")
-    print(f"wrote {args.report}.md and {args.report}_<world>.png ({meta['wall_minutes']:.1f} min)")
+    print(f"wrote {args.report}.md, {args.report}_<world>.png and {args.report}_summary.json ({meta['wall_minutes']:.1f} min)")
     return 0
 
 

@@ -194,7 +194,7 @@ def test_tiny_benchmark_writes_report_and_grids_and_resumes(tmp_path):
     bi = imageio.imread(str(report) + "_biased.png")
     assert mm.shape[0] == 5 * 16 + 4 * 2 and mm.shape[1] == 4 * 16  # three variants' truth, oracle, SDS
     assert bi.shape[0] == 3 * 16 + 2 * 2
-    summary = json.loads((tmp_path / "out" / "claims_summary.json").read_text())
+    summary = json.loads((report.parent / "claims_summary.json").read_text())  # beside its report
     assert summary["stats"]["multimodal"]["sds"]["psnr"]["n"] == 1
     assert summary["stats"]["multimodal"]["oracle"]["structure_identity"]["n"] == 1
     assert set(summary["positive_controls"]) == {"identity", "sharpness", "consistency", "janus", "view_diversity"}
@@ -328,3 +328,22 @@ def test_what_the_verdicts_say_about_stable_diffusion_follows_the_outcomes(cb):
     # the reason a precondition failed is said for the prior the run used
     text = "\n".join(cb.stable_diffusion_section([claim(cb.SHOWN), claim(cb.INCONCLUSIVE, cb.REFUTED)], Args))
     assert "neither toy prior reproduces" in text and "the exact prior knows" not in text
+
+
+def test_a_report_lists_the_invocations_of_its_own_prior(cb, tmp_path):
+    def invocation(command, runs, prior=None):
+        entry = {"command": command, "runs_made": runs}
+        return {**entry, "prior": prior} if prior else entry
+
+    (tmp_path / "invocations.json").write_text(json.dumps([
+        invocation("python scripts/claims_benchmark.py", 32),
+        invocation("python scripts/claims_benchmark.py --prior learned --worlds biased", 5),  # logged before "prior"
+        invocation("python scripts/claims_benchmark.py --prior learned", 3, "learned"),
+        invocation("python scripts/claims_benchmark.py --demo x", 0, "exact"),
+    ]))
+    exact = cb.log_invocation(str(tmp_path), invocation("python scripts/claims_benchmark.py", 0, "exact"))
+    assert [i["runs_made"] for i in exact] == [32, 0]
+    learned = cb.log_invocation(str(tmp_path), invocation("python scripts/claims_benchmark.py --prior learned", 0,
+                                                          "learned"))
+    assert [i["runs_made"] for i in learned] == [5, 3, 0]
+    assert len(json.loads((tmp_path / "invocations.json").read_text())) == 6  # every invocation is kept in the log
