@@ -715,6 +715,22 @@ def convergence_reports(path: str) -> List[str]:
     return sorted(os.path.basename(p) for p in glob.glob(os.path.join(os.path.dirname(path), "claims_convergence*.md")))
 
 
+def related_reports(path: str, prior: str) -> List[str]:
+    """Lines linking the reports beside ``path`` that bear on its verdicts: the same claims on the other prior, and
+    whether the true render is a fixed point of SDS and ISM under each prior (``scripts/guidance_stability.py``)."""
+    folder, lines = os.path.dirname(path), []
+    other = {"exact": ("claims_learned.md", "the learned prior", "--prior learned"),
+             "learned": ("claims.md", "the exact prior", "")}[prior]
+    if os.path.exists(os.path.join(folder, other[0])):
+        lines.append(f"The same claims judged on {other[1]}: [`{other[0]}`]({other[0]}) "
+                     f"(`python scripts/claims_benchmark.py{' ' + other[2] if other[2] else ''}`).")
+    if os.path.exists(os.path.join(folder, "guidance_stability.md")):
+        lines.append("Whether the true render is a point SDS and ISM return to under each prior (a perturbation of the "
+                     "truth pushed back or amplified, term by term): [`guidance_stability.md`](guidance_stability.md) "
+                     "(`python scripts/guidance_stability.py`).")
+    return [" ".join(lines), ""] if lines else []
+
+
 def report(path: str, results: Dict, stats: Dict, claims: List[Dict], args, command: str, meta: Dict,
            separations: Optional[Dict[str, object]] = None, demo: Optional[Dict] = None) -> str:
     lines = [
@@ -757,6 +773,7 @@ def report(path: str, results: Dict, stats: Dict, claims: List[Dict], args, comm
         "colour scores, is in [`claims_mechanism.md`](claims_mechanism.md) (`python scripts/claims_diagnostics.py`); "
         "it was not remade for this run.",
         "",
+        *related_reports(path, args.prior),
     ]
     lines += controls_section(stats, separations or {}, args)
     for claim in claims:

@@ -277,7 +277,9 @@ def probe(guidance, rgb: torch.Tensor, prompt_utils, cams: Dict[str, torch.Tenso
     """One call of the real guidance on renders ``rgb`` [B,H,W,3] at timestep grid value ``value`` with
     ``noise``. Returns (latents, detached): ``z``; ``update`` ``-dL/dz`` times B for the batch-mean losses
     (SDS, VSD: the guidance's own gradient ``-grad``); ``x_t``, ``t`` [B]; ``target`` (x0^t from the guided
-    pretrained prediction); ISM: ``x_s``, ``s``, ``start`` (x0^s); VSD/ESD: ``pretrained`` (P),
+    pretrained prediction); ``eps_cond``, ``eps_uncond`` (the pretrained prediction's two halves) and
+    ``eps_target`` (what the guided prediction is compared with: the noise, ISM's e_s) and the ``guidance_scale``
+    the call used (SDS's is its configured scale + 1); ISM: ``x_s``, ``s``, ``start`` (x0^s); VSD/ESD: ``pretrained`` (P),
     ``estimator`` (L), ``estimator_camera``, ``estimator_free`` (L with each half of the estimator alone)."""
     kind = guidance_kind(guidance)
     b = rgb.shape[0]
@@ -298,13 +300,18 @@ def probe(guidance, rgb: torch.Tensor, prompt_utils, cams: Dict[str, torch.Tenso
     update = -torch.autograd.grad(loss, z)[0] * scale
     x_t, t = calls["predict_noise"][0][0][:2]
     eps = calls["predict_noise"][0][2]["eps"]
+    predicted = calls["predict_noise"][0][2]
     result = {"z": z.detach(), "update": update.detach(), "x_t": x_t.detach(), "t": t.detach().long(),
-              "target": x0_estimate(guidance, x_t, eps, t).detach()}
+              "target": x0_estimate(guidance, x_t, eps, t).detach(),
+              "eps_cond": predicted["eps_cond"].detach(), "eps_uncond": predicted["eps_uncond"].detach(),
+              "eps_target": noise.detach(),  # what the guided eps is compared with (ISM: e_s, below)
+              "guidance_scale": float(calls["predict_noise"][0][1]["guidance_scale"])}
     if kind == "ism":
         x_s, s = calls["inversion_eps"][-1][0][:2]  # the last inversion prediction is e_s = eps(x_s, s)
         e_s = calls["inversion_eps"][-1][2]
         s = s.reshape(1).expand(b).long()
-        result.update(x_s=x_s.detach(), s=s, start=x0_estimate(guidance, x_s, e_s, s).detach())
+        result.update(x_s=x_s.detach(), s=s, start=x0_estimate(guidance, x_s, e_s, s).detach(),
+                      eps_target=(noise if guidance.cfg.sds else e_s).detach())
     if kind == "vsd":
         w = guidance.weight(t)
         eps_estimate = calls["lora_score"][0][2]

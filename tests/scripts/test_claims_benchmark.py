@@ -347,3 +347,20 @@ def test_a_report_lists_the_invocations_of_its_own_prior(cb, tmp_path):
                                                           "learned"))
     assert [i["runs_made"] for i in learned] == [5, 3, 0]
     assert len(json.loads((tmp_path / "invocations.json").read_text())) == 6  # every invocation is kept in the log
+
+
+def test_a_report_links_the_other_priors_report_and_the_stability_study_only_where_they_exist(cb, tmp_path):
+    report = str(tmp_path / "claims.md")
+    assert cb.related_reports(report, "exact") == []
+    (tmp_path / "claims_learned.md").write_text("x")
+    (line,) = [x for x in cb.related_reports(report, "exact") if x]
+    assert "[`claims_learned.md`](claims_learned.md)" in line and "--prior learned" in line
+    assert "guidance_stability" not in line
+    (tmp_path / "guidance_stability.md").write_text("x")
+    (line,) = [x for x in cb.related_reports(report, "exact") if x]
+    assert "[`guidance_stability.md`](guidance_stability.md)" in line
+    # the learned prior's report points back at the exact prior's, only once it exists
+    learned_report = str(tmp_path / "claims_learned.md")
+    assert "claims.md`](claims.md)" not in "".join(cb.related_reports(learned_report, "learned"))
+    (tmp_path / "claims.md").write_text("x")
+    assert "[`claims.md`](claims.md)" in "".join(cb.related_reports(learned_report, "learned"))

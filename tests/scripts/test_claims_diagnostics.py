@@ -1,5 +1,5 @@
-"""scripts/claims_diagnostics.py: the measurements on a tiny world (32 px: a ball in two textured variants and
-a plain penguin) with the real guidance classes. What a probe reads from a guidance call must add up to the update the guidance sends
+"""scripts/claims_diagnostics.py: the measurements on the tiny world of conftest.py (32 px: a ball in two textured
+variants and a plain penguin) with the real guidance classes. What a probe reads from a guidance call must add up to the update the guidance sends
 (SDS pulls toward its pseudo-ground-truth, ISM along the difference of its two estimates, ESD's update is
 the pretrained plus the estimator term, and the estimator term is lambda's mix of its two halves); the
 measures give the values their definitions say on inputs whose answer is known; missing benchmark runs
@@ -13,23 +13,10 @@ from repo_scripts import load_repo_script
 
 from threestudio_lucid import compat
 
-WORLD = dict(objects=["ball", "penguin"], variants=["ball:striped", "ball:checkered"], image_size=32, downsample=2,
-             bandwidth=0.2, n_azimuths=4, elevations_deg=[0.0, 15.0], camera_distances=[4.0], fovy_deg=35.0,
-             n_eval_views=3)
-
 
 @pytest.fixture(scope="module")
 def cd():
     return load_repo_script("scripts/claims_diagnostics.py")
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from threestudio_lucid.toy_world.pipeline import CACHE_ENV, build_toy_world
-
-    with pytest.MonkeyPatch.context() as patch:  # the world's renders load from this cache while the module runs
-        patch.setenv(CACHE_ENV, str(tmp_path_factory.mktemp("toy-cache")))
-        yield build_toy_world(tmp_path_factory.mktemp("world") / "penguins", **WORLD)
 
 
 @pytest.fixture(scope="module")
