@@ -338,6 +338,11 @@ def esd_notes(checks: Sequence[Check], janus: Dict[str, Stat]) -> List[str]:
     if sds.verdict == SHOWN and vsd.verdict != SHOWN:
         notes.append(f"SDS does collapse (Janus fraction {sds.lhs}) where VSD, on the same world and budget, is not shown "
                      f"to ({vsd.lhs}).")
+    if vsd.verdict == SHOWN and sds.verdict != SHOWN:
+        notes.append(f"VSD collapses (Janus fraction {vsd.lhs}) where SDS, on the same world and budget, is not shown to "
+                     f"({sds.lhs}): the world shows the collapse the paper attributes to VSD, but the claim as fixed before "
+                     f"the run needs SDS's too, so its verdict stays {INCONCLUSIVE}; the entropy check on its own reads "
+                     f"{entropy.verdict} (ESD lambda 0.5 {entropy.lhs} against VSD {entropy.rhs}).")
     same = janus["esd-0"].values and janus["esd-0"].values == janus["vsd"].values
     if same:
         notes.append("ESD at lambda 0, run here as a sweep, reproduces VSD run for run (the same update: "

@@ -128,6 +128,12 @@ def test_claims_from_hand_made_tables(cb):
     notes = " ".join(cb.build_claims(stats)[1]["notes"])
     assert "VSD does not collapse on this world (Janus fraction 0.100 ± 0.016" in notes
     assert "SDS does collapse (Janus fraction 0.800 ± 0.016)" in notes and "reproduces VSD run for run" in notes
+    # VSD collapsing where SDS does not: the verdict stays as the rule fixed it, the note says what the checks read
+    vsd_only = dict(stats["biased"], sds={jf: s(0.05)}, vsd={jf: s(0.7)}, **{"esd-0.5": {jf: s(0.3)}})
+    esd_vsd_only = cb.build_claims({**stats, "biased": vsd_only})[1]
+    assert esd_vsd_only["verdict"] == cb.INCONCLUSIVE and esd_vsd_only["checks"][1].verdict == cb.SHOWN
+    note = " ".join(esd_vsd_only["notes"])
+    assert "VSD collapses (Janus fraction 0.700 ± 0.016) where SDS" in note and "the entropy check on its own reads shown" in note
     # a world not run: its claim is inconclusive, not failed
     only_mm = cb.build_claims({"multimodal": stats["multimodal"]})
     assert only_mm[0]["verdict"] == cb.SHOWN and only_mm[1]["verdict"] == cb.INCONCLUSIVE
