@@ -664,8 +664,22 @@ def demo_section(demo: Optional[Dict]) -> List[str]:
     ]
 
 
-def stable_diffusion_section(claims: List[Dict], args) -> List[str]:
-    """What the toy verdicts do and do not say about Stable Diffusion (fixed text, and rules over the verdicts)."""
+def ism_amplifies_colour(stability: Optional[Dict], prior: str) -> List[str]:
+    """The worlds of ``guidance_stability.json`` (``scripts/guidance_stability.py``) under ``prior`` where ISM's update
+    amplifies a colour change of the true render (restore cosine below minus its half gap and three floors)."""
+    worlds = []
+    for r in (stability or {}).get("results", []):
+        m = r.get("methods", {}).get("ism")
+        if r.get("prior") == prior and m:
+            value, gap = m["restore"]["colour"]["update"], m["half_gap"]["colour"]["update"]
+            if value < -max(gap, 3 * m["floor"]):
+                worlds.append(f"{r['world']} {value:+.2f}")
+    return worlds
+
+
+def stable_diffusion_section(claims: List[Dict], args, stability: Optional[Dict] = None) -> List[str]:
+    """What the toy verdicts do and do not say about Stable Diffusion (fixed text, and rules over the verdicts and,
+    where ``stability`` (guidance_stability.json) is given, over whether ISM returns to the truth under this prior)."""
     lucid, esd = claims
     prior = ("the worlds' **exact prior** -- the optimal denoiser of their finite sets of captioned renders, so every "
              "score the methods get is the true one and every training camera is a view it has seen"
@@ -686,10 +700,20 @@ def stable_diffusion_section(claims: List[Dict], args) -> List[str]:
                      "keep more structure than SDS's. That is the mechanism the paper names, isolated; whether the "
                      "margin survives Stable Diffusion's own errors is not measured here.")
     elif lucid["verdict"] == REFUTED:
+        lacks = ("a learned prior's errors, 512 px, thousands of steps, LucidDreamer's point-cloud initialisation"
+                 if args.prior == "exact" else
+                 "a prior trained on billions of images, prompts that say far more about an image than one object's "
+                 "caption, 512 px, thousands of steps, LucidDreamer's point-cloud initialisation")
         lines.append("- LucidDreamer's claim is refuted on the toy world at this budget: ISM does not keep more "
                      "structure than SDS where the world makes SDS blur. On Stable Diffusion the paper's effect may "
-                     "come from something this world lacks (a learned prior's errors, 512 px, thousands of steps, "
-                     "LucidDreamer's point-cloud initialisation); this page cannot tell which.")
+                     f"come from something this world lacks ({lacks}); this page cannot tell which.")
+    amplifies = ism_amplifies_colour(stability, args.prior)
+    if amplifies:
+        lines.append("- Under this prior the true render is not a point ISM returns to: its update amplifies a smooth "
+                     f"colour change of the truth (restore cosine {', '.join(amplifies)}; "
+                     "[`guidance_stability.md`](guidance_stability.md)), the trajectory term's doing, so ISM's assets "
+                     "drift in colour rather than blur. Whether Stable Diffusion's trajectory term does the same is not "
+                     "measured here.")
     else:
         lines.append("- LucidDreamer's claim is inconclusive here: no statement about Stable Diffusion follows.")
     if esd["verdict"] == INCONCLUSIVE and esd["checks"][0].verdict != SHOWN:
@@ -793,7 +817,12 @@ def report(path: str, results: Dict, stats: Dict, claims: List[Dict], args, comm
         if claim.get("notes"):
             lines += [""] + [f"- {n}" for n in claim["notes"]]
         lines.append("")
-    lines += stable_diffusion_section(claims, args)
+    stability_file = os.path.join(os.path.dirname(path), "guidance_stability.json")
+    stability = None
+    if os.path.exists(stability_file):
+        with open(stability_file) as f:
+            stability = json.load(f)
+    lines += stable_diffusion_section(claims, args, stability)
     lines += demo_section(demo)
     for wname, world_stats in stats.items():
         world = WORLDS[wname]

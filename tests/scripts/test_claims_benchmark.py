@@ -370,3 +370,26 @@ def test_a_report_links_the_other_priors_report_and_the_stability_study_only_whe
     assert "claims.md`](claims.md)" not in "".join(cb.related_reports(learned_report, "learned"))
     (tmp_path / "claims.md").write_text("x")
     assert "[`claims.md`](claims.md)" in "".join(cb.related_reports(learned_report, "learned"))
+
+
+def test_the_stable_diffusion_section_says_where_ism_does_not_return_to_the_truth(cb):
+    class Args:
+        prior, image_size, steps = "learned", 64, 800
+
+    def claim(verdict):
+        return {"verdict": verdict, "checks": [cb.Check("t", "a", None, ">", "b", None, verdict=cb.SHOWN)]}
+
+    def world(name, prior, value, gap=0.01):
+        return {"world": name, "prior": prior, "methods": {"ism": {
+            "restore": {"colour": {"update": value}}, "half_gap": {"colour": {"update": gap}}, "floor": 0.018}}}
+
+    stability = {"results": [world("mm", "exact", 0.56), world("mm-learned", "learned", -0.52),
+                             world("bi-learned", "learned", -0.04)]}  # inside 3 floors: not said
+    text = "\n".join(cb.stable_diffusion_section([claim(cb.REFUTED), claim(cb.INCONCLUSIVE)], Args, stability))
+    assert "not a point ISM returns to" in text and "mm-learned -0.52" in text and "bi-learned" not in text
+    assert "a learned prior's errors" not in text and "prompts that say far more" in text
+    Args.prior = "exact"  # the exact prior's ISM restores: nothing said, and the refuted line names what it lacks
+    text = "\n".join(cb.stable_diffusion_section([claim(cb.REFUTED), claim(cb.INCONCLUSIVE)], Args, stability))
+    assert "not a point ISM returns to" not in text and "a learned prior's errors" in text
+    assert cb.ism_amplifies_colour(None, "learned") == []
+
