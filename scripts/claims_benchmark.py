@@ -12,7 +12,7 @@ Both are rendered on a dense grid (72 azimuths x 8 elevations over the configs' 
 training cameras are snapped to it (``data.azimuth_step_deg``, ``data.elevation_grid_deg``): every camera is a
 view the exact prior has seen (``--no-snap``: continuous cameras). ``--prior learned`` judges every claim
 again on a learned prior (``toy_world/learned_prior.py``, trained once into ``load/``), a diffusers UNet that
-generalises between views and errs as Stable Diffusion does; VSD/ESD then put their LoRA on its UNet.
+generalises between views and errs as a trained network does; VSD/ESD then put their LoRA on its UNet.
 
 Positive controls first (issue 27): on each world and seed the ORACLE FIT runs before the methods
 (``lucid-oracle-toy.yaml``, ``toy_world/oracle.py``: the same splats, cameras, seed and step budget, trained
@@ -707,6 +707,8 @@ def stable_diffusion_section(claims: List[Dict], args, stability: Optional[Dict]
         lines.append("- LucidDreamer's claim is refuted on the toy world at this budget: ISM does not keep more "
                      "structure than SDS where the world makes SDS blur. On Stable Diffusion the paper's effect may "
                      f"come from something this world lacks ({lacks}); this page cannot tell which.")
+    else:
+        lines.append("- LucidDreamer's claim is inconclusive here: no statement about Stable Diffusion follows.")
     amplifies = ism_amplifies_colour(stability, args.prior)
     if amplifies:
         lines.append("- Under this prior the true render is not a point ISM returns to: its update amplifies a smooth "
@@ -714,17 +716,20 @@ def stable_diffusion_section(claims: List[Dict], args, stability: Optional[Dict]
                      "[`guidance_stability.md`](guidance_stability.md)), the trajectory term's doing, so ISM's assets "
                      "drift in colour rather than blur. Whether Stable Diffusion's trajectory term does the same is not "
                      "measured here.")
-    else:
-        lines.append("- LucidDreamer's claim is inconclusive here: no statement about Stable Diffusion follows.")
     if esd["verdict"] == INCONCLUSIVE and esd["checks"][0].verdict != SHOWN:
         why = ("With view captions the exact prior knows what a back looks like, however rare backs are in its data; "
                "Stable Diffusion's Janus problem comes from a prior that has seen few backs and does not read the view "
-               "words reliably, which this prior does not reproduce. The learned prior (`--prior learned`) is the "
-               "closer stand-in." if args.prior == "exact" else
+               "words reliably, which this prior does not reproduce; `--prior learned` judges the claim again on a "
+               "prior that has to learn the back from the same renders." if args.prior == "exact" else
                "A network trained on this world's front-heavy renders (the back weighted an eighth of the front) with their "
                "view captions still "
                "learns the back well enough that SDS does not paint the front there; Stable Diffusion's Janus problem "
                "comes from far rarer backs and view words it reads unreliably, which neither toy prior reproduces.")
+        vsd, entropy = (esd["checks"] + [None, None])[1:3]
+        if vsd is not None and entropy is not None and vsd.verdict == SHOWN:
+            why += (f" VSD does collapse here (Janus fraction {vsd.lhs}), the failure the paper attributes to it; the "
+                    f"entropy check on its own reads {entropy.verdict}, which says how lambda acts on such a collapse "
+                    "under this prior, not yet on Stable Diffusion's.")
         lines.append("- ESD's claim is not tested: its precondition, SDS collapsing to the dominant (front) mode, is "
                      f"{esd['checks'][0].verdict} on the biased world. " + why)
     elif esd["verdict"] != INCONCLUSIVE:
@@ -737,11 +742,13 @@ def stable_diffusion_section(claims: List[Dict], args, stability: Optional[Dict]
     return lines
 
 
-def convergence_reports(path: str) -> List[str]:
-    """The ``--convergence`` reports beside the report at ``path`` (``claims_convergence*.md``), by name."""
+def convergence_reports(path: str, prior: str = "exact") -> List[str]:
+    """The ``--convergence`` reports beside the report at ``path`` made on ``prior`` (``claims_convergence*.md``; the
+    learned prior's end in ``_learned``), by name."""
     import glob
 
-    return sorted(os.path.basename(p) for p in glob.glob(os.path.join(os.path.dirname(path), "claims_convergence*.md")))
+    names = (os.path.basename(p) for p in glob.glob(os.path.join(os.path.dirname(path), "claims_convergence*.md")))
+    return sorted(n for n in names if n.endswith("_learned.md") == (prior == "learned"))
 
 
 def related_reports(path: str, prior: str) -> List[str]:
@@ -778,7 +785,8 @@ def report(path: str, results: Dict, stats: Dict, claims: List[Dict], args, comm
         f"- Budget: {args.steps} steps per run, seeds {' '.join(map(str, args.seeds))}; {meta['n_runs']} runs, "
         f"{meta['run_minutes']:.1f} min of run time in all (the sum of the runs' own times)"
         + (f"; whether the scores have stopped moving at this budget: " + ", ".join(
-            f"[`{c}`]({c})" for c in convergence_reports(path)) if convergence_reports(path) else ""),
+            f"[`{c}`]({c})" for c in convergence_reports(path, args.prior)) if convergence_reports(path, args.prior)
+           else f"; no convergence run on this prior (`--convergence{' --prior learned' if args.prior == 'learned' else ''}`)"),
         "- Made by (invocations on this output folder that ran something, and this one; times UTC, load average "
         "1 / 5 / 15 min at the start and the end):",
         *[f"  - {i['started']}: `{i['command']}`, {i['runs_made']} runs made, {i['wall_minutes']:.1f} min wall; "
@@ -986,7 +994,7 @@ PRIORS = {
     "exact": "the worlds' exact prior (`toy_world/prior.py`: the optimal denoiser of their captioned renders); VSD/ESD "
              "train the world's pretrained camera-conditioned estimator (`estimator_unet/`)",
     "learned": "a learned prior (`toy_world/learned_prior.py`: a diffusers UNet trained on the worlds' renders and "
-               "captions, which generalises between views and errs as Stable Diffusion does); VSD/ESD put their "
+               "captions, which generalises between views and errs as a trained network does); VSD/ESD put their "
                "LoRA and camera embedding on its UNet",
 }
 

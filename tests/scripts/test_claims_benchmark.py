@@ -387,9 +387,29 @@ def test_the_stable_diffusion_section_says_where_ism_does_not_return_to_the_trut
                              world("bi-learned", "learned", -0.04)]}  # inside 3 floors: not said
     text = "\n".join(cb.stable_diffusion_section([claim(cb.REFUTED), claim(cb.INCONCLUSIVE)], Args, stability))
     assert "not a point ISM returns to" in text and "mm-learned -0.52" in text and "bi-learned" not in text
+    assert "LucidDreamer's claim is refuted" in text and "LucidDreamer's claim is inconclusive" not in text
     assert "a learned prior's errors" not in text and "prompts that say far more" in text
+    # VSD's collapse, shown where SDS's is not, is said with what the entropy check reads
+    esd = {"verdict": cb.INCONCLUSIVE, "checks": [
+        cb.Check("t", "a", None, ">", "b", None, verdict=cb.REFUTED),
+        cb.Check("t", "a", cb.aggregate([0.4, 0.5, 0.45, 0.42, 0.48], [0, 1, 2, 3, 4]), ">", "b", None, verdict=cb.SHOWN),
+        cb.Check("t", "a", None, "<", "b", None, verdict=cb.REFUTED)]}
+    text = "\n".join(cb.stable_diffusion_section([claim(cb.REFUTED), esd], Args, stability))
+    assert "VSD does collapse here (Janus fraction 0.450" in text and "entropy check on its own reads refuted" in text
     Args.prior = "exact"  # the exact prior's ISM restores: nothing said, and the refuted line names what it lacks
     text = "\n".join(cb.stable_diffusion_section([claim(cb.REFUTED), claim(cb.INCONCLUSIVE)], Args, stability))
     assert "not a point ISM returns to" not in text and "a learned prior's errors" in text
+    assert "LucidDreamer's claim is inconclusive" not in text
+    text = "\n".join(cb.stable_diffusion_section([claim(cb.INCONCLUSIVE), claim(cb.INCONCLUSIVE)], Args, stability))
+    assert text.count("LucidDreamer's claim is") == 1 and "LucidDreamer's claim is inconclusive" in text
     assert cb.ism_amplifies_colour(None, "learned") == []
+
+
+def test_a_report_links_only_the_convergence_runs_of_its_own_prior(cb, tmp_path):
+    for name in ("claims_convergence.md", "claims_convergence_1600.md", "claims_convergence_learned.md", "other.md"):
+        (tmp_path / name).write_text("x")
+    report = str(tmp_path / "claims.md")
+    assert cb.convergence_reports(report, "exact") == ["claims_convergence.md", "claims_convergence_1600.md"]
+    assert cb.convergence_reports(report, "learned") == ["claims_convergence_learned.md"]
+    assert cb.convergence_reports(str(tmp_path / "empty" / "claims.md"), "learned") == []
 
