@@ -299,8 +299,8 @@ def probe(guidance, rgb: torch.Tensor, prompt_utils, cams: Dict[str, torch.Tenso
     scale = 1.0 if kind == "ism" else float(b)  # SDS, VSD: 0.5 ||z - sg(z - g)||^2 / B
     update = -torch.autograd.grad(loss, z)[0] * scale
     x_t, t = calls["predict_noise"][0][0][:2]
-    eps = calls["predict_noise"][0][2]["eps"]
     predicted = calls["predict_noise"][0][2]
+    eps = predicted["eps"]
     result = {"z": z.detach(), "update": update.detach(), "x_t": x_t.detach(), "t": t.detach().long(),
               "target": x0_estimate(guidance, x_t, eps, t).detach(),
               "eps_cond": predicted["eps_cond"].detach(), "eps_uncond": predicted["eps_uncond"].detach(),

@@ -171,7 +171,8 @@ def world_inputs(world: str):
     views = held_out_views(settings, key)
     variant = settings.variants_of(key)[0]
     truth = ground_truth(settings, key, views["elevation"], views["azimuth"], views["distance"], supersample=2)[variant]
-    caption = json.load(open(os.path.join(world, "toy_world.json")))["objects"][key]["caption"]
+    with open(os.path.join(world, "toy_world.json")) as f:
+        caption = json.load(f)["objects"][key]["caption"]
     prompt_utils = compat.find("stable-diffusion-prompt-processor")(
         {"pretrained_model_name_or_path": world, "prompt": caption})()
     return truth["rgb"], guidance_cameras(settings, views), prompt_utils, caption, variant
