@@ -38,7 +38,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see claims_diagnostics
 
