@@ -7,7 +7,8 @@ runs: ``configs/lucid-{sds,ism}-toy.yaml``; ISM after its warm-up) on each world
 prior or its learned one, at the world's held-out views of its first object's first variant:
 
 - inputs: the truth ``x``; ``x`` plus a smooth colour field (``colour``: an 8 x 8 Gaussian field, bilinearly
-  upsampled, amplitude ``--amplitude``); ``x`` blurred by a 3 x 3 box (``blur``: what over-smoothing does);
+  upsampled, amplitude ``--amplitude``); ``x`` blurred by the positive controls' 3 x 3 binomial kernel (``blur``:
+  what over-smoothing does);
 - for each, the expected update over ``--timesteps`` timesteps spread over the method's range and ``--draws``
   noise draws each (the same draws for every input: ``claims_diagnostics.sweep`` with one seed);
 - the update split into its two terms, ``update = k (eps_guided - eps_target)`` with
@@ -84,15 +85,17 @@ def build_guidance(method: str, world: str):
 
 
 def perturbed(truth: torch.Tensor, kind: str, amplitude: float, seed: int) -> torch.Tensor:
-    """``truth`` [V,H,W,3] with a smooth colour field added (``colour``) or blurred by a 3x3 box (``blur``)."""
+    """``truth`` [V,H,W,3] with a smooth colour field added (``colour``) or blurred (``blur``: the 3x3 binomial blur of
+    the positive controls)."""
     if kind == "colour":
         g = torch.Generator().manual_seed(seed)
         field = torch.randn(truth.shape[0], 3, 8, 8, generator=g)
         field = F.interpolate(field, size=truth.shape[1:3], mode="bilinear", align_corners=False)
         return (truth + amplitude * field.permute(0, 2, 3, 1)).clamp(0, 1)
     if kind == "blur":
-        x = F.pad(truth.permute(0, 3, 1, 2), (1, 1, 1, 1), mode="replicate")
-        return F.avg_pool2d(x, 3, stride=1).permute(0, 2, 3, 1)
+        from threestudio_lucid.toy_world.positive_controls import binomial_blur
+
+        return binomial_blur(truth, 3)  # the blurred positive control's kernel
     raise ValueError(f"unknown perturbation {kind!r}; one of {PERTURBATIONS}")
 
 
