@@ -67,7 +67,7 @@ setup(
         # gsplat: its pure-torch reference code checks the gsplat adapter on the CPU (it needs no CUDA
         # to import; pinned because the tests call its torch implementation's private functions)
         # playwright drives the installed Chromium (scripts/setup.sh) in lucid-app's browser tests
-        "test": ["pytest>=7", "pytest-timeout", "gsplat==1.5.3", "ray>=2.9", "aiohttp>=3.9", "playwright>=1.40"],
+        "test": ["pytest>=7", "pytest-timeout", "pytest-xdist>=3", "gsplat==1.5.3", "ray>=2.9", "aiohttp>=3.9", "playwright>=1.40"],
         # lucid-sweep runs its runs as Ray tasks
         "sweep": ["ray>=2.9"],
         # lucid-app: the web page (an aiohttp server)
