@@ -246,7 +246,10 @@ def test_a_sweep_killed_mid_way_finishes_only_what_was_missing(world, tmp_path):
     while time.time() < deadline and not (statuses.is_dir() and any(p.suffix == ".json" for p in statuses.iterdir())):
         time.sleep(0.5)
     assert proc.poll() is None, proc.stdout.read().decode()
-    time.sleep(2.0)  # the second run's launch is under way
+    # the second run's launch is under way once its log is opened (a fixed wait could outlast a fast run)
+    while time.time() < deadline and len([p for p in statuses.iterdir() if p.suffix == ".log"]) < 2:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stdout.read().decode()
     os.killpg(proc.pid, signal.SIGKILL)  # the sweep and everything it started in its session
     proc.wait()
     (done,) = [p.stem for p in statuses.iterdir() if p.suffix == ".json"]
