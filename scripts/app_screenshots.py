@@ -7,8 +7,9 @@ names one, serves lucid-app on the CPU with it as the model, and in the headless
 ``scripts/setup.sh`` installs, through the page as a user would: starts ISM on "a penguin" with
 ``lucid-ism-toy.yaml``'s own settings (``--steps`` only shortens or lengthens it), queues "a red cube" behind
 it, and takes the first picture once the run has validation images of two steps (the step slider shows) and
-its live splats are drawn. Then it stops the queued run from the page (the one device would run it before the export),
-waits for the first to end, exports its mesh, makes the progress video and takes the second picture.
+its splats are in the live view. Then it stops the queued run from the page (the one device would run it
+before the export), waits for the first to end, exports its mesh, makes the progress video and takes the
+second picture.
 Nothing is shown that the page did not draw; it takes about a minute on 2 cores.
 """
 import argparse
