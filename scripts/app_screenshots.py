@@ -48,16 +48,71 @@ def shoot(page, path: str) -> None:
     print(f"wrote {path}")
 
 
-def main(argv=None) -> int:
+def take_pictures(browser, url: str, out: str, steps: int) -> None:
+    """Drive lucid-app at ``url`` in ``browser`` (Playwright's Chromium) and write both pictures into ``out``."""
+    context = browser.new_context(viewport=VIEWPORT)
+    try:
+        drive(context.new_page(), url, out, steps)
+    finally:
+        context.close()
+
+
+def drive(page, url: str, out: str, steps: int) -> None:
+    page.goto(url)
+    page.wait_for_selector("body[data-ready='1']")
+    page.select_option("#config", "lucid/lucid-ism-toy")
+    page.wait_for_function("() => document.getElementById('field-max_steps').value !== ''")
+    page.fill("#prompt", "a penguin")
+    page.fill("#field-max_steps", str(steps))
+    page.click("#run-button")
+    page.wait_for_selector("#run:not([hidden])")
+    wait_until(page, state_is("running"), 300, "the run starting")
+    first = page.evaluate("() => location.hash")
+    page.fill("#prompt", "a red cube")
+    page.click("#run-button")
+    wait_until(page, state_is("queued"), 30, "the second run waiting")
+    second = page.evaluate("() => location.hash")
+    page.goto(url + first)
+    wait_until(page, "() => !document.getElementById('image-steps').hidden", 600,
+               "validation images of two steps")
+    wait_until(page, "() => /^Live splats/.test(document.getElementById('splats-caption').textContent)", 120,
+               "the live splats")
+    shoot(page, os.path.join(out, "app_running.png"))
+
+    page.goto(url + second)
+    wait_until(page, state_is("queued"), 30, "the second run waiting")
+    page.click("#stop")
+    wait_until(page, state_is("cancelled"), 30, "the second run cancelled")
+    page.goto(url + first)
+    wait_until(page, state_is("done"), 900, "the run's end")
+    wait_until(page, "() => document.getElementById('video').readyState >= 2", 60, "the orbit video's first frame")
+    page.click("#export")
+    wait_until(page, "() => document.getElementById('export-state').textContent === 'export: done'", 600,
+               "the export")
+    wait_until(page, "() => document.querySelectorAll('#downloads a').length >= 3", 30, "the mesh downloads")
+    page.click("#make-progress-video")
+    wait_until(page, "() => !document.getElementById('progress-video').hidden", 300, "the progress video")
+    wait_until(page, "() => document.getElementById('progress-video').readyState >= 2", 60,
+               "the progress video's first frame")
+    page.evaluate("() => { document.getElementById('console-box').open = false; }")
+    shoot(page, os.path.join(out, "app_done.png"))
+
+
+def main(argv=None, browser=None) -> int:
+    """``browser``: a Playwright browser to use instead of launching one (the tests pass theirs: one process
+    can hold only one Playwright sync session)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=os.path.join(REPO, "docs"), help="folder for app_running.png and app_done.png")
-    p.add_argument("--steps", type=int, default=400, help="training steps of the penguin run (the config's: 400; it must outlast the second run's submission)")
+    p.add_argument("--steps", type=int, default=400, help="training steps of the penguin run (the config's: 400; "
+                                                          "it must outlast the second run's submission)")
     p.add_argument("--world", help="a toy-world folder with the penguin and the cube (default: built in a temporary folder)")
     args = p.parse_args(argv)
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        raise SystemExit("error: playwright is not installed: pip install -e '.[test]' (scripts/setup.sh does)")
+    if browser is None:
+        try:
+            from playwright.sync_api import sync_playwright
+        except ImportError:
+            raise SystemExit("error: playwright is not installed: pip install -e '.[test]' (scripts/setup.sh does)")
+        executable = chromium()
     from threestudio_lucid.app.cli import serve_in_thread
     from threestudio_lucid.app.server import Settings
     from threestudio_lucid.toy_world.pipeline import build_toy_world
@@ -69,49 +124,15 @@ def main(argv=None) -> int:
     url, stop_app = serve_in_thread(Settings(outputs=os.path.join(work, "outputs"), devices=["cpu"], toy_world=world,
                                              cwd=work))
     try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=chromium(),
-                                                 args=["--no-sandbox", "--disable-gpu-sandbox"])
-            page = browser.new_context(viewport=VIEWPORT).new_page()
-            page.goto(url)
-            page.wait_for_selector("body[data-ready='1']")
-            page.select_option("#config", "lucid/lucid-ism-toy")
-            page.wait_for_function("() => document.getElementById('field-max_steps').value !== ''")
-            page.fill("#prompt", "a penguin")
-            page.fill("#field-max_steps", str(args.steps))
-            page.click("#run-button")
-            page.wait_for_selector("#run:not([hidden])")
-            wait_until(page, state_is("running"), 300, "the run starting")
-            first = page.evaluate("() => location.hash")
-            page.fill("#prompt", "a red cube")
-            page.click("#run-button")
-            wait_until(page, state_is("queued"), 30, "the second run waiting")
-            second = page.evaluate("() => location.hash")
-            page.goto(url + first)
-            wait_until(page, "() => !document.getElementById('image-steps').hidden", 600,
-                       "validation images of two steps")
-            wait_until(page, "() => /^Live splats/.test(document.getElementById('splats-caption').textContent)", 120,
-                       "the live splats")
-            shoot(page, os.path.join(args.out, "app_running.png"))
-
-            page.goto(url + second)
-            wait_until(page, state_is("queued"), 30, "the second run waiting")
-            page.click("#stop")
-            wait_until(page, state_is("cancelled"), 30, "the second run cancelled")
-            page.goto(url + first)
-            wait_until(page, state_is("done"), 900, "the run's end")
-            wait_until(page, "() => document.getElementById('video').readyState >= 2", 60, "the orbit video's first frame")
-            page.click("#export")
-            wait_until(page, "() => document.getElementById('export-state').textContent === 'export: done'", 600,
-                       "the export")
-            wait_until(page, "() => document.querySelectorAll('#downloads a').length >= 3", 30, "the mesh downloads")
-            page.click("#make-progress-video")
-            wait_until(page, "() => !document.getElementById('progress-video').hidden", 300, "the progress video")
-            wait_until(page, "() => document.getElementById('progress-video').readyState >= 2", 60,
-                       "the progress video's first frame")
-            page.evaluate("() => { document.getElementById('console-box').open = false; }")
-            shoot(page, os.path.join(args.out, "app_done.png"))
-            browser.close()
+        if browser is not None:
+            take_pictures(browser, url, args.out, args.steps)
+        else:
+            with sync_playwright() as playwright:
+                own = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox", "--disable-gpu-sandbox"])
+                try:
+                    take_pictures(own, url, args.out, args.steps)
+                finally:
+                    own.close()
     finally:
         stop_app()
         shutil.rmtree(work, ignore_errors=True)

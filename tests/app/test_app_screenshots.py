@@ -1,6 +1,6 @@
-"""scripts/app_screenshots.py (slow: a real 400-step run from the page, its export and progress video): it writes
-both pictures of the page, the running one with the step slider and the live splats, the finished one with
-its videos, mesh and scores, and says in one line what the page failed to show."""
+"""scripts/app_screenshots.py (slow: a real 400-step run from the page, its export and progress video; here, not
+in tests/scripts, because it drives the app tests' browser: a process holds one Playwright session): it writes
+both pictures of the page, the finished one taller (its videos, mesh and scores)."""
 import numpy as np
 import pytest
 from PIL import Image
@@ -9,14 +9,9 @@ from repo_scripts import load_repo_script
 pytestmark = pytest.mark.slow
 
 
-def test_both_pictures_are_taken_through_the_page(tmp_path):
-    pytest.importorskip("playwright")
+def test_both_pictures_are_taken_through_the_page(browser, tmp_path):
     shots = load_repo_script("scripts/app_screenshots.py")
-    try:
-        shots.chromium()
-    except SystemExit as e:
-        pytest.skip(str(e))
-    assert shots.main(["--out", str(tmp_path), "--steps", "400"]) == 0
+    assert shots.main(["--out", str(tmp_path), "--steps", "400"], browser=browser) == 0
     running = np.asarray(Image.open(tmp_path / "app_running.png").convert("RGB"), dtype=np.float32)
     done = np.asarray(Image.open(tmp_path / "app_done.png").convert("RGB"), dtype=np.float32)
     assert running.shape[1] == done.shape[1] == shots.VIEWPORT["width"]
