@@ -6,7 +6,8 @@ glb) through the system's own writer. It is killed with SIGKILL after a random d
 many times while it waits just before one of its renames (so that kills land mid-write however fast the
 disk is: a fast one finishes most writes before a random kill); after each kill every file is absent
 (nothing written yet) or loads completely and equals one of the two versions. Temporaries a killed writer
-leaves are hidden names no reader takes for a result; the next write into their folder removes them. The writer is a fork of this process (imports are paid once).
+leaves are hidden names no reader takes for a result; the next write into their folder removes them. The
+writer is a fork of this process (imports are paid once).
 
 ``test_kill_9_during_lucid_launch_export_leaves_only_complete_files`` (slow) does the same to a real
 ``lucid-launch --export``."""
