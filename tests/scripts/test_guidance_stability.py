@@ -1,5 +1,5 @@
-"""scripts/guidance_stability.py on the tiny world of conftest.py (32 px, its striped ball; exact prior) with the real SDS and ISM guidances: the
-update splits exactly into its classifier and denoising/trajectory terms, the perturbations are what they say,
+"""scripts/guidance_stability.py on the tiny world of conftest.py (32 px, its striped ball; exact prior) with the
+real SDS and ISM guidances: the update splits exactly into its classifier and denoising/trajectory terms, the perturbations are what they say,
 SDS's denoising term (which pulls towards the prior's renders, here the truth) is measured restoring, the words
 follow the numbers, and a folder that is not a world is named with the command that builds one."""
 import json
@@ -8,6 +8,7 @@ import os
 import pytest
 import torch
 from repo_scripts import load_repo_script
+
 
 @pytest.fixture(scope="module")
 def gs():
@@ -42,7 +43,7 @@ def test_update_splits_exactly_into_classifier_and_rest(gs, world, inputs, metho
 
 def test_perturbations(gs):
     flat = torch.full((2, 16, 16, 3), 0.5)
-    torch.testing.assert_close(gs.perturbed(flat, "blur", 0.1, 0), flat)  # a box blur leaves a flat image
+    torch.testing.assert_close(gs.perturbed(flat, "blur", 0.1, 0), flat)  # a blur leaves a flat image
     edge = torch.zeros(1, 16, 16, 3)
     edge[:, :, 8:] = 1.0
     blurred = gs.perturbed(edge, "blur", 0.1, 0)
