@@ -1,7 +1,8 @@
 """scripts/guidance_stability.py on the tiny world of conftest.py (32 px, its striped ball; exact prior) with the
-real SDS and ISM guidances: the update splits exactly into its classifier and denoising/trajectory terms, the perturbations are what they say,
-SDS's denoising term (which pulls towards the prior's renders, here the truth) is measured restoring, the words
-follow the numbers, and a folder that is not a world is named with the command that builds one."""
+real SDS and ISM guidances: the update splits exactly into its classifier and denoising/trajectory terms, the
+perturbations are what they say, SDS's denoising term (which pulls towards the prior's renders, here the truth) is
+measured restoring, the words follow the numbers, and a folder that is not a world is named with the command that
+builds one."""
 import json
 import os
 
